@@ -1,0 +1,71 @@
+//! The command line (contract §4).
+
+use std::path::PathBuf;
+
+use clap::{ArgAction, Parser, ValueEnum};
+
+/// Keeps a mail gateway's allow-lists equal to Entra ID group membership.
+///
+/// Reads every instance's config/entraid/*.entraidconf under the server root,
+/// fetches the groups' members from Microsoft Graph and atomically rewrites
+/// `allowed_senders_ldap.txt`, `gsm_list.txt` and `gsm_auth_auto.txt`.
+#[derive(Debug, Clone, Parser)]
+#[allow(clippy::struct_excessive_bools)] // command-line flags are bools
+#[command(name = "usersync", version, about, long_about, help_expected = true)]
+pub struct Cli {
+    /// Sync only this instance (a directory under the server root); repeat for more [default: every instance]
+    #[arg(short = 'i', long = "instance", value_name = "NAME")]
+    pub instances: Vec<String>,
+
+    /// Fetch and compare, print the changes (`+ entry` / `- entry` per output), write nothing
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Write even when a guard refuses (a list would become empty or lose too many entries)
+    #[arg(long)]
+    pub force: bool,
+
+    /// Do not run the [node] status command; act as the active node
+    #[arg(long)]
+    pub ignore_node_status: bool,
+
+    /// Directory holding the instances [default: `server_root` from the config, else /server]
+    #[arg(long, global = true, env = "USERSYNC_SERVER_ROOT", value_name = "DIR")]
+    pub server_root: Option<PathBuf>,
+
+    /// Global configuration file [default: /etc/usersync/usersync.toml, optional]
+    #[arg(short = 'c', long = "config", global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Format of the result on stdout
+    #[arg(long, global = true, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+
+    /// More log output on stderr: -v debug, -vv trace (`RUST_LOG` overrides)
+    #[arg(short, long, global = true, action = ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+
+    /// Only errors on stderr (`RUST_LOG` overrides)
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+}
+
+/// Result format on stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// One line per output, plus `+`/`-` lines on a dry run
+    Text,
+    /// One JSON document
+    Json,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+}

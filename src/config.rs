@@ -1,0 +1,249 @@
+//! The global configuration file (contract §3): raw TOML, then one checked `Config`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::ConfigError;
+
+/// Where the global config lives when `--config` is not given.
+pub const DEFAULT_PATH: &str = "/etc/usersync/usersync.toml";
+const HINT_REFERENCE: &str = "see the `usersync.toml` table in the README, or config/usersync.toml";
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    server_root: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+    node: Option<RawNode>,
+    guard: Option<RawGuard>,
+    http: Option<RawHttp>,
+    metrics: Option<toml::Value>,
+    alert: Option<toml::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    status_command: Option<Vec<String>>,
+    active_states: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGuard {
+    max_removed: Option<u64>,
+    max_removed_percent: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    timeout_seconds: Option<u64>,
+    max_retries: Option<u32>,
+    ca_bundle: Option<PathBuf>,
+}
+
+/// The checked global configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from, if any.
+    pub path: Option<PathBuf>,
+    /// `server_root`, if the file sets it.
+    pub server_root: Option<PathBuf>,
+    /// Small run state (alert suppression, later delta tokens).
+    pub state_dir: PathBuf,
+    /// Active/passive node check; `None` means a single, always active node.
+    pub node: Option<NodeConfig>,
+    /// Removal limits.
+    pub guard: GuardConfig,
+    /// HTTP client settings.
+    pub http: HttpConfig,
+}
+
+/// `[node]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// Program and arguments printing the node's state.
+    pub status_command: Vec<String>,
+    /// Trimmed outputs that mean "this node is active".
+    pub active_states: Vec<String>,
+}
+
+/// `[guard]`
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuardConfig {
+    /// Refuse to remove more entries than this from one output.
+    pub max_removed: u64,
+    /// … or more than this share (percent) of its current entries.
+    pub max_removed_percent: u64,
+}
+
+impl Default for GuardConfig {
+    fn default() -> Self {
+        Self { max_removed: 500, max_removed_percent: 50 }
+    }
+}
+
+/// `[http]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpConfig {
+    /// Per-request timeout.
+    pub timeout: Duration,
+    /// Retries of 429/503/504 and connection failures.
+    pub max_retries: u32,
+    /// Extra trusted roots (PEM), already read.
+    pub ca_bundle: Option<(PathBuf, Vec<u8>)>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self { timeout: Duration::from_secs(60), max_retries: 6, ca_bundle: None }
+    }
+}
+
+impl Config {
+    /// Loads `explicit`, or the default path if it exists, or all defaults.
+    pub fn load(explicit: Option<&Path>) -> Result<Self, ConfigError> {
+        let path = explicit.map_or_else(|| PathBuf::from(DEFAULT_PATH), Path::to_path_buf);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Self::parse(&text, &path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && explicit.is_none() => {
+                Self::from_raw(RawConfig::default(), None)
+            }
+            Err(e) => Err(ConfigError::new(
+                &path,
+                format!("cannot read the configuration file: {e}"),
+                "check the path given to --config, or leave --config out to use /etc/usersync/usersync.toml (optional)",
+            )),
+        }
+    }
+
+    /// Parses and checks the text of `path`.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let line =
+                e.span().map(|s| format!(" (line {})", text[..s.start].matches('\n').count() + 1)).unwrap_or_default();
+            ConfigError::new(
+                path,
+                format!("{}{line}", e.message().replace("unknown field", "unknown key")),
+                HINT_REFERENCE,
+            )
+        })?;
+        Self::from_raw(raw, Some(path))
+    }
+
+    #[allow(clippy::too_many_lines)] // one linear check per key
+    fn from_raw(raw: RawConfig, path: Option<&Path>) -> Result<Self, ConfigError> {
+        let file = path.unwrap_or(Path::new(DEFAULT_PATH));
+        let bad = |key: &str, msg: String, hint: &str| ConfigError::new(file, format!("key `{key}`: {msg}"), hint);
+
+        for (section, issue) in [("metrics", raw.metrics.is_some()), ("alert", raw.alert.is_some())] {
+            if issue {
+                return Err(ConfigError::new(
+                    file,
+                    format!("`[{section}]` is not supported by this version of usersync"),
+                    format!("remove the [{section}] table; this version would silently not honour it"),
+                ));
+            }
+        }
+        let absolute = |key: &str, p: PathBuf| {
+            if p.is_absolute() {
+                Ok(p)
+            } else {
+                Err(bad(key, format!("`{}` is not an absolute path", p.display()), "use an absolute path"))
+            }
+        };
+        let server_root = raw.server_root.map(|p| absolute("server_root", p)).transpose()?;
+        let state_dir = absolute("state_dir", raw.state_dir.unwrap_or_else(|| PathBuf::from("/var/lib/usersync")))?;
+
+        let node = match raw.node {
+            None => None,
+            Some(n) => {
+                let status_command = n.status_command.unwrap_or_default();
+                if status_command.first().is_none_or(String::is_empty) {
+                    return Err(bad("node.status_command", "is missing or empty".into(), "give the program and its arguments, e.g. [\"/opt/Sec@GW/bin/get_status.sh\", \"/opt/Sec@GW\"], or remove [node] on a single node"));
+                }
+                let active_states = n.active_states.unwrap_or_else(|| vec!["ACTIVE".into(), "ACTIVE FAKE".into()]);
+                if active_states.is_empty() {
+                    return Err(bad(
+                        "node.active_states",
+                        "is empty, so no node could ever be active".into(),
+                        "list the states that mean active, e.g. [\"ACTIVE\", \"ACTIVE FAKE\"]",
+                    ));
+                }
+                Some(NodeConfig { status_command, active_states })
+            }
+        };
+
+        let mut guard = GuardConfig::default();
+        if let Some(g) = raw.guard {
+            guard.max_removed = g.max_removed.unwrap_or(guard.max_removed);
+            guard.max_removed_percent = g.max_removed_percent.unwrap_or(guard.max_removed_percent);
+            if guard.max_removed_percent > 100 {
+                return Err(bad(
+                    "guard.max_removed_percent",
+                    format!("{} is more than 100", guard.max_removed_percent),
+                    "use a percentage from 0 to 100",
+                ));
+            }
+        }
+
+        let mut http = HttpConfig::default();
+        if let Some(h) = raw.http {
+            if let Some(t) = h.timeout_seconds {
+                if t == 0 {
+                    return Err(bad("http.timeout_seconds", "must be at least 1".into(), "the default is 60"));
+                }
+                http.timeout = Duration::from_secs(t);
+            }
+            http.max_retries = h.max_retries.unwrap_or(http.max_retries);
+            if let Some(ca) = h.ca_bundle {
+                let bytes = std::fs::read(&ca).map_err(|e| {
+                    bad(
+                        "http.ca_bundle",
+                        format!("cannot read {}: {e}", ca.display()),
+                        "point it at a readable PEM file of extra root certificates, or remove it",
+                    )
+                })?;
+                if reqwest::Certificate::from_pem_bundle(&bytes).map_or(true, |c| c.is_empty()) {
+                    return Err(bad(
+                        "http.ca_bundle",
+                        format!("{} holds no PEM certificate", ca.display()),
+                        "point it at a PEM file (-----BEGIN CERTIFICATE-----)",
+                    ));
+                }
+                http.ca_bundle = Some((ca, bytes));
+            }
+        }
+
+        Ok(Self { path: path.map(Path::to_path_buf), server_root, state_dir, node, guard, http })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(t: &str) -> Result<Config, ConfigError> {
+        Config::parse(t, Path::new("/etc/usersync/usersync.toml"))
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.guard, GuardConfig { max_removed: 500, max_removed_percent: 50 });
+        assert_eq!(c.http.max_retries, 6);
+        assert!(c.node.is_none());
+        let c = parse("[node]\nstatus_command = [\"/bin/true\"]\n").unwrap();
+        assert_eq!(c.node.unwrap().active_states, ["ACTIVE", "ACTIVE FAKE"]);
+    }
+
+    #[test]
+    fn unknown_keys_and_sections() {
+        assert!(parse("[guard]\nmax_remove = 1\n").unwrap_err().message.contains("unknown key `max_remove`"));
+        assert!(parse("[alert]\nfrom = \"a@b\"\n").unwrap_err().message.contains("[alert]"));
+        assert!(parse("server_root = \"rel\"\n").is_err());
+    }
+}

@@ -1,0 +1,198 @@
+//! Errors that decide the exit code, and the exit codes themselves (contract §7).
+
+use std::fmt::{self, Write as _};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// How a run, or one instance of it, ended. Ordered by priority: the
+/// greatest of all instances' outcomes is the run's exit code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub enum Outcome {
+    /// Success, nothing to do, or a passive node skipped: exit 0.
+    #[default]
+    Success,
+    /// Another run holds an instance's lock: exit 75.
+    Locked,
+    /// A guard refused a write: exit 3.
+    Refused,
+    /// A runtime failure (network, directory, file system): exit 1.
+    Failed,
+    /// A usage or configuration error: exit 2.
+    Config,
+}
+
+impl Outcome {
+    /// The process exit status for this outcome.
+    #[must_use]
+    pub fn code(self) -> u8 {
+        match self {
+            Self::Success => 0,
+            Self::Failed => 1,
+            Self::Config => 2,
+            Self::Refused => 3,
+            Self::Locked => 75,
+        }
+    }
+}
+
+impl From<Outcome> for ExitCode {
+    fn from(o: Outcome) -> Self {
+        ExitCode::from(o.code())
+    }
+}
+
+/// Something that can tell the administrator how to fix it.
+pub trait Hint {
+    /// One or more lines saying what to do.
+    fn hint(&self) -> Option<String>;
+}
+
+/// A configuration problem: exit 2, nothing contacted, nothing written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The instance whose configuration is wrong, if any.
+    pub instance: Option<String>,
+    /// The file (or directory) at fault.
+    pub path: PathBuf,
+    /// What is wrong.
+    pub message: String,
+    /// How to fix it.
+    pub hint: String,
+}
+
+impl ConfigError {
+    /// A problem in `path`, with a fix.
+    pub fn new(path: impl Into<PathBuf>, message: impl Into<String>, hint: impl Into<String>) -> Self {
+        Self { instance: None, path: path.into(), message: message.into(), hint: hint.into() }
+    }
+
+    /// Names the instance the file belongs to.
+    #[must_use]
+    pub fn in_instance(mut self, name: &str) -> Self {
+        self.instance = Some(name.to_owned());
+        self
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(i) = &self.instance {
+            write!(f, "instance `{i}`: ")?;
+        }
+        write!(f, "{}: {}", self.path.display(), self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Hint for ConfigError {
+    fn hint(&self) -> Option<String> {
+        Some(self.hint.clone())
+    }
+}
+
+/// An error that stops the whole run before any instance is processed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// One or more configuration errors (exit 2).
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Config(Vec<ConfigError>),
+    /// The node-status command could not tell whether this node is active (exit 1).
+    #[error(transparent)]
+    Node(#[from] crate::node::NodeError),
+    /// The async runtime could not start (exit 1).
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+}
+
+impl From<ConfigError> for Error {
+    fn from(e: ConfigError) -> Self {
+        Self::Config(vec![e])
+    }
+}
+
+impl Error {
+    /// The outcome (and so the exit code) this error stands for.
+    #[must_use]
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            Self::Config(_) => Outcome::Config,
+            Self::Node(_) | Self::Runtime(_) => Outcome::Failed,
+        }
+    }
+
+    /// Prints the error, its causes and its hints on stderr, once.
+    pub fn print(&self) {
+        match self {
+            Self::Config(errors) => {
+                for e in errors {
+                    print_error(e);
+                }
+            }
+            Self::Node(e) => print_error(e),
+            Self::Runtime(e) => print_error(e),
+        }
+    }
+}
+
+/// Prints `error: …`, each cause on its own `caused by:` line, then `hint: …`.
+pub fn print_error<E: std::error::Error + MaybeHint + ?Sized>(e: &E) {
+    eprintln!("{}", render_error(e));
+}
+
+/// The text `print_error` prints.
+pub fn render_error<E: std::error::Error + MaybeHint + ?Sized>(e: &E) -> String {
+    let mut out = format!("error: {e}");
+    let mut source = e.source();
+    while let Some(s) = source {
+        let _ = write!(out, "\n  caused by: {s}");
+        source = s.source();
+    }
+    if let Some(h) = e.maybe_hint() {
+        for (i, line) in h.lines().enumerate() {
+            out.push_str(if i == 0 { "\nhint: " } else { "\n      " });
+            out.push_str(line);
+        }
+    }
+    out
+}
+
+/// Errors that may carry a hint; every error type of ours implements `Hint`.
+pub trait MaybeHint {
+    /// The hint, if this error has one.
+    fn maybe_hint(&self) -> Option<String>;
+}
+
+impl<T: Hint + ?Sized> MaybeHint for T {
+    fn maybe_hint(&self) -> Option<String> {
+        self.hint()
+    }
+}
+
+impl Hint for std::io::Error {
+    fn hint(&self) -> Option<String> {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn priority_is_2_1_3_75_0() {
+        let mut all = [Outcome::Success, Outcome::Locked, Outcome::Refused, Outcome::Failed, Outcome::Config];
+        all.sort();
+        let codes: Vec<u8> = all.iter().rev().map(|o| o.code()).collect();
+        assert_eq!(codes, [2, 1, 3, 75, 0]);
+    }
+
+    #[test]
+    fn renders_hint_lines() {
+        let e = ConfigError::new("/x/a.entraidconf", "unknown key `foo`", "remove it\nsee README").in_instance("gw");
+        assert_eq!(
+            render_error(&e),
+            "error: instance `gw`: /x/a.entraidconf: unknown key `foo`\nhint: remove it\n      see README"
+        );
+    }
+}

@@ -1,0 +1,137 @@
+//! Why a token request or a member fetch failed, and what the administrator should do.
+
+use crate::error::Hint;
+
+/// A fetch that did not complete. Every variant names the URL it concerns.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The token endpoint refused the client credentials.
+    #[error("token request to {url} failed with HTTP {status}: {error}: {description}")]
+    Token {
+        /// Token URL.
+        url: String,
+        /// HTTP status.
+        status: u16,
+        /// The `AADSTS` number, if the answer had one.
+        aadsts: Option<u64>,
+        /// OAuth `error`, e.g. `invalid_client`.
+        error: String,
+        /// First line of `error_description`.
+        description: String,
+    },
+    /// Graph answered with a status that is not retried.
+    #[error("{url} answered HTTP {status} {code}: {message}")]
+    Graph {
+        /// Page URL.
+        url: String,
+        /// HTTP status.
+        status: u16,
+        /// Graph error code, e.g. `Authorization_RequestDenied`.
+        code: String,
+        /// Graph error message.
+        message: String,
+    },
+    /// Throttling, server errors or connection failures went on past `max_retries`.
+    #[error("{url} still failed after {attempts} attempts; last: {last}")]
+    Exhausted {
+        /// URL.
+        url: String,
+        /// Requests made.
+        attempts: u32,
+        /// What the last attempt got.
+        last: String,
+    },
+    /// A `Retry-After` asked for a wait longer than usersync is willing to make.
+    #[error("{url} asked to retry after {seconds} s, longer than the {limit} s usersync waits")]
+    RetryAfterTooLong {
+        /// URL.
+        url: String,
+        /// What the server asked for.
+        seconds: u64,
+        /// The cap.
+        limit: u64,
+    },
+    /// A 200 answer that is not a members page (no `value` array, not JSON, cut short).
+    #[error("{url} returned something that is not a Graph page: {detail}")]
+    BadPage {
+        /// URL.
+        url: String,
+        /// The parser's complaint.
+        detail: String,
+    },
+    /// The token endpoint answered 200 with no usable token.
+    #[error("{url} returned no usable access token: {detail}")]
+    BadToken {
+        /// Token URL.
+        url: String,
+        /// The parser's complaint.
+        detail: String,
+    },
+    /// A page was rejected with 401 twice, the second time with a fresh token.
+    #[error("{url} rejected a freshly renewed access token ({code}: {message})")]
+    TokenRejectedTwice {
+        /// URL.
+        url: String,
+        /// Graph error code.
+        code: String,
+        /// Graph error message.
+        message: String,
+    },
+    /// An `@odata.nextLink` pointing away from the Graph endpoint.
+    #[error("{url} returned an @odata.nextLink to {next:?}, which is not on {graph}")]
+    ForeignNextLink {
+        /// The page that held the link.
+        url: String,
+        /// The link.
+        next: String,
+        /// The configured Graph endpoint.
+        graph: String,
+    },
+    /// An `@odata.nextLink` that repeats an earlier page.
+    #[error("{url} returned an @odata.nextLink to a page already fetched in this run (page loop)")]
+    PageLoop {
+        /// The repeated URL.
+        url: String,
+    },
+    /// Users came back without any selected attribute: `User.Read.All` is missing.
+    #[error("group {group}: Graph returned {users} users but none with mail, mobilePhone or accountEnabled (the \"limited information\" answer)")]
+    LimitedInformation {
+        /// The group id.
+        group: String,
+        /// How many user objects came back.
+        users: usize,
+    },
+    /// The HTTP client could not be built.
+    #[error("cannot set up HTTPS: {0}")]
+    Client(String),
+}
+
+const PERMISSIONS: &str = "in the Entra admin center, open App registrations > the app > API permissions, add the Microsoft Graph application permissions GroupMember.Read.All and User.Read.All, then click \"Grant admin consent\"";
+
+impl Hint for FetchError {
+    fn hint(&self) -> Option<String> {
+        let h = match self {
+            Self::Token { aadsts: Some(code), .. } => match code {
+                7_000_215 => "the client secret is wrong: paste the secret's Value (not its Secret ID) from App registrations > the app > Certificates & secrets".into(),
+                7_000_222 => "the client secret has expired: create a new one under App registrations > the app > Certificates & secrets and put its Value in the config".into(),
+                700_016 => "the application (client_id) is not found in this tenant: check client_id and tenant_id, and that the app is registered (or consented) in that tenant".into(),
+                90_002 | 90_038 => "the tenant is unknown: check tenant_id, and set `cloud` if the tenant is in a national cloud (usgov, usgov-dod, china)".into(),
+                70_011 => "the scope was refused: check graph_endpoint / cloud; the scope is <graph endpoint>/.default".into(),
+                7_000_112 => "the application is disabled: enable it under Enterprise applications > the app > Properties".into(),
+                _ => format!("look up AADSTS{code} at https://login.microsoftonline.com/error?code={code}"),
+            },
+            Self::Token { .. } => "check tenant_id, client_id and the client secret in the config".into(),
+            Self::Graph { status: 403, .. } => PERMISSIONS.into(),
+            Self::Graph { status: 404, .. } => "the group was not found: check group_id (the group's Object ID under Groups > the group > Overview) and tenant_id".into(),
+            Self::Graph { status: 400, .. } => "Graph refused the request; check group_id and query_filter".into(),
+            Self::Graph { status: 401, .. } | Self::TokenRejectedTwice { .. } => format!("the access token is not accepted by Graph; check `cloud` / graph_endpoint match the tenant's cloud, and {PERMISSIONS}"),
+            Self::Graph { .. } => "Microsoft Graph failed; try again later and check https://status.cloud.microsoft".into(),
+            Self::Exhausted { .. } | Self::RetryAfterTooLong { .. } => "Graph or the network is failing or throttling; the files were left as they were. Check connectivity (and HTTPS_PROXY) from this host; the next run will try again, or raise [http] max_retries".into(),
+            Self::BadPage { .. } | Self::ForeignNextLink { .. } | Self::PageLoop { .. } => "the answer could not be trusted, so nothing was written; check for a proxy rewriting responses, then retry".into(),
+            Self::BadToken { .. } => "check authority_host / cloud: the token endpoint did not behave like Entra ID".into(),
+            Self::LimitedInformation { .. } => format!("the app lacks User.Read.All, so Graph hides the users' attributes; {PERMISSIONS}"),
+            Self::Client(_) => "check [http] ca_bundle and the system's certificate store (ca-certificates)".into(),
+        };
+        Some(h)
+    }
+}

@@ -1,0 +1,242 @@
+//! The thin Microsoft Graph client: tokens, member paging with status checks, retries.
+
+mod error;
+mod page;
+mod retry;
+mod token;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use reqwest::header::ACCEPT;
+use serde::Deserialize;
+use url::Url;
+
+pub use error::FetchError;
+pub use page::{parse as parse_page, Member, ObjectKind, Page};
+pub use retry::{backoff, retry_after, MAX_RETRY_AFTER};
+pub use token::Credentials;
+
+use crate::config::HttpConfig;
+use crate::ids::GroupId;
+
+/// Request counters for the run's report.
+#[derive(Debug, Default)]
+pub struct Stats {
+    requests: AtomicU64,
+    retries: AtomicU64,
+}
+
+impl Stats {
+    fn count_request(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+    fn count_retry(&self) {
+        self.retries.fetch_add(1, Ordering::Relaxed);
+    }
+    /// HTTP requests sent (token and Graph), retries included.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+    /// Requests that were retries.
+    pub fn retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
+    }
+}
+
+/// One group to fetch.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GroupQuery {
+    /// Graph origin, e.g. `https://graph.microsoft.com`.
+    pub graph: String,
+    /// The group.
+    pub group: GroupId,
+    /// `transitiveMembers` instead of `members`.
+    pub nested: bool,
+    /// Also select `mobilePhone`.
+    pub mobile_phone: bool,
+}
+
+impl GroupQuery {
+    /// The first page's URL.
+    #[must_use]
+    pub fn first_url(&self) -> String {
+        let relation = if self.nested { "transitiveMembers" } else { "members" };
+        let phone = if self.mobile_phone { ",mobilePhone" } else { "" };
+        format!("{}/v1.0/groups/{}/{relation}?$select=id,mail,accountEnabled{phone}&$top=999", self.graph, self.group)
+    }
+}
+
+/// One HTTP client (one connection pool) and one token cache for the whole run.
+pub struct GraphClient {
+    http: reqwest::Client,
+    max_retries: u32,
+    tokens: Mutex<HashMap<(String, String), Arc<token::TokenSlot>>>,
+    /// Counters.
+    pub stats: Stats,
+}
+
+#[derive(Deserialize)]
+struct GraphErrorBody {
+    error: GraphErrorInner,
+}
+
+#[derive(Deserialize)]
+struct GraphErrorInner {
+    code: Option<String>,
+    message: Option<String>,
+}
+
+impl GraphClient {
+    /// Builds the client: rustls with the system's roots plus `ca_bundle`,
+    /// `HTTPS_PROXY`/`NO_PROXY` honoured, no redirects followed.
+    pub fn new(cfg: &HttpConfig) -> Result<Self, FetchError> {
+        let mut b = reqwest::Client::builder()
+            .use_rustls_tls()
+            .timeout(cfg.timeout)
+            .connect_timeout(cfg.timeout.min(std::time::Duration::from_secs(30)))
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("usersync/", env!("CARGO_PKG_VERSION")));
+        if let Some((_, pem)) = &cfg.ca_bundle {
+            for cert in reqwest::Certificate::from_pem_bundle(pem).map_err(|e| FetchError::Client(e.to_string()))? {
+                b = b.add_root_certificate(cert);
+            }
+        }
+        let http = b.build().map_err(|e| FetchError::Client(e.to_string()))?;
+        Ok(Self { http, max_retries: cfg.max_retries, tokens: Mutex::default(), stats: Stats::default() })
+    }
+
+    /// Gets a token for `cred` (used by `usersync test` and the fetch below).
+    pub async fn access_token(&self, cred: &Credentials) -> Result<(), FetchError> {
+        self.token(cred, None).await.map(|_| ())
+    }
+
+    /// Every member of the group, following `@odata.nextLink` to the end.
+    /// Any page that is not a 200 with a `value` array fails the whole fetch.
+    pub async fn members(&self, cred: &Credentials, q: &GroupQuery) -> Result<Vec<Member>, FetchError> {
+        let origin = Url::parse(&q.graph).map_err(|e| FetchError::Client(e.to_string()))?;
+        let mut url = q.first_url();
+        let mut seen = HashSet::new();
+        let mut members = Vec::new();
+        let mut pages = 0u32;
+        loop {
+            if !seen.insert(url.clone()) {
+                return Err(FetchError::PageLoop { url });
+            }
+            let body = self.page(cred, &url).await?;
+            let page =
+                parse_page(&body).map_err(|e| FetchError::BadPage { url: url.clone(), detail: e.to_string() })?;
+            pages += 1;
+            members.extend(page.members);
+            match page.next_link {
+                None => break,
+                Some(next) => {
+                    if !same_origin(&origin, &next) {
+                        return Err(FetchError::ForeignNextLink { url, next, graph: q.graph.clone() });
+                    }
+                    url = next;
+                }
+            }
+        }
+        let users: Vec<&Member> = members.iter().filter(|m| m.kind == ObjectKind::User).collect();
+        if !users.is_empty() && !users.iter().any(|m| m.has_selected_attribute()) {
+            return Err(FetchError::LimitedInformation { group: q.group.to_string(), users: users.len() });
+        }
+        tracing::info!(group = %q.group, nested = q.nested, pages, objects = members.len(), "fetched group members");
+        Ok(members)
+    }
+
+    /// One page's body; renews the token once if Graph says it is invalid.
+    async fn page(&self, cred: &Credentials, url: &str) -> Result<Vec<u8>, FetchError> {
+        let mut token = self.token(cred, None).await?;
+        let mut renewed = false;
+        loop {
+            tracing::debug!(url, "GET");
+            let a = self
+                .send(url, || self.http.get(url).bearer_auth(token.expose()).header(ACCEPT, "application/json"))
+                .await?;
+            if a.status == reqwest::StatusCode::OK {
+                return Ok(a.body);
+            }
+            let (code, message) = serde_json::from_slice::<GraphErrorBody>(&a.body).map_or_else(
+                |_| (String::new(), String::from_utf8_lossy(&a.body).chars().take(200).collect()),
+                |b| (b.error.code.unwrap_or_default(), b.error.message.unwrap_or_default()),
+            );
+            if a.status == reqwest::StatusCode::UNAUTHORIZED && code == "InvalidAuthenticationToken" {
+                if renewed {
+                    return Err(FetchError::TokenRejectedTwice { url: url.to_owned(), code, message });
+                }
+                token = self.token(cred, Some(&token)).await?;
+                renewed = true;
+                continue;
+            }
+            return Err(FetchError::Graph { url: url.to_owned(), status: a.status.as_u16(), code, message });
+        }
+    }
+}
+
+fn same_origin(origin: &Url, link: &str) -> bool {
+    Url::parse(link).is_ok_and(|u| {
+        u.scheme() == origin.scheme()
+            && u.host() == origin.host()
+            && u.port_or_known_default() == origin.port_or_known_default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_url_selects_and_pages_by_999() {
+        let q = GroupQuery {
+            graph: "https://graph.microsoft.com".into(),
+            group: GroupId::parse("02bd9fd6-8f93-4758-87c3-1fb73740a315").unwrap(),
+            nested: true,
+            mobile_phone: true,
+        };
+        assert_eq!(
+            q.first_url(),
+            "https://graph.microsoft.com/v1.0/groups/02bd9fd6-8f93-4758-87c3-1fb73740a315/transitiveMembers?$select=id,mail,accountEnabled,mobilePhone&$top=999"
+        );
+    }
+
+    #[test]
+    fn next_links_stay_on_the_graph_host() {
+        let o = Url::parse("https://graph.microsoft.com").unwrap();
+        assert!(same_origin(&o, "https://graph.microsoft.com/v1.0/groups/x/members?$skiptoken=1"));
+        assert!(same_origin(&o, "https://graph.microsoft.com:443/v1.0/x"));
+        assert!(!same_origin(&o, "http://graph.microsoft.com/v1.0/x"));
+        assert!(!same_origin(&o, "https://evil.example/v1.0/x"));
+        assert!(!same_origin(&o, "not a url"));
+    }
+
+    #[test]
+    fn every_graph_sample_parses_or_is_an_error_body() {
+        let dir = format!("{}/../shared/graph-samples", env!("CARGO_MANIFEST_DIR"));
+        let mut pages = 0;
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            if p.extension().is_none_or(|x| x != "json") {
+                continue;
+            }
+            let body = std::fs::read(&p).unwrap();
+            if name.contains("error")
+                || name.contains("429")
+                || name.starts_with("token_")
+                || name.starts_with("observed_")
+            {
+                if name.starts_with("graph_") {
+                    serde_json::from_slice::<GraphErrorBody>(&body).unwrap_or_else(|e| panic!("{name}: {e}"));
+                }
+                assert!(parse_page(&body).is_err(), "{name} is not a page");
+            } else {
+                parse_page(&body).unwrap_or_else(|e| panic!("{name}: {e}"));
+                pages += 1;
+            }
+        }
+        assert!(pages >= 15, "{pages}");
+    }
+}

@@ -1,0 +1,150 @@
+//! One page of `/members`: the directory objects it holds and its `@odata.nextLink`.
+
+use serde::Deserialize;
+
+/// What kind of directory object a member is (`@odata.type`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ObjectKind {
+    /// `#microsoft.graph.user`: the only kind that is synced.
+    User,
+    /// `#microsoft.graph.group`
+    Group,
+    /// `#microsoft.graph.device`
+    Device,
+    /// `#microsoft.graph.orgContact`
+    Contact,
+    /// `#microsoft.graph.servicePrincipal`
+    ServicePrincipal,
+    /// Any other `@odata.type`.
+    Other,
+    /// No `@odata.type`, and the page's `@odata.context` does not say either.
+    Untyped,
+}
+
+impl ObjectKind {
+    fn from_type(t: &str) -> Self {
+        match t.trim_start_matches('#') {
+            "microsoft.graph.user" => Self::User,
+            "microsoft.graph.group" => Self::Group,
+            "microsoft.graph.device" => Self::Device,
+            "microsoft.graph.orgContact" => Self::Contact,
+            "microsoft.graph.servicePrincipal" => Self::ServicePrincipal,
+            _ => Self::Other,
+        }
+    }
+
+    /// The kind implied by a collection's `@odata.context`, e.g. `…/$metadata#users(id,mail)`.
+    fn from_context(context: Option<&str>) -> Self {
+        let Some(c) = context.and_then(|c| c.rsplit_once("$metadata#")).map(|(_, c)| c) else {
+            return Self::Untyped;
+        };
+        let collection = c.split(['(', '/']).next().unwrap_or_default();
+        match collection {
+            "users" => Self::User,
+            "groups" => Self::Group,
+            "devices" => Self::Device,
+            "contacts" => Self::Contact,
+            "servicePrincipals" => Self::ServicePrincipal,
+            _ => Self::Untyped,
+        }
+    }
+}
+
+/// A directory object as Graph returned it, with only the fields usersync reads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    /// Object id (for logs); empty if Graph sent none.
+    pub id: String,
+    /// User, group, device, …
+    pub kind: ObjectKind,
+    /// `mail`, raw.
+    pub mail: Option<String>,
+    /// `mobilePhone`, raw.
+    pub mobile_phone: Option<String>,
+    /// `accountEnabled`.
+    pub account_enabled: Option<bool>,
+}
+
+impl Member {
+    /// Does this object carry any of the attributes usersync selects?
+    #[must_use]
+    pub fn has_selected_attribute(&self) -> bool {
+        self.mail.is_some() || self.mobile_phone.is_some() || self.account_enabled.is_some()
+    }
+}
+
+#[derive(Deserialize)]
+struct RawPage {
+    #[serde(rename = "@odata.context")]
+    context: Option<String>,
+    #[serde(rename = "@odata.nextLink")]
+    next_link: Option<String>,
+    value: Vec<RawMember>,
+}
+
+#[derive(Deserialize)]
+struct RawMember {
+    #[serde(rename = "@odata.type")]
+    odata_type: Option<String>,
+    id: Option<String>,
+    mail: Option<String>,
+    #[serde(rename = "mobilePhone")]
+    mobile_phone: Option<String>,
+    #[serde(rename = "accountEnabled")]
+    account_enabled: Option<bool>,
+}
+
+/// A parsed page.
+#[derive(Debug)]
+pub struct Page {
+    /// The objects on this page.
+    pub members: Vec<Member>,
+    /// The next page, if any.
+    pub next_link: Option<String>,
+}
+
+/// Parses a page body; a body without a `value` array is an error.
+pub fn parse(body: &[u8]) -> Result<Page, serde_json::Error> {
+    let raw: RawPage = serde_json::from_slice(body)?;
+    let default_kind = ObjectKind::from_context(raw.context.as_deref());
+    let members = raw
+        .value
+        .into_iter()
+        .map(|m| Member {
+            id: m.id.unwrap_or_default(),
+            kind: m.odata_type.as_deref().map_or(default_kind, ObjectKind::from_type),
+            mail: m.mail,
+            mobile_phone: m.mobile_phone,
+            account_enabled: m.account_enabled,
+        })
+        .collect();
+    Ok(Page { members, next_link: raw.next_link })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_from_type_and_context() {
+        let p = parse(
+            br##"{"@odata.context":"https://graph.microsoft.com/v1.0/$metadata#directoryObjects","value":[
+            {"@odata.type":"#microsoft.graph.user","id":"1","mail":"A@x","accountEnabled":false},
+            {"@odata.type":"#microsoft.graph.group","id":"2"},
+            {"id":"3","mail":"b@x"}],"@odata.nextLink":"https://graph.microsoft.com/v1.0/next"}"##,
+        )
+        .unwrap();
+        let kinds: Vec<ObjectKind> = p.members.iter().map(|m| m.kind).collect();
+        assert_eq!(kinds, [ObjectKind::User, ObjectKind::Group, ObjectKind::Untyped]);
+        assert_eq!(p.members[0].account_enabled, Some(false));
+        assert_eq!(p.next_link.as_deref(), Some("https://graph.microsoft.com/v1.0/next"));
+        let p = parse(br#"{"@odata.context":"https://graph.microsoft.com/v1.0/$metadata#users(displayName,id)","value":[{"id":"1"}]}"#).unwrap();
+        assert_eq!(p.members[0].kind, ObjectKind::User);
+    }
+
+    #[test]
+    fn value_is_required() {
+        assert!(parse(br#"{"error":{"code":"x"}}"#).is_err());
+        assert!(parse(b"<html>").is_err());
+    }
+}

@@ -1,0 +1,27 @@
+//! usersync keeps a mail gateway's allow-lists equal to Entra ID group membership.
+//!
+//! Data flows one way: config → fetch → normalise → plan → guard → write → report.
+
+pub mod cfgfile;
+pub mod cli;
+pub mod config;
+pub mod endpoints;
+pub mod entraidconf;
+pub mod error;
+pub mod graph;
+pub mod guard;
+pub mod ids;
+pub mod instance;
+pub mod lock;
+mod log;
+pub mod node;
+pub mod normalize;
+pub mod output;
+pub mod plan;
+pub mod render;
+pub mod report;
+mod run;
+pub mod secret;
+pub mod write;
+
+pub use run::run;

@@ -1,0 +1,279 @@
+//! The pure core: from the current files and the fetched members, what each output should become.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use crate::entraidconf::EntraConf;
+use crate::graph::{Member, ObjectKind};
+use crate::instance::Instance;
+use crate::normalize::{escape_for_log, Email, Phone, SkipReason};
+use crate::output::Output;
+use crate::render;
+
+/// The bytes of each output file as it is now; `None` where the file does not exist.
+pub type CurrentFiles = BTreeMap<Output, Option<Vec<u8>>>;
+
+/// What should happen to one output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputPlan {
+    /// Which output.
+    pub output: Output,
+    /// Its path.
+    pub path: PathBuf,
+    /// Entries now.
+    pub before: usize,
+    /// Entries after the write.
+    pub after: usize,
+    /// New entries, sorted.
+    pub added: Vec<String>,
+    /// Entries that go, sorted.
+    pub removed: Vec<String>,
+    /// Members that gave no entry here, by reason.
+    pub skipped: BTreeMap<SkipReason, u64>,
+    /// The new file's bytes.
+    pub content: Vec<u8>,
+    /// The new bytes differ from the current ones (or there is no file yet).
+    pub changed: bool,
+}
+
+/// A value that failed validation, for a warning (already escaped).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    /// The config that fetched it.
+    pub config: PathBuf,
+    /// The member's object id.
+    pub id: String,
+    /// Why.
+    pub reason: SkipReason,
+    /// The offending value, escaped for a log line.
+    pub value: String,
+}
+
+/// Everything one instance's write would do.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Plan {
+    /// One entry per output some config feeds, in `Output` order.
+    pub outputs: Vec<OutputPlan>,
+    /// Values skipped because they failed validation.
+    pub rejected: Vec<Rejected>,
+}
+
+/// Builds the plan. `fetched[i]` holds the members fetched for `instance.configs[i]`.
+#[must_use]
+pub fn plan(current: &CurrentFiles, fetched: &[&[Member]], instance: &Instance) -> Plan {
+    let mut lines: BTreeMap<Output, BTreeSet<String>> =
+        instance.outputs.keys().map(|o| (*o, BTreeSet::new())).collect();
+    let mut skipped: BTreeMap<Output, BTreeMap<SkipReason, u64>> = BTreeMap::new();
+    let mut rejected = Vec::new();
+
+    for (config, members) in instance.configs.iter().zip(fetched) {
+        for m in *members {
+            let entry = match classify(m, config) {
+                Ok(e) => e,
+                Err(reason) => {
+                    if reason == SkipReason::InvalidMail {
+                        rejected.push(reject(config, m, reason, m.mail.as_deref()));
+                    }
+                    for o in &config.feeds {
+                        *skipped.entry(*o).or_default().entry(reason).or_default() += 1;
+                    }
+                    continue;
+                }
+            };
+            for o in &config.feeds {
+                let line = match o {
+                    Output::AllowedSenders => render::allowed_sender(&entry.mail),
+                    Output::AccessRules => render::access_rule(&entry.mail, config.access_rule),
+                    Output::GsmList => match &entry.phone {
+                        Some(Ok(p)) => render::gsm_entry(&entry.mail, p),
+                        other => {
+                            let reason = match other {
+                                Some(Err(r)) => *r,
+                                _ => SkipReason::NoPhone,
+                            };
+                            if reason == SkipReason::InvalidPhone {
+                                rejected.push(reject(config, m, reason, m.mobile_phone.as_deref()));
+                            }
+                            *skipped.entry(*o).or_default().entry(reason).or_default() += 1;
+                            continue;
+                        }
+                    },
+                };
+                lines.entry(*o).or_default().insert(line);
+            }
+        }
+    }
+
+    let outputs = lines
+        .into_iter()
+        .filter_map(|(output, new)| {
+            let path = instance.outputs.get(&output)?.clone();
+            let cur = current.get(&output).and_then(Option::as_deref);
+            let old = cur.map(render::current_entries).unwrap_or_default();
+            let content = render::file_content(&new);
+            Some(OutputPlan {
+                output,
+                path,
+                before: old.len(),
+                after: new.len(),
+                added: new.difference(&old).cloned().collect(),
+                removed: old.difference(&new).cloned().collect(),
+                skipped: skipped.remove(&output).unwrap_or_default(),
+                changed: cur != Some(content.as_slice()),
+                content,
+            })
+        })
+        .collect();
+    Plan { outputs, rejected }
+}
+
+struct Entry {
+    mail: Email,
+    phone: Option<Result<Phone, SkipReason>>,
+}
+
+/// A member's mail (and phone), or why it gives no entry at all.
+fn classify(m: &Member, config: &EntraConf) -> Result<Entry, SkipReason> {
+    match m.kind {
+        ObjectKind::User => {}
+        ObjectKind::Group => return Err(SkipReason::Group),
+        ObjectKind::Device => return Err(SkipReason::Device),
+        ObjectKind::Contact => return Err(SkipReason::Contact),
+        ObjectKind::ServicePrincipal => return Err(SkipReason::ServicePrincipal),
+        ObjectKind::Other => return Err(SkipReason::OtherObject),
+        ObjectKind::Untyped => return Err(SkipReason::UntypedObject),
+    }
+    if m.account_enabled == Some(false) && !config.include_disabled {
+        return Err(SkipReason::Disabled);
+    }
+    let mail = Email::parse(m.mail.as_deref().unwrap_or_default())?;
+    let phone = config.mobile_phone.then(|| Phone::parse(m.mobile_phone.as_deref().unwrap_or_default()));
+    Ok(Entry { mail, phone })
+}
+
+fn reject(config: &EntraConf, m: &Member, reason: SkipReason, value: Option<&str>) -> Rejected {
+    Rejected {
+        config: config.path.clone(),
+        id: escape_for_log(&m.id),
+        reason,
+        value: escape_for_log(value.unwrap_or_default()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::entraidconf::Env;
+    use crate::graph::parse_page;
+    use std::path::Path;
+
+    fn sample(name: &str) -> Vec<Member> {
+        let body = std::fs::read(format!("{}/../shared/graph-samples/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        parse_page(&body).unwrap().members
+    }
+
+    fn conf(name: &str, extra: &str) -> EntraConf {
+        let text = format!(
+            "tenant_id = \"contoso.onmicrosoft.com\"\nclient_id = \"66666666-7777-8888-9999-000000000000\"\nclient_secret = \"x\"\ngroup_id = \"02bd9fd6-8f93-4758-87c3-1fb73740a315\"\n{extra}"
+        );
+        EntraConf::parse(&text, Path::new(name), &Env::default()).unwrap()
+    }
+
+    fn instance(configs: Vec<EntraConf>) -> Instance {
+        let mut outputs = BTreeMap::new();
+        for o in Output::ALL {
+            if configs.iter().any(|c| c.feeds.contains(&o)) {
+                outputs.insert(o, PathBuf::from(o.default_path()));
+            }
+        }
+        Instance { name: "gw".into(), dir: PathBuf::from("/server/gw"), configs, outputs }
+    }
+
+    fn text(p: &OutputPlan) -> &str {
+        std::str::from_utf8(&p.content).unwrap()
+    }
+
+    #[test]
+    fn users_list_sample_gives_lower_cased_sorted_lines() {
+        let i = instance(vec![conf("a", "feeds = [\"allowed_senders\", \"access_rules\"]\n")]);
+        let members = sample("users_list_app_only.json");
+        let p = plan(&CurrentFiles::new(), &[&members], &i);
+        assert_eq!(p.outputs.len(), 2);
+        assert_eq!(text(&p.outputs[0]), "adams@contoso.com\nadelev@contoso.com\n");
+        assert_eq!(text(&p.outputs[1]), "* adams@contoso.com <reg> - 0\n* adelev@contoso.com <reg> - 0\n");
+        assert!(p.outputs.iter().all(|o| o.changed && o.before == 0 && o.after == 2));
+    }
+
+    #[test]
+    fn limited_info_sample_skips_by_reason() {
+        let i = instance(vec![conf("a", "")]);
+        let members = sample("group_members_limited_info_permissions_overview.json");
+        let p = plan(&CurrentFiles::new(), &[&members], &i);
+        let o = &p.outputs[0];
+        assert_eq!(o.after, 0);
+        assert_eq!(
+            o.skipped,
+            BTreeMap::from([(SkipReason::Group, 1), (SkipReason::Device, 1), (SkipReason::NoMail, 1)])
+        );
+    }
+
+    #[test]
+    fn union_of_configs_with_both_rule_styles_and_phones() {
+        let a = conf("a", "feeds = [\"access_rules\", \"gsm_list\"]\nquery_filter = \"mail,mobilePhone\"\n");
+        let b = conf("b", "feeds = [\"access_rules\"]\naccess_rule = \"sms\"\ninclude_disabled = true\n");
+        let ma = vec![
+            user("1", Some("Zed@X.com"), Some("+44 (0)20 7946 0958"), Some(true)),
+            user("2", Some("amy@x.com"), None, None),
+            user("3", Some("off@x.com"), Some("040-123 1234"), Some(false)),
+            user("4", Some("bad\n* evil@x <reg> - 0"), Some("12345"), Some(true)),
+            user("5", Some("ph@x.com"), Some("call me"), Some(true)),
+        ];
+        let mb = vec![user("3", Some("off@x.com"), None, Some(false)), user("1", Some("zed@x.com"), None, Some(true))];
+        let i = instance(vec![a, b]);
+        let p = plan(&CurrentFiles::new(), &[&ma, &mb], &i);
+        let gsm = &p.outputs[0];
+        assert_eq!(gsm.output, Output::GsmList);
+        assert_eq!(text(gsm), "zed@x.com +442079460958\n");
+        assert_eq!(
+            gsm.skipped,
+            BTreeMap::from([
+                (SkipReason::Disabled, 1),
+                (SkipReason::InvalidMail, 1),
+                (SkipReason::NoPhone, 1),
+                (SkipReason::InvalidPhone, 1)
+            ])
+        );
+        let rules = &p.outputs[1];
+        assert_eq!(
+            text(rules),
+            "* amy@x.com <reg> - 0\n* ph@x.com <reg> - 0\n* zed@x.com <reg> - 0\noff@x.com * <sms> - 0\nzed@x.com * <sms> - 0\n"
+        );
+        assert_eq!(p.rejected.len(), 2);
+        assert_eq!(p.rejected[0].value, "bad\\n* evil@x <reg> - 0");
+    }
+
+    #[test]
+    fn diff_against_current_and_unchanged() {
+        let i = instance(vec![conf("a", "")]);
+        let members = sample("group_transitivemembers_example1.json");
+        let mut cur = CurrentFiles::new();
+        cur.insert(Output::AllowedSenders, Some(b"old@contoso.com\n".to_vec()));
+        let p = plan(&cur, &[&members], &i);
+        let o = &p.outputs[0];
+        assert_eq!((o.before, o.after), (1, 1));
+        assert_eq!(o.added, ["group1@contoso.com"]);
+        assert_eq!(o.removed, ["old@contoso.com"]);
+        cur.insert(Output::AllowedSenders, Some(b"group1@contoso.com\n".to_vec()));
+        assert!(!plan(&cur, &[&members], &i).outputs[0].changed);
+    }
+
+    fn user(id: &str, mail: Option<&str>, phone: Option<&str>, enabled: Option<bool>) -> Member {
+        Member {
+            id: id.into(),
+            kind: ObjectKind::User,
+            mail: mail.map(Into::into),
+            mobile_phone: phone.map(Into::into),
+            account_enabled: enabled,
+        }
+    }
+}

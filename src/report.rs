@@ -1,0 +1,195 @@
+//! What a run did, per instance and output: text or one JSON document on stdout.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::cli::Format;
+use crate::normalize::SkipReason;
+use crate::output::Output;
+use crate::plan::OutputPlan;
+
+/// What was done to an output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    /// Replaced with new content.
+    Written,
+    /// Content would not change; the file was not touched.
+    Unchanged,
+    /// A dry run: it would be written.
+    DryRun,
+    /// A guard refused the instance's write.
+    Refused,
+    /// The fetch or the write failed.
+    Failed,
+    /// The node turned passive before the write.
+    SkippedPassive,
+}
+
+impl Action {
+    fn word(self) -> &'static str {
+        match self {
+            Self::Written => "written",
+            Self::Unchanged => "unchanged",
+            Self::DryRun => "dry-run",
+            Self::Refused => "refused",
+            Self::Failed => "failed",
+            Self::SkippedPassive => "skipped-passive",
+        }
+    }
+}
+
+/// One output of one instance.
+#[derive(Debug, Clone, Serialize)]
+pub struct OutputReport {
+    /// Which output (`feeds` name).
+    pub output: Output,
+    /// Its path.
+    pub path: PathBuf,
+    /// Entries before (absent if unknown).
+    pub before: Option<usize>,
+    /// Entries after (absent if nothing was planned).
+    pub after: Option<usize>,
+    /// Entries added.
+    pub added: Vec<String>,
+    /// Entries removed.
+    pub removed: Vec<String>,
+    /// Members skipped, by reason.
+    pub skipped: BTreeMap<SkipReason, u64>,
+    /// What was done.
+    pub action: Action,
+}
+
+impl OutputReport {
+    /// From a plan and the action taken.
+    #[must_use]
+    pub fn planned(p: &OutputPlan, action: Action) -> Self {
+        Self {
+            output: p.output,
+            path: p.path.clone(),
+            before: Some(p.before),
+            after: Some(p.after),
+            added: p.added.clone(),
+            removed: p.removed.clone(),
+            skipped: p.skipped.clone(),
+            action,
+        }
+    }
+
+    /// An output nothing could be planned for.
+    #[must_use]
+    pub fn unplanned(output: Output, path: PathBuf, action: Action) -> Self {
+        Self {
+            output,
+            path,
+            before: None,
+            after: None,
+            added: vec![],
+            removed: vec![],
+            skipped: BTreeMap::new(),
+            action,
+        }
+    }
+}
+
+/// An error, as the report carries it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ErrorReport {
+    /// The message.
+    pub message: String,
+    /// How to fix it.
+    pub hint: Option<String>,
+}
+
+/// One instance.
+#[derive(Debug, Clone, Serialize)]
+pub struct InstanceReport {
+    /// Directory name.
+    pub name: String,
+    /// `ok`, `failed`, `refused`, `locked` or `skipped-passive`.
+    pub outcome: &'static str,
+    /// Its outputs.
+    pub outputs: Vec<OutputReport>,
+    /// Its errors.
+    pub errors: Vec<ErrorReport>,
+}
+
+/// The node check.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct NodeReport {
+    /// A status command ran.
+    pub checked: bool,
+    /// Its verdict, if it gave one.
+    pub active: Option<bool>,
+    /// Its trimmed output.
+    pub state: Option<String>,
+}
+
+/// The whole run.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Report {
+    /// `--dry-run` was given.
+    pub dry_run: bool,
+    /// The process exit code.
+    pub exit_code: u8,
+    /// The node check.
+    pub node: NodeReport,
+    /// HTTP requests sent (token and Graph, retries included).
+    pub graph_requests: u64,
+    /// Of which retries.
+    pub graph_retries: u64,
+    /// Per instance.
+    pub instances: Vec<InstanceReport>,
+}
+
+impl Report {
+    /// The report as it goes to stdout.
+    #[must_use]
+    pub fn render(&self, format: Format) -> String {
+        match format {
+            Format::Json => serde_json::to_string_pretty(self).map(|s| s + "\n").unwrap_or_default(),
+            Format::Text => self.text(),
+        }
+    }
+
+    fn text(&self) -> String {
+        let mut s = String::new();
+        if self.node.active == Some(false) {
+            let state = self.node.state.as_deref().unwrap_or_default().escape_debug().to_string();
+            if self.dry_run {
+                let _ = writeln!(s, "node is passive (`{state}`): a real run would write nothing");
+            } else {
+                let _ = writeln!(s, "node is passive (`{state}`): nothing contacted, nothing written");
+            }
+        }
+        for i in &self.instances {
+            if i.outputs.is_empty() {
+                let _ = writeln!(s, "{}: {}", i.name, i.outcome);
+            }
+            for o in &i.outputs {
+                let _ = write!(s, "{}: {} {}: {}", i.name, o.output, o.path.display(), o.action.word());
+                if let (Some(b), Some(a)) = (o.before, o.after) {
+                    let _ = write!(s, " ({b} -> {a} entries, +{} -{}", o.added.len(), o.removed.len());
+                    if !o.skipped.is_empty() {
+                        let parts: Vec<String> = o.skipped.iter().map(|(r, n)| format!("{n} {r}")).collect();
+                        let _ = write!(s, "; skipped: {}", parts.join(", "));
+                    }
+                    s.push(')');
+                }
+                s.push('\n');
+                if self.dry_run {
+                    for a in &o.added {
+                        let _ = writeln!(s, "+ {a}");
+                    }
+                    for r in &o.removed {
+                        let _ = writeln!(s, "- {r}");
+                    }
+                }
+            }
+        }
+        s
+    }
+}

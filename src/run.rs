@@ -1,0 +1,383 @@
+//! One run, in the contract's order: node → config → lock → fetch → plan → guard → write → report.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::cli::Cli;
+use crate::config::Config;
+use crate::entraidconf::{EntraConf, Env};
+use crate::error::{render_error, ConfigError, Error, Hint, Outcome};
+use crate::graph::{Credentials, FetchError, GraphClient, GroupQuery, Member};
+use crate::instance::{self, Instance};
+use crate::node::{self, NodeState};
+use crate::plan::{plan, CurrentFiles, Plan};
+use crate::report::{Action, ErrorReport, InstanceReport, NodeReport, OutputReport, Report};
+use crate::{guard, lock, write};
+
+/// Where instances live when nothing else says.
+pub const DEFAULT_SERVER_ROOT: &str = "/server";
+/// Group fetches running at once.
+const MAX_CONCURRENT_FETCHES: usize = 4;
+
+/// Runs usersync as `cli` asks; the exit code follows contract §7.
+pub fn run(cli: &Cli) -> Result<ExitCode, Error> {
+    crate::log::init(cli.verbose, cli.quiet);
+    let config = Config::load(cli.config.as_deref())?;
+    let root = cli
+        .server_root
+        .clone()
+        .or_else(|| config.server_root.clone())
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_SERVER_ROOT));
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(Error::Runtime)?;
+    let report = rt.block_on(Run { cli, config: &config, root: &root }.execute())?;
+    print!("{}", report.render(cli.format));
+    Ok(ExitCode::from(report.exit_code))
+}
+
+struct Run<'a> {
+    cli: &'a Cli,
+    config: &'a Config,
+    root: &'a Path,
+}
+
+/// The members fetched per group query, or why not.
+type Fetches = HashMap<FetchKey, Result<Arc<Vec<Member>>, Arc<FetchError>>>;
+
+/// A group as one run fetches it: the same group of the same tenant and
+/// Graph endpoint is fetched once, whatever configs name it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct FetchKey {
+    graph: String,
+    tenant: String,
+    group: String,
+    nested: bool,
+}
+
+impl FetchKey {
+    fn of(c: &EntraConf) -> Self {
+        Self {
+            graph: c.endpoints.graph_base(),
+            tenant: c.tenant.to_string(),
+            group: c.group.to_string(),
+            nested: c.nested,
+        }
+    }
+}
+
+impl Run<'_> {
+    async fn execute(&self) -> Result<Report, Error> {
+        let mut report = Report { dry_run: self.cli.dry_run, ..Report::default() };
+        let mut outcome = Outcome::Success;
+
+        // 1. Node check, before anything under the server root is read.
+        if let Some(n) = self.node_config() {
+            report.node.checked = true;
+            match node::check(n).await {
+                Ok(NodeState::Active(s)) => {
+                    report.node = NodeReport { checked: true, active: Some(true), state: Some(s) };
+                }
+                Ok(NodeState::Passive(s)) => {
+                    report.node = NodeReport { checked: true, active: Some(false), state: Some(s.clone()) };
+                    if !self.cli.dry_run {
+                        tracing::info!(state = %s.escape_debug(), "node is passive: nothing contacted, nothing written");
+                        return Ok(report);
+                    }
+                    tracing::warn!(state = %s.escape_debug(), "node is passive: a real run would write nothing; dry run goes on");
+                }
+                Err(e) if self.cli.dry_run => {
+                    eprintln!("{}", render_error(&e));
+                    outcome = Outcome::Failed;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+
+        // 2. Every instance's configuration, all checked before anything is contacted.
+        let instances = self.load_instances()?;
+        let client = Arc::new(GraphClient::new(&self.config.http).map_err(|e| {
+            Error::from(ConfigError::new(
+                self.config.http.ca_bundle.as_ref().map_or(PathBuf::from("[http]"), |(p, _)| p.clone()),
+                e.to_string(),
+                e.hint().unwrap_or_default(),
+            ))
+        })?);
+
+        // 3. Locks (a dry run writes nothing, so takes none).
+        let mut runnable = Vec::new();
+        let mut locks = Vec::new();
+        for inst in instances {
+            if self.cli.dry_run {
+                runnable.push(inst);
+                continue;
+            }
+            match lock::acquire(&inst.entraid_dir()) {
+                Ok(l) => {
+                    locks.push(l);
+                    runnable.push(inst);
+                }
+                Err(e) => {
+                    let o = if matches!(e, lock::LockError::Held(_)) { Outcome::Locked } else { Outcome::Failed };
+                    outcome = outcome.max(o);
+                    let label = if o == Outcome::Locked { "locked" } else { "failed" };
+                    let errors = vec![error_report(&format!("instance `{}`: {e}", inst.name), e.hint())];
+                    let ir = failed_instance(&inst, label, errors);
+                    print_errors(&ir.errors);
+                    report.instances.push(ir);
+                }
+            }
+        }
+
+        // 4. Fetch every group once, a few at a time.
+        let fetches = fetch_all(&client, &runnable).await;
+        report.graph_requests = client.stats.requests();
+        report.graph_retries = client.stats.retries();
+
+        // 5-7. Per instance: plan, guard, write.
+        for inst in &runnable {
+            let (ir, o) = self.sync_instance(inst, &fetches).await;
+            print_errors(&ir.errors);
+            outcome = outcome.max(o);
+            report.instances.push(ir);
+        }
+        report.exit_code = outcome.code();
+        Ok(report)
+    }
+
+    fn node_config(&self) -> Option<&crate::config::NodeConfig> {
+        if self.cli.ignore_node_status {
+            None
+        } else {
+            self.config.node.as_ref()
+        }
+    }
+
+    fn load_instances(&self) -> Result<Vec<Instance>, Error> {
+        let env = Env::from_process();
+        let names = if self.cli.instances.is_empty() {
+            let names = instance::discover(self.root)?;
+            if names.is_empty() {
+                return Err(ConfigError::new(
+                    self.root,
+                    "no instance here: no <instance>/config/entraid/*.entraidconf",
+                    "create an instance's config/entraid/<name>.entraidconf (see config/example.entraidconf), or point --server-root at the right directory",
+                )
+                .into());
+            }
+            names
+        } else {
+            let mut names = self.cli.instances.clone();
+            names.sort();
+            names.dedup();
+            for n in &names {
+                if n.is_empty() || n.contains('/') || n == "." || n == ".." {
+                    return Err(ConfigError::new(
+                        self.root,
+                        format!("`{n}` is not an instance name"),
+                        "give the name of a directory under the server root",
+                    )
+                    .into());
+                }
+            }
+            names
+        };
+        let mut errors = Vec::new();
+        let mut instances = Vec::new();
+        for n in &names {
+            match instance::load(self.root, n, &env) {
+                Ok(i) => instances.push(i),
+                Err(e) => errors.extend(e),
+            }
+        }
+        if errors.is_empty() {
+            Ok(instances)
+        } else {
+            Err(Error::Config(errors))
+        }
+    }
+
+    async fn sync_instance(&self, inst: &Instance, fetches: &Fetches) -> (InstanceReport, Outcome) {
+        let name = &inst.name;
+        let (members, current) = match gather(inst, fetches) {
+            Ok(x) => x,
+            Err(errors) => return (failed_instance(inst, "failed", errors), Outcome::Failed),
+        };
+        let p = plan(&current, &members, inst);
+        for r in &p.rejected {
+            tracing::warn!(instance = %name, config = %r.config.display(), id = %r.id, reason = %r.reason, value = %r.value, "skipped a directory value");
+        }
+        let refusals = guard::check(name, &p, &self.config.guard);
+        if self.cli.force {
+            for r in &refusals {
+                tracing::warn!(instance = %name, "--force: writing despite the guard: {r}");
+            }
+        } else if !refusals.is_empty() {
+            let errors = refusals.iter().map(|r| error_report(&r.to_string(), r.hint())).collect();
+            let action = if self.cli.dry_run { Action::DryRun } else { Action::Refused };
+            return (planned_instance(inst, &p, "refused", action, errors), Outcome::Refused);
+        }
+        if self.cli.dry_run {
+            return (planned_instance(inst, &p, "ok", Action::DryRun, vec![]), Outcome::Success);
+        }
+        if p.outputs.iter().any(|o| o.changed) {
+            if let Some(r) = self.recheck_node(inst, &p).await {
+                return r;
+            }
+        }
+        write_outputs(inst, &p)
+    }
+
+    /// The node check again, right before an instance's first write; `Some` stops the write.
+    async fn recheck_node(&self, inst: &Instance, p: &Plan) -> Option<(InstanceReport, Outcome)> {
+        let n = self.node_config()?;
+        match node::check(n).await {
+            Ok(NodeState::Active(_)) => None,
+            Ok(NodeState::Passive(s)) => {
+                tracing::info!(instance = %inst.name, state = %s.escape_debug(), "node turned passive before the write: nothing written");
+                Some((planned_instance(inst, p, "skipped-passive", Action::SkippedPassive, vec![]), Outcome::Success))
+            }
+            Err(e) => {
+                let errors = vec![error_report(&format!("instance `{}`: {e}", inst.name), e.hint())];
+                Some((planned_instance(inst, p, "failed", Action::Failed, errors), Outcome::Failed))
+            }
+        }
+    }
+}
+
+/// The members of every config of `inst` and its current files, or every reason why not.
+fn gather<'f>(inst: &Instance, fetches: &'f Fetches) -> Result<(Vec<&'f [Member]>, CurrentFiles), Vec<ErrorReport>> {
+    let name = &inst.name;
+    let mut members: Vec<&[Member]> = Vec::new();
+    let mut errors = Vec::new();
+    for c in &inst.configs {
+        match fetches.get(&FetchKey::of(c)) {
+            Some(Ok(m)) => members.push(m.as_slice()),
+            Some(Err(e)) => {
+                errors.push(error_report(&format!("instance `{name}`, config {}: {e}", c.path.display()), e.hint()));
+            }
+            None => errors.push(error_report(
+                &format!("instance `{name}`, config {}: the fetch did not finish", c.path.display()),
+                None,
+            )),
+        }
+    }
+    let mut current = CurrentFiles::new();
+    if errors.is_empty() {
+        for (o, path) in &inst.outputs {
+            match write::read_current(path) {
+                Ok(b) => {
+                    current.insert(*o, b);
+                }
+                Err(e) => errors.push(error_report(&format!("instance `{name}`: {e}"), e.hint())),
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok((members, current))
+    } else {
+        Err(errors)
+    }
+}
+
+/// Writes every changed output of `p`; each write is atomic on its own.
+fn write_outputs(inst: &Instance, p: &Plan) -> (InstanceReport, Outcome) {
+    let mut outputs = Vec::new();
+    let mut errors = Vec::new();
+    for o in &p.outputs {
+        let action = if !o.changed {
+            Action::Unchanged
+        } else if let Err(e) = write::write_atomic(&o.path, &o.content) {
+            errors.push(error_report(&format!("instance `{}`: {e}", inst.name), e.hint()));
+            Action::Failed
+        } else {
+            tracing::info!(instance = %inst.name, output = %o.output, path = %o.path.display(), before = o.before, after = o.after, added = o.added.len(), removed = o.removed.len(), "written");
+            Action::Written
+        };
+        outputs.push(OutputReport::planned(o, action));
+    }
+    let (label, outcome) = if errors.is_empty() { ("ok", Outcome::Success) } else { ("failed", Outcome::Failed) };
+    (InstanceReport { name: inst.name.clone(), outcome: label, outputs, errors }, outcome)
+}
+
+/// A report of `p` where changed outputs got `action` and the others were unchanged.
+fn planned_instance(
+    inst: &Instance,
+    p: &Plan,
+    outcome: &'static str,
+    action: Action,
+    errors: Vec<ErrorReport>,
+) -> InstanceReport {
+    let outputs = p
+        .outputs
+        .iter()
+        .map(|o| OutputReport::planned(o, if o.changed { action } else { Action::Unchanged }))
+        .collect();
+    InstanceReport { name: inst.name.clone(), outcome, outputs, errors }
+}
+
+/// Fetches every distinct group of `instances`, at most `MAX_CONCURRENT_FETCHES` at once.
+async fn fetch_all(client: &Arc<GraphClient>, instances: &[Instance]) -> Fetches {
+    let mut queries: BTreeMap<FetchKey, (Credentials, GroupQuery)> = BTreeMap::new();
+    for c in instances.iter().flat_map(|i| &i.configs) {
+        let (_, q) = queries.entry(FetchKey::of(c)).or_insert_with(|| {
+            let cred = Credentials {
+                token_url: c.endpoints.token_url(c.tenant.as_str()),
+                client_id: c.client.to_string(),
+                secret: c.secret.clone(),
+                scope: c.endpoints.scope(),
+            };
+            let q = GroupQuery {
+                graph: c.endpoints.graph_base(),
+                group: c.group.clone(),
+                nested: c.nested,
+                mobile_phone: false,
+            };
+            (cred, q)
+        });
+        q.mobile_phone |= c.mobile_phone;
+    }
+    let limit = Arc::new(Semaphore::new(MAX_CONCURRENT_FETCHES));
+    let mut set = JoinSet::new();
+    for (key, (cred, q)) in queries {
+        let client = Arc::clone(client);
+        let limit = Arc::clone(&limit);
+        set.spawn(async move {
+            let _permit = limit.acquire_owned().await;
+            let r = client.members(&cred, &q).await.map(Arc::new).map_err(Arc::new);
+            (key, r)
+        });
+    }
+    let mut out = HashMap::new();
+    while let Some(joined) = set.join_next().await {
+        if let Ok((key, r)) = joined {
+            out.insert(key, r);
+        }
+    }
+    out
+}
+
+fn error_report(message: &str, hint: Option<String>) -> ErrorReport {
+    ErrorReport { message: message.to_owned(), hint }
+}
+
+fn print_errors(errors: &[ErrorReport]) {
+    for e in errors {
+        let mut s = format!("error: {}", e.message);
+        if let Some(h) = &e.hint {
+            s.push_str("\nhint: ");
+            s.push_str(h);
+        }
+        eprintln!("{s}");
+    }
+}
+
+/// A report of an instance that got no plan: every output `failed`.
+fn failed_instance(inst: &Instance, outcome: &'static str, errors: Vec<ErrorReport>) -> InstanceReport {
+    let outputs = inst.outputs.iter().map(|(o, p)| OutputReport::unplanned(*o, p.clone(), Action::Failed)).collect();
+    InstanceReport { name: inst.name.clone(), outcome, outputs, errors }
+}

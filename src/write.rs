@@ -1,0 +1,121 @@
+//! Reading the current output files and replacing them atomically (contract §5.5).
+
+use std::fmt;
+use std::fs::{File, Permissions};
+use std::io::{self, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::error::Hint;
+
+/// Prefix of our temporary files, so that they are recognisable (and never `*.txt`).
+pub const TEMP_PREFIX: &str = ".usersync-";
+
+/// A file-system failure on an output.
+#[derive(Debug)]
+pub struct WriteError {
+    /// The output file.
+    pub path: PathBuf,
+    /// What was being done.
+    pub action: &'static str,
+    /// The OS error.
+    pub source: io::Error,
+}
+
+impl fmt::Display for WriteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cannot {} {}: {}", self.action, self.path.display(), self.source)
+    }
+}
+
+impl std::error::Error for WriteError {}
+
+impl Hint for WriteError {
+    fn hint(&self) -> Option<String> {
+        let dir = self.path.parent().unwrap_or(Path::new("/")).display().to_string();
+        Some(match self.source.kind() {
+            io::ErrorKind::NotFound => format!("the directory {dir} does not exist: create it, or fix ALLOWEDLDAPSENDERFILE / LDAPGSMLISTFILE in the instance's envelope.cfg / compose.cfg"),
+            io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => format!("usersync's user cannot write in {dir}: run it as the files' owner or root, and under systemd list the directory in ReadWritePaths="),
+            io::ErrorKind::StorageFull => format!("the file system holding {dir} is full: free space; the old file was left intact"),
+            _ => format!("check the file system holding {dir}; the old file was left intact"),
+        })
+    }
+}
+
+fn err<'a>(path: &'a Path, action: &'static str) -> impl FnOnce(io::Error) -> WriteError + 'a {
+    move |source| WriteError { path: path.to_owned(), action, source }
+}
+
+/// The current bytes of `path`, or `None` if it does not exist.
+pub fn read_current(path: &Path) -> Result<Option<Vec<u8>>, WriteError> {
+    match std::fs::read(path) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(err(path, "read")(e)),
+    }
+}
+
+/// Replaces `path` with `content`: a temp file in the same directory, fsync,
+/// the old file's mode and owner, rename, directory fsync. A reader sees
+/// the old file or the new one, never a mix.
+pub fn write_atomic(path: &Path, content: &[u8]) -> Result<(), WriteError> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let old = match std::fs::metadata(path) {
+        Ok(m) => Some(m),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(err(path, "inspect")(e)),
+    };
+    // A new file gets 0666 less the umask, as a shell redirection would.
+    let mode = old.as_ref().map_or(0o666, |m| m.mode() & 0o7777);
+    let mut tmp = tempfile::Builder::new()
+        .prefix(TEMP_PREFIX)
+        .suffix(".tmp")
+        .permissions(Permissions::from_mode(mode))
+        .tempfile_in(dir)
+        .map_err(err(path, "create a temporary file next to"))?;
+    {
+        let mut w = io::BufWriter::with_capacity(1 << 16, tmp.as_file_mut());
+        w.write_all(content).map_err(err(path, "write the new"))?;
+        w.flush().map_err(err(path, "write the new"))?;
+    }
+    let f = tmp.as_file();
+    if let Some(m) = &old {
+        f.set_permissions(Permissions::from_mode(mode)).map_err(err(path, "set the mode of the new"))?;
+        let now = f.metadata().map_err(err(path, "inspect the new"))?;
+        if now.uid() != m.uid() || now.gid() != m.gid() {
+            std::os::unix::fs::fchown(f, Some(m.uid()), Some(m.gid())).map_err(err(path, "keep the owner of"))?;
+        }
+    }
+    f.sync_all().map_err(err(path, "fsync the new"))?;
+    tmp.persist(path).map_err(|e| err(path, "rename the new file over")(e.error))?;
+    File::open(dir).and_then(|d| d.sync_all()).map_err(err(path, "fsync the directory of"))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replaces_and_keeps_mode() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("list.txt");
+        write_atomic(&p, b"a\n").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"a\n");
+        std::fs::set_permissions(&p, Permissions::from_mode(0o640)).unwrap();
+        write_atomic(&p, b"b\n").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"b\n");
+        assert_eq!(std::fs::metadata(&p).unwrap().mode() & 0o7777, 0o640);
+        let left: Vec<_> = std::fs::read_dir(t.path()).unwrap().collect();
+        assert_eq!(left.len(), 1, "no temp file left behind");
+    }
+
+    #[test]
+    fn missing_directory_is_an_error_with_a_hint() {
+        let e = write_atomic(Path::new("/nonexistent-usersync/x.txt"), b"").unwrap_err();
+        assert!(e.hint().unwrap().contains("does not exist"));
+    }
+}
