@@ -1,1 +1,483 @@
+//! A local simulator of the Entra ID token endpoint and Microsoft Graph's group
+//! member listing, on 127.0.0.1, for usersync's tests, demo and benchmarks.
+//!
+//! It answers like the real services (same JSON shapes, paging by
+//! `@odata.nextLink`, `$select`, AADSTS errors) and can inject faults per page:
+//! statuses with `Retry-After`, token revocation, mangled bodies. It records
+//! every request so that tests can assert what usersync sent.
 
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path, Query, State as AxState};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Form, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+/// An app registration the token endpoint accepts.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct App {
+    /// Tenant id (GUID or domain), lower case.
+    pub tenant: String,
+    /// Application (client) id.
+    pub client_id: String,
+    /// The secret's value.
+    pub client_secret: String,
+    /// Graph hides user attributes (no `User.Read.All`).
+    #[serde(default)]
+    pub limited: bool,
+}
+
+/// The simulated directory: apps and groups.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Directory {
+    /// Registered apps.
+    pub apps: Vec<App>,
+    /// Group id → direct members (full JSON objects with `@odata.type` and `id`).
+    pub groups: BTreeMap<String, Vec<Value>>,
+}
+
+/// What to do instead of answering normally.
+#[derive(Clone, Debug)]
+pub enum Fault {
+    /// Answer this status, with an optional `Retry-After`, and a body.
+    Status {
+        /// HTTP status.
+        status: u16,
+        /// `Retry-After` header value.
+        retry_after: Option<String>,
+        /// Body.
+        body: String,
+    },
+    /// Invalidate every token issued so far, then answer normally (so the
+    /// request itself gets 401 `InvalidAuthenticationToken`).
+    RevokeTokens,
+    /// Answer 200 with this raw body.
+    Body(String),
+}
+
+/// A fault on a members page: page `page` (0-based) of any group, the next `times` requests.
+#[derive(Clone, Debug)]
+pub struct PageFault {
+    /// Page index.
+    pub page: usize,
+    /// How many requests of that page it hits.
+    pub times: usize,
+    /// What happens.
+    pub fault: Fault,
+}
+
+/// One request as the simulator saw it.
+#[derive(Clone, Debug)]
+pub struct Request {
+    /// When it arrived.
+    pub at: Instant,
+    /// `GET` or `POST`.
+    pub method: &'static str,
+    /// Path.
+    pub path: String,
+    /// Decoded query parameters.
+    pub query: HashMap<String, String>,
+    /// Decoded form fields (token requests).
+    pub form: HashMap<String, String>,
+    /// `Authorization` header.
+    pub authorization: Option<String>,
+    /// Status answered.
+    pub status: u16,
+    /// Members page index, if a members request.
+    pub page: Option<usize>,
+}
+
+/// Mutable simulator state.
+#[derive(Debug, Default)]
+pub struct State {
+    /// The directory served.
+    pub directory: Directory,
+    /// Members per page (`$top` is honoured when smaller).
+    pub page_size: usize,
+    /// Faults on members pages.
+    pub page_faults: Vec<PageFault>,
+    /// Faults on the token endpoint, in order, one per request.
+    pub token_faults: Vec<Fault>,
+    /// Every request.
+    pub requests: Vec<Request>,
+    /// Tokens issued and still valid, with their app.
+    tokens: HashMap<String, App>,
+    issued: u64,
+    base: String,
+}
+
+/// A running simulator; stops when dropped.
+pub struct Sim {
+    addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+type Shared = Arc<Mutex<State>>;
+
+fn lock(s: &Shared) -> MutexGuard<'_, State> {
+    s.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Sim {
+    /// Starts on 127.0.0.1 with an OS-chosen port, in a thread of its own.
+    pub fn start(directory: Directory) -> std::io::Result<Self> {
+        Self::start_on(directory, 0)
+    }
+
+    /// Starts on 127.0.0.1:`port` (0: any free port).
+    pub fn start_on(directory: Directory, port: u16) -> std::io::Result<Self> {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port))?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(Mutex::new(State {
+            directory,
+            page_size: 999,
+            base: format!("http://{addr}"),
+            ..State::default()
+        }));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let app = router(Arc::clone(&state));
+        std::thread::Builder::new().name("usersync-sim".into()).spawn(move || {
+            let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => return eprintln!("usersync-sim: {e}"),
+            };
+            rt.block_on(async move {
+                let Ok(listener) = tokio::net::TcpListener::from_std(listener) else { return };
+                let _ = axum::serve(listener, app)
+                    .with_graceful_shutdown(async move {
+                        let _ = stopped.await;
+                    })
+                    .await;
+            });
+        })?;
+        Ok(Self { addr, state, _stop: stop })
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The state, locked: change the directory, add faults, read requests.
+    pub fn state(&self) -> MutexGuard<'_, State> {
+        lock(&self.state)
+    }
+
+    /// Every request so far.
+    pub fn requests(&self) -> Vec<Request> {
+        self.state().requests.clone()
+    }
+}
+
+fn router(state: Shared) -> Router {
+    Router::new()
+        .route("/{tenant}/oauth2/v2.0/token", post(token))
+        .route("/v1.0/groups/{id}/{relation}", get(members))
+        .fallback(|| async {
+            graph_error(404, "UnknownError", "No HTTP resource was found that matches the request URI.")
+        })
+        .with_state(state)
+}
+
+fn json_response(status: u16, body: &Value) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, [("content-type", "application/json")], body.to_string()).into_response()
+}
+
+fn graph_error(status: u16, code: &str, message: &str) -> Response {
+    json_response(
+        status,
+        &json!({"error": {"code": code, "message": message, "innerError": {"date": "2026-11-23T12:00:00", "request-id": "00000000-0000-0000-0000-000000000000"}}}),
+    )
+}
+
+/// A token-endpoint error in Entra ID's shape.
+pub fn aad_error(status: u16, error: &str, code: u64, text: &str) -> Fault {
+    Fault::Status {
+        status,
+        retry_after: None,
+        body: json!({
+            "error": error,
+            "error_description": format!("AADSTS{code}: {text}\r\nTrace ID: 00000000-0000-0000-0000-000000000000\r\nCorrelation ID: 00000000-0000-0000-0000-000000000000\r\nTimestamp: 2026-11-23 12:00:00Z"),
+            "error_codes": [code],
+            "timestamp": "2026-11-23 12:00:00Z",
+            "error_uri": format!("https://login.microsoftonline.com/error?code={code}"),
+        })
+        .to_string(),
+    }
+}
+
+fn fault_response(f: &Fault) -> Response {
+    match f {
+        Fault::Status { status, retry_after, body } => {
+            let mut r = json_response(*status, &Value::Null);
+            *r.body_mut() = body.clone().into();
+            if let Some(ra) = retry_after {
+                if let Ok(v) = ra.parse() {
+                    r.headers_mut().insert("retry-after", v);
+                }
+            }
+            r
+        }
+        Fault::Body(b) => (StatusCode::OK, [("content-type", "application/json")], b.clone()).into_response(),
+        Fault::RevokeTokens => graph_error(500, "SimulatorBug", "RevokeTokens is handled before answering"),
+    }
+}
+
+async fn token(
+    AxState(state): AxState<Shared>,
+    Path(tenant): Path<String>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let mut s = lock(&state);
+    let field = |k: &str| form.get(k).cloned().unwrap_or_default();
+    let (status, resp) = if s.token_faults.is_empty() {
+        let tenant = tenant.to_ascii_lowercase();
+        let app = s.directory.apps.iter().find(|a| a.tenant == tenant && a.client_id == field("client_id")).cloned();
+        let known_tenant = s.directory.apps.iter().any(|a| a.tenant == tenant);
+        if field("grant_type") != "client_credentials" {
+            (
+                400,
+                fault_response(&aad_error(
+                    400,
+                    "unsupported_grant_type",
+                    70003,
+                    "The app requested an unsupported grant type.",
+                )),
+            )
+        } else if !known_tenant {
+            (400, fault_response(&aad_error(400, "invalid_request", 90002, &format!("Tenant '{tenant}' not found."))))
+        } else if let Some(app) = app {
+            if app.client_secret != field("client_secret") {
+                (401, fault_response(&aad_error(401, "invalid_client", 7_000_215, "Invalid client secret provided.")))
+            } else if !field("scope").ends_with("/.default") {
+                (
+                    400,
+                    fault_response(&aad_error(
+                        400,
+                        "invalid_scope",
+                        70011,
+                        "The provided value for the input parameter 'scope' is not valid.",
+                    )),
+                )
+            } else {
+                s.issued += 1;
+                let t =
+                    format!("sim-access-token-{}-{:x}", s.issued, Instant::now().elapsed().as_nanos() ^ 0x5eed_cafe);
+                s.tokens.insert(t.clone(), app);
+                (
+                    200,
+                    json_response(
+                        200,
+                        &json!({"token_type": "Bearer", "expires_in": 3599, "ext_expires_in": 3599, "access_token": t}),
+                    ),
+                )
+            }
+        } else {
+            (
+                400,
+                fault_response(&aad_error(
+                    400,
+                    "unauthorized_client",
+                    700_016,
+                    "Application was not found in the directory.",
+                )),
+            )
+        }
+    } else {
+        let f = s.token_faults.remove(0);
+        let status = match &f {
+            Fault::Status { status, .. } => *status,
+            _ => 200,
+        };
+        (status, fault_response(&f))
+    };
+    s.requests.push(Request {
+        at: Instant::now(),
+        method: "POST",
+        path: format!("/{tenant}/oauth2/v2.0/token"),
+        query: HashMap::new(),
+        form,
+        authorization: None,
+        status,
+        page: None,
+    });
+    resp
+}
+
+fn select(obj: &Value, fields: &[&str]) -> Value {
+    let mut out = serde_json::Map::new();
+    let is_user = obj["@odata.type"] == "#microsoft.graph.user";
+    for k in ["@odata.type", "id"] {
+        if let Some(v) = obj.get(k) {
+            out.insert(k.into(), v.clone());
+        }
+    }
+    for f in fields {
+        match obj.get(*f) {
+            Some(v) => {
+                out.insert((*f).into(), v.clone());
+            }
+            None if is_user => {
+                out.insert((*f).into(), Value::Null);
+            }
+            None => {}
+        }
+    }
+    Value::Object(out)
+}
+
+fn transitive(dir: &Directory, id: &str, seen: &mut HashSet<String>, out: &mut Vec<Value>) {
+    for m in dir.groups.get(id).into_iter().flatten() {
+        let mid = m["id"].as_str().unwrap_or_default().to_owned();
+        if !seen.insert(mid.clone()) {
+            continue;
+        }
+        out.push(m.clone());
+        if m["@odata.type"] == "#microsoft.graph.group" {
+            transitive(dir, &mid, seen, out);
+        }
+    }
+}
+
+async fn members(
+    AxState(state): AxState<Shared>,
+    Path((id, relation)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let mut s = lock(&state);
+    let page: usize =
+        q.get("$skiptoken").and_then(|t| t.strip_prefix("page-")).and_then(|n| n.parse().ok()).unwrap_or(0);
+    let authorization = headers.get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let (status, resp) = answer_members(&mut s, &id, &relation, &q, authorization.as_deref(), page);
+    s.requests.push(Request {
+        at: Instant::now(),
+        method: "GET",
+        path: format!("/v1.0/groups/{id}/{relation}"),
+        query: q,
+        form: HashMap::new(),
+        authorization,
+        status,
+        page: Some(page),
+    });
+    resp
+}
+
+fn answer_members(
+    s: &mut State,
+    id: &str,
+    relation: &str,
+    q: &HashMap<String, String>,
+    authorization: Option<&str>,
+    page: usize,
+) -> (u16, Response) {
+    if let Some(i) = s.page_faults.iter().position(|f| f.page == page && f.times > 0) {
+        s.page_faults[i].times -= 1;
+        let fault = s.page_faults[i].fault.clone();
+        if matches!(fault, Fault::RevokeTokens) {
+            s.tokens.clear();
+        } else {
+            let status = match &fault {
+                Fault::Status { status, .. } => *status,
+                _ => 200,
+            };
+            return (status, fault_response(&fault));
+        }
+    }
+    let app = authorization.and_then(|a| a.strip_prefix("Bearer ")).and_then(|t| s.tokens.get(t)).cloned();
+    let Some(app) = app else {
+        return (401, graph_error(401, "InvalidAuthenticationToken", "Access token has expired or is not yet valid."));
+    };
+    let nested = match relation {
+        "members" => false,
+        "transitiveMembers" => true,
+        _ => return (400, graph_error(400, "BadRequest", "Unsupported relation")),
+    };
+    if !s.directory.groups.contains_key(id) {
+        return (
+            404,
+            graph_error(
+                404,
+                "Request_ResourceNotFound",
+                &format!(
+                    "Resource '{id}' does not exist or one of its queried reference-property objects are not present."
+                ),
+            ),
+        );
+    }
+    let mut all = Vec::new();
+    if nested {
+        transitive(&s.directory, id, &mut HashSet::new(), &mut all);
+    } else {
+        all.clone_from(&s.directory.groups[id]);
+    }
+    let select_text = q.get("$select").cloned().unwrap_or_default();
+    let fields: Vec<&str> = select_text.split(',').filter(|f| !f.is_empty() && *f != "id").collect();
+    let top = q.get("$top").and_then(|t| t.parse().ok()).unwrap_or(100).min(999);
+    let size = top.min(s.page_size).max(1);
+    let chunk: Vec<Value> = all
+        .iter()
+        .skip(page * size)
+        .take(size)
+        .map(|m| {
+            let v = select(m, &fields);
+            if app.limited && m["@odata.type"] == "#microsoft.graph.user" {
+                json!({"@odata.type": "#microsoft.graph.user", "id": m["id"]})
+            } else {
+                v
+            }
+        })
+        .collect();
+    let mut body = json!({"@odata.context": format!("{}/v1.0/$metadata#directoryObjects", s.base), "value": chunk});
+    if (page + 1) * size < all.len() {
+        body["@odata.nextLink"] = json!(format!(
+            "{}/v1.0/groups/{id}/{relation}?$select={select_text}&$top={top}&$skiptoken=page-{}",
+            s.base,
+            page + 1
+        ));
+    }
+    (200, json_response(200, &body))
+}
+
+/// A user object as Graph stores it.
+pub fn user(id: &str, mail: Option<&str>, mobile: Option<&str>, enabled: bool) -> Value {
+    let mut u = json!({"@odata.type": "#microsoft.graph.user", "id": id, "displayName": id, "accountEnabled": enabled});
+    if let Some(m) = mail {
+        u["mail"] = json!(m);
+    }
+    if let Some(p) = mobile {
+        u["mobilePhone"] = json!(p);
+    }
+    u
+}
+
+/// A nested group object.
+pub fn group(id: &str) -> Value {
+    json!({"@odata.type": "#microsoft.graph.group", "id": id, "displayName": id, "mail": format!("{id}@groups.example")})
+}
+
+/// A device object.
+pub fn device(id: &str) -> Value {
+    json!({"@odata.type": "#microsoft.graph.device", "id": id, "accountEnabled": true})
+}
+
+/// Waits until `f` holds or `timeout` passes; for tests that poll the request log.
+pub fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f()
+}

@@ -1,0 +1,570 @@
+//! End-to-end tests: the real `usersync` binary against the Graph simulator on 127.0.0.1.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod util;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::time::{Duration, SystemTime};
+
+use util::*;
+
+const SENDERS: &str = "gw/config/allowed_senders_ldap.txt";
+const GSM: &str = "gw/config/gsm_list.txt";
+const RULES: &str = "gw/config/gsm_auth_auto.txt";
+
+fn staff_members() -> Vec<Value> {
+    vec![
+        user("u1", Some("Alice@Example.com"), Some("+44 (0)20 7946 0958"), true),
+        user("u2", Some("bob@example.com"), Some("040-123 1234"), false),
+        user("u3", None, Some("+358401111111"), true),
+        user("u4", Some("carol@example.com"), None, true),
+        device("d1"),
+    ]
+}
+
+fn one_conf() -> Run {
+    Run::new().group(STAFF, staff_members()).conf("gw", "staff", &format!("group_id = \"{STAFF}\"\n"))
+}
+
+#[test]
+fn three_files_exact_bytes_from_several_configs_and_a_nested_group() {
+    let mut r = Run::new()
+        .group(STAFF, staff_members())
+        .group(SALES, vec![user("u5", Some("dave@example.com"), None, true), group(NESTED), user("u1", Some("alice@example.com"), None, true)])
+        .group(NESTED, vec![user("u6", Some("Erin@Example.com"), Some("+1 425 555 0109"), true)])
+        .conf(
+            "gw",
+            "staff",
+            &format!("group_id = \"{STAFF}\"\nquery_filter = \"mail,mobilePhone\"\nfeeds = [\"allowed_senders\", \"gsm_list\", \"access_rules\"]\n"),
+        )
+        .conf(
+            "gw",
+            "sales",
+            &format!("group_id = \"{SALES}\"\nnested = true\nfeeds = [\"allowed_senders\", \"access_rules\"]\naccess_rule = \"sms\"\n"),
+        )
+        .expect_exit(0)
+        .expect_file(SENDERS, Some("alice@example.com\ncarol@example.com\ndave@example.com\nerin@example.com\n"))
+        .expect_file(GSM, Some("alice@example.com +442079460958\n"))
+        .expect_file(
+            RULES,
+            Some("* alice@example.com <reg> - 0\n* carol@example.com <reg> - 0\nalice@example.com * <sms> - 0\ndave@example.com * <sms> - 0\nerin@example.com * <sms> - 0\n"),
+        );
+    let out = r.run();
+    assert!(out.stdout.contains("gw: allowed_senders"), "{}", out.stdout);
+    let paths: Vec<String> = r.member_requests().iter().map(|q| q.path.clone()).collect();
+    assert!(paths.contains(&format!("/v1.0/groups/{SALES}/transitiveMembers")), "{paths:?}");
+    assert!(paths.contains(&format!("/v1.0/groups/{STAFF}/members")), "{paths:?}");
+    let staff = r.member_requests().into_iter().find(|q| q.path.contains(STAFF)).unwrap();
+    assert_eq!(staff.query.get("$select").map(String::as_str), Some("id,mail,accountEnabled,mobilePhone"));
+    assert_eq!(staff.query.get("$top").map(String::as_str), Some("999"));
+}
+
+#[test]
+fn outputs_no_config_feeds_are_never_touched() {
+    one_conf()
+        .file(GSM, "hand-made +1234567\n")
+        .expect_exit(0)
+        .expect_file(SENDERS, Some("alice@example.com\ncarol@example.com\n"))
+        .expect_file(GSM, Some("hand-made +1234567\n"))
+        .expect_file(RULES, None)
+        .run();
+}
+
+#[test]
+fn envelope_and_compose_cfg_move_the_outputs() {
+    Run::new()
+        .group(STAFF, staff_members())
+        .conf("gw", "staff", &format!("group_id = \"{STAFF}\"\nquery_filter = \"mail,mobilePhone\"\nfeeds = [\"allowed_senders\", \"gsm_list\"]\n"))
+        .file("gw/config/envelope.cfg", "# gateway settings\nOTHER=1\nALLOWEDLDAPSENDERFILE = \"lists/senders.txt\"\n")
+        .file("gw/config/compose.cfg", "LDAPGSMLISTFILE lists/gsm.txt\n")
+        .file("gw/lists/.keep", "")
+        .expect_exit(0)
+        .expect_file("gw/lists/senders.txt", Some("alice@example.com\ncarol@example.com\n"))
+        .expect_file("gw/lists/gsm.txt", Some("alice@example.com +442079460958\n"))
+        .expect_file(SENDERS, None)
+        .expect_file("gw/config/envelope.cfg", Some("# gateway settings\nOTHER=1\nALLOWEDLDAPSENDERFILE = \"lists/senders.txt\"\n"))
+        .run();
+}
+
+#[test]
+fn pages_through_more_than_three_pages() {
+    let mut r = Run::new().group(STAFF, users(9)).conf("gw", "staff", &format!("group_id = \"{STAFF}\"\n"));
+    r.sim.state().page_size = 2;
+    r = r.expect_exit(0).expect_file(SENDERS, Some(&sender_lines(0..9)));
+    r.run();
+    let pages: Vec<Option<usize>> = r.member_requests().iter().map(|q| q.page).collect();
+    assert_eq!(pages, [Some(0), Some(1), Some(2), Some(3), Some(4)]);
+}
+
+#[test]
+fn a_429_with_retry_after_mid_paging_is_waited_out_and_completes() {
+    let mut r = Run::new().group(STAFF, users(7)).conf("gw", "staff", &format!("group_id = \"{STAFF}\"\n"));
+    {
+        let mut s = r.sim.state();
+        s.page_size = 2;
+        let body = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../shared/graph-samples/graph_throttling_429.json"
+        ))
+        .unwrap();
+        s.page_faults.push(PageFault {
+            page: 2,
+            times: 1,
+            fault: Fault::Status { status: 429, retry_after: Some("1".into()), body },
+        });
+    }
+    r = r.expect_exit(0).expect_file(SENDERS, Some(&sender_lines(0..7)));
+    let out = r.run();
+    let reqs = r.member_requests();
+    let p2: Vec<_> = reqs.iter().filter(|q| q.page == Some(2)).collect();
+    assert_eq!(p2.len(), 2, "page 2 asked twice");
+    assert_eq!(p2[0].status, 429);
+    assert!(p2[1].at.duration_since(p2[0].at) >= Duration::from_millis(990), "retried before Retry-After");
+    assert!(out.stderr.contains("retrying"), "{}", out.stderr);
+}
+
+#[test]
+fn a_503_past_max_retries_fails_with_exit_1_and_leaves_files_alone() {
+    let mut r = Run::new()
+        .global("[http]\nmax_retries = 2\n")
+        .group(STAFF, users(5))
+        .conf("gw", "staff", &format!("group_id = \"{STAFF}\"\nfeeds = [\"allowed_senders\", \"access_rules\"]\n"))
+        .file(SENDERS, "old@example.com\n");
+    {
+        let mut s = r.sim.state();
+        s.page_size = 2;
+        s.page_faults.push(PageFault {
+            page: 1,
+            times: 100,
+            fault: Fault::Status { status: 503, retry_after: Some("0".into()), body: "Service Unavailable".into() },
+        });
+    }
+    r = r.expect_exit(1).expect_file(SENDERS, Some("old@example.com\n")).expect_file(RULES, None);
+    let out = r.run();
+    assert_eq!(r.member_requests().iter().filter(|q| q.page == Some(1)).count(), 3, "1 try + 2 retries");
+    let conf = r.root().join("gw/config/entraid/staff.entraidconf");
+    assert!(out.stderr.contains("instance `gw`"), "{}", out.stderr);
+    assert!(out.stderr.contains(&conf.display().to_string()), "{}", out.stderr);
+    assert!(out.stderr.contains("3 attempts") && out.stderr.contains("HTTP 503"), "{}", out.stderr);
+    assert!(out.stderr.contains("hint:"), "{}", out.stderr);
+}
+
+#[test]
+fn a_503_without_retry_after_backs_off_then_recovers() {
+    let mut r = Run::new().group(STAFF, users(3)).conf("gw", "staff", &format!("group_id = \"{STAFF}\"\n"));
+    r.sim.state().page_faults.push(PageFault {
+        page: 0,
+        times: 1,
+        fault: Fault::Status { status: 504, retry_after: None, body: String::new() },
+    });
+    r = r.expect_exit(0).expect_file(SENDERS, Some(&sender_lines(0..3)));
+    r.run();
+    let reqs = r.member_requests();
+    assert_eq!(reqs.len(), 2);
+    assert!(reqs[1].at.duration_since(reqs[0].at) >= Duration::from_millis(490), "backoff is at least 0.5 s");
+}
+
+#[test]
+fn an_expired_token_mid_paging_is_renewed_once_and_the_page_asked_again() {
+    let mut r = Run::new().group(STAFF, users(7)).conf("gw", "staff", &format!("group_id = \"{STAFF}\"\n"));
+    {
+        let mut s = r.sim.state();
+        s.page_size = 2;
+        s.page_faults.push(PageFault { page: 2, times: 1, fault: Fault::RevokeTokens });
+    }
+    r = r.expect_exit(0).expect_file(SENDERS, Some(&sender_lines(0..7)));
+    r.run();
+    assert_eq!(r.token_requests(), 2);
+    let statuses: Vec<(Option<usize>, u16)> = r.member_requests().iter().map(|q| (q.page, q.status)).collect();
+    assert_eq!(statuses, [(Some(0), 200), (Some(1), 200), (Some(2), 401), (Some(2), 200), (Some(3), 200)]);
+}
+
+#[test]
+fn a_page_rejected_again_with_a_fresh_token_fails() {
+    let mut r = one_conf().file(SENDERS, "old@example.com\n");
+    r.sim.state().page_faults.push(PageFault { page: 0, times: 2, fault: Fault::RevokeTokens });
+    r = r.expect_exit(1).expect_file(SENDERS, Some("old@example.com\n"));
+    let out = r.run();
+    assert_eq!(r.token_requests(), 2);
+    assert!(out.stderr.contains("rejected a freshly renewed access token"), "{}", out.stderr);
+}
+
+#[test]
+fn the_guard_refuses_to_gut_a_list_until_forced() {
+    let current = sender_lines(0..30);
+    let mut r = Run::new()
+        .group(STAFF, users(10))
+        .conf("gw", "staff", &format!("group_id = \"{STAFF}\"\nfeeds = [\"allowed_senders\", \"access_rules\"]\n"))
+        .file(SENDERS, &current)
+        .expect_exit(3)
+        .expect_file(SENDERS, Some(&current))
+        .expect_file(RULES, None);
+    let out = r.run();
+    let path = r.root().join(SENDERS);
+    assert!(
+        out.stderr
+            .contains(&format!("refusing to write {}: it would go from 30 to 10 entries (20 removed)", path.display())),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("--force"), "{}", out.stderr);
+    r = r.args(&["--force"]).expect_exit(0).expect_file(SENDERS, Some(&sender_lines(0..10)));
+    r.run();
+    assert!(r.read(RULES).is_some());
+}
+
+#[test]
+fn the_guard_refuses_to_empty_a_list_and_honours_max_removed() {
+    Run::new()
+        .group(STAFF, vec![])
+        .conf("gw", "staff", &format!("group_id = \"{STAFF}\"\n"))
+        .file(SENDERS, "last@example.com\n")
+        .expect_exit(3)
+        .expect_file(SENDERS, Some("last@example.com\n"))
+        .run();
+    Run::new()
+        .global("[guard]\nmax_removed = 3\nmax_removed_percent = 100\n")
+        .group(STAFF, users(10))
+        .conf("gw", "staff", &format!("group_id = \"{STAFF}\"\n"))
+        .file(SENDERS, &sender_lines(0..14))
+        .expect_exit(3)
+        .expect_file(SENDERS, Some(&sender_lines(0..14)))
+        .run();
+}
+
+#[test]
+fn a_passive_node_contacts_nothing_and_writes_nothing() {
+    let mut r = one_conf()
+        .global("[node]\nstatus_command = [\"/bin/echo\", \"PASSIVE\"]\n")
+        .file(SENDERS, "old@example.com\n")
+        .expect_exit(0)
+        .expect_file(SENDERS, Some("old@example.com\n"));
+    let out = r.run();
+    assert!(r.sim.requests().is_empty());
+    assert!(out.stdout.contains("node is passive"), "{}", out.stdout);
+    // --ignore-node-status skips the check
+    r = r
+        .args(&["--ignore-node-status"])
+        .expect_exit(0)
+        .expect_file(SENDERS, Some("alice@example.com\ncarol@example.com\n"));
+    r.run();
+}
+
+#[test]
+fn an_active_node_syncs_and_a_dry_run_on_a_passive_one_says_what_a_real_run_would_do() {
+    one_conf()
+        .global("[node]\nstatus_command = [\"/bin/echo\", \"  ACTIVE FAKE \"]\n")
+        .expect_exit(0)
+        .expect_file(SENDERS, Some("alice@example.com\ncarol@example.com\n"))
+        .run();
+    let mut r = one_conf()
+        .global("[node]\nstatus_command = [\"/bin/echo\", \"PASSIVE\"]\n")
+        .args(&["--dry-run"])
+        .expect_exit(0)
+        .expect_file(SENDERS, None);
+    let out = r.run();
+    assert!(out.stdout.contains("a real run would write nothing"), "{}", out.stdout);
+    assert!(out.stdout.contains("+ alice@example.com"), "{}", out.stdout);
+}
+
+#[test]
+fn a_failing_node_status_command_is_exit_1_with_nothing_written() {
+    let mut r = one_conf()
+        .global("[node]\nstatus_command = [\"/bin/sh\", \"-c\", \"echo broken >&2; exit 4\"]\n")
+        .file(SENDERS, "old@example.com\n")
+        .expect_exit(1)
+        .expect_file(SENDERS, Some("old@example.com\n"));
+    let out = r.run();
+    assert!(r.sim.requests().is_empty());
+    assert!(out.stderr.contains("node status command `/bin/sh -c echo broken >&2; exit 4` exited"), "{}", out.stderr);
+    assert!(out.stderr.contains("hint:"), "{}", out.stderr);
+}
+
+#[test]
+fn the_node_is_checked_again_right_before_the_first_write() {
+    let mut r = one_conf().file(SENDERS, "old@example.com\n");
+    let flag = r.path().join("asked-once");
+    r = r
+        .global(&format!(
+            "[node]\nstatus_command = [\"/bin/sh\", \"-c\", \"if [ -e {0} ]; then echo PASSIVE; else touch {0}; echo ACTIVE; fi\"]\n",
+            flag.display()
+        ))
+        .args(&["--format", "json"])
+        .expect_exit(0)
+        .expect_file(SENDERS, Some("old@example.com\n"));
+    let out = r.run();
+    let v: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["instances"][0]["outputs"][0]["action"], "skipped-passive", "{v:#}");
+    assert!(!r.member_requests().is_empty(), "it fetched while active");
+}
+
+#[test]
+fn a_held_lock_skips_the_instance_with_exit_75() {
+    let mut r = one_conf()
+        .group(SALES, users(2))
+        .conf("other", "sales", &format!("group_id = \"{SALES}\"\n"))
+        .file(SENDERS, "old@example.com\n");
+    let _held = usersync::lock::acquire(&r.root().join("gw/config/entraid")).unwrap();
+    r = r
+        .expect_exit(75)
+        .expect_file(SENDERS, Some("old@example.com\n"))
+        .expect_file("other/config/allowed_senders_ldap.txt", Some(&sender_lines(0..2)));
+    let out = r.run();
+    assert!(out.stderr.contains("held by another usersync run"), "{}", out.stderr);
+    assert!(r.member_requests().iter().all(|q| !q.path.contains(STAFF)), "the locked instance's group is not fetched");
+}
+
+#[test]
+fn an_unchanged_file_is_not_rewritten_and_keeps_its_mtime() {
+    let mut r = one_conf().expect_exit(0);
+    r.run();
+    let p = r.root().join(SENDERS);
+    let old = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+    std::fs::File::options().write(true).open(&p).unwrap().set_modified(old).unwrap();
+    let ino = std::fs::metadata(&p).unwrap().ino();
+    r = r.args(&["--format", "json"]).expect_exit(0);
+    let out = r.run();
+    let m = std::fs::metadata(&p).unwrap();
+    assert_eq!(m.modified().unwrap(), old);
+    assert_eq!(m.ino(), ino);
+    let v: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["instances"][0]["outputs"][0]["action"], "unchanged");
+}
+
+#[test]
+fn a_rewrite_keeps_the_old_files_mode_and_owner() {
+    let mut r = one_conf().file(SENDERS, "old@example.com\n");
+    let p = r.root().join(SENDERS);
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let root = std::fs::metadata(&p).unwrap().uid() == 0;
+    if root {
+        std::os::unix::fs::chown(&p, Some(1234), Some(2345)).unwrap();
+    }
+    r = r.expect_exit(0).expect_file(SENDERS, Some("alice@example.com\ncarol@example.com\n"));
+    r.run();
+    let m = std::fs::metadata(&p).unwrap();
+    assert_eq!(m.mode() & 0o7777, 0o640);
+    if root {
+        assert_eq!((m.uid(), m.gid()), (1234, 2345));
+    } else {
+        eprintln!("not root: owner change not tested");
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(p.parent().unwrap())
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".usersync-"))
+        .collect();
+    assert!(leftovers.is_empty());
+}
+
+#[test]
+fn a_dry_run_prints_the_changes_and_writes_nothing() {
+    let mut r = one_conf()
+        .file(SENDERS, "alice@example.com\ngone@example.com\n")
+        .args(&["--dry-run"])
+        .expect_exit(0)
+        .expect_file(SENDERS, Some("alice@example.com\ngone@example.com\n"));
+    let out = r.run();
+    let path = r.root().join(SENDERS);
+    assert_eq!(
+        out.stdout,
+        format!("gw: allowed_senders {}: dry-run (2 -> 2 entries, +1 -1; skipped: 1 device, 1 disabled, 1 no-mail)\n+ carol@example.com\n- gone@example.com\n", path.display())
+    );
+    assert!(!r.root().join("gw/config/entraid/usersync.lock").exists(), "a dry run takes no lock");
+}
+
+#[test]
+fn json_report_has_paths_counts_changes_skips_and_actions() {
+    let mut r = one_conf().file(SENDERS, "gone@example.com\n").args(&["--format", "json"]).expect_exit(0);
+    let out = r.run();
+    let v: Value = serde_json::from_str(&out.stdout).expect("one JSON document");
+    assert_eq!(v["exit_code"], 0);
+    assert_eq!(v["dry_run"], false);
+    let o = &v["instances"][0]["outputs"][0];
+    assert_eq!(v["instances"][0]["name"], "gw");
+    assert_eq!(o["output"], "allowed_senders");
+    assert_eq!(o["path"], r.root().join(SENDERS).display().to_string());
+    assert_eq!((o["before"].as_u64(), o["after"].as_u64()), (Some(1), Some(2)));
+    assert_eq!(o["added"], json!(["alice@example.com", "carol@example.com"]));
+    assert_eq!(o["removed"], json!(["gone@example.com"]));
+    assert_eq!(o["skipped"], json!({"device": 1, "disabled": 1, "no-mail": 1}));
+    assert_eq!(o["action"], "written");
+    assert!(v["graph_requests"].as_u64().unwrap() >= 2);
+}
+
+#[test]
+fn a_config_error_is_exit_2_naming_file_and_key_and_contacts_nothing() {
+    let mut r = one_conf()
+        .conf("gw", "typo", &format!("group_id = \"{STAFF}\"\ninclude_disabld = true\n"))
+        .expect_exit(2)
+        .expect_file(SENDERS, None);
+    let out = r.run();
+    let file = r.root().join("gw/config/entraid/typo.entraidconf");
+    assert!(
+        out.stderr.contains(&format!("error: instance `gw`: {}: unknown key `include_disabld`", file.display())),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("hint:"), "{}", out.stderr);
+    assert!(r.sim.requests().is_empty());
+}
+
+#[test]
+fn every_config_error_is_exit_2_even_beside_runtime_failures() {
+    let mut r =
+        one_conf().conf("broken", "x", &format!("group_id = \"{STAFF}\"\nfeeds = [\"gsm_list\"]\n")).expect_exit(2);
+    let out = r.run();
+    assert!(out.stderr.contains("`gsm_list` needs phone numbers"), "{}", out.stderr);
+    let mut r = Run::new().args(&["-i", "missing"]).expect_exit(2);
+    let out = r.run();
+    assert!(out.stderr.contains("not an instance"), "{}", out.stderr);
+    let mut r = Run::new().expect_exit(2);
+    let out = r.run();
+    assert!(out.stderr.contains("no instance here"), "{}", out.stderr);
+    let mut r = one_conf().global("[gaurd]\n").expect_exit(2);
+    let out = r.run();
+    assert!(out.stderr.contains("unknown key `gaurd`"), "{}", out.stderr);
+}
+
+#[test]
+fn an_http_endpoint_that_is_not_loopback_is_refused() {
+    let mut r = Run::new()
+        .conf("gw", "staff", &format!("group_id = \"{STAFF}\"\ngraph_endpoint = \"http://graph.example.com\"\n"))
+        .expect_exit(2);
+    let out = r.run();
+    assert!(out.stderr.contains("key `graph_endpoint`"), "{}", out.stderr);
+    assert!(out.stderr.contains("not a loopback address"), "{}", out.stderr);
+}
+
+#[test]
+fn a_next_link_to_another_host_is_refused() {
+    let mut r = one_conf().file(SENDERS, "old@example.com\n");
+    r.sim.state().page_faults.push(PageFault {
+        page: 0,
+        times: 1,
+        fault: Fault::Body(r#"{"value":[],"@odata.nextLink":"https://evil.example/v1.0/steal"}"#.into()),
+    });
+    r = r.expect_exit(1).expect_file(SENDERS, Some("old@example.com\n"));
+    let out = r.run();
+    assert!(out.stderr.contains("evil.example") && out.stderr.contains("is not on"), "{}", out.stderr);
+}
+
+#[test]
+fn no_secret_or_token_appears_at_trace_level() {
+    for extra in [vec!["--format", "json"], vec!["-vv"], vec!["--dry-run"]] {
+        let mut r = one_conf().env("RUST_LOG", "trace").args(&extra).expect_exit(0);
+        let out = r.run();
+        let all = format!("{}{}", out.stdout, out.stderr);
+        assert!(out.stderr.contains("TRACE") || out.stderr.contains("DEBUG"), "trace logging is on");
+        assert!(!all.contains(SECRET), "secret leaked:\n{all}");
+        assert!(!all.contains("sim-access-token"), "token leaked:\n{all}");
+    }
+    // and not on failure either
+    let mut r = one_conf().env("RUST_LOG", "trace").expect_exit(1);
+    r.sim.state().token_faults.push(aad_error(401, "invalid_client", 7_000_215, "Invalid client secret provided."));
+    let out = r.run();
+    assert!(!format!("{}{}", out.stdout, out.stderr).contains(SECRET));
+    assert!(out.stderr.contains("AADSTS7000215") || out.stderr.contains("Invalid client secret"), "{}", out.stderr);
+    assert!(out.stderr.contains("Certificates & secrets"), "{}", out.stderr);
+}
+
+#[test]
+fn an_instance_is_written_only_when_every_config_fetched_completely() {
+    let mut r = one_conf()
+        .conf("gw", "other", &format!("group_id = \"{SALES}\"\nfeeds = [\"access_rules\"]\n"))
+        .file(SENDERS, "old@example.com\n")
+        .expect_exit(1)
+        .expect_file(SENDERS, Some("old@example.com\n"))
+        .expect_file(RULES, None);
+    let out = r.run();
+    assert!(out.stderr.contains("Request_ResourceNotFound"), "{}", out.stderr);
+    assert!(out.stderr.contains("group_id"), "{}", out.stderr);
+    assert!(out.stderr.contains("other.entraidconf"), "{}", out.stderr);
+}
+
+#[test]
+fn a_group_named_by_several_configs_is_fetched_once_with_one_token() {
+    let mut r = Run::new()
+        .group(STAFF, staff_members())
+        .conf("gw", "a", &format!("group_id = \"{STAFF}\"\n"))
+        .conf(
+            "gw",
+            "b",
+            &format!("group_id = \"{STAFF}\"\nquery_filter = \"mail,mobilePhone\"\nfeeds = [\"gsm_list\"]\n"),
+        )
+        .conf("gw2", "c", &format!("group_id = \"{STAFF}\"\nfeeds = [\"access_rules\"]\n"))
+        .expect_exit(0)
+        .expect_file(GSM, Some("alice@example.com +442079460958\n"))
+        .expect_file(
+            "gw2/config/gsm_auth_auto.txt",
+            Some("* alice@example.com <reg> - 0\n* carol@example.com <reg> - 0\n"),
+        );
+    r.run();
+    assert_eq!(r.member_requests().len(), 1);
+    assert_eq!(r.token_requests(), 1);
+}
+
+#[test]
+fn users_without_any_attribute_mean_a_missing_permission_not_an_empty_list() {
+    let mut r = one_conf().file(SENDERS, "old@example.com\n");
+    r.sim.state().directory.apps[0].limited = true;
+    r = r.expect_exit(1).expect_file(SENDERS, Some("old@example.com\n"));
+    let out = r.run();
+    assert!(out.stderr.contains("limited information"), "{}", out.stderr);
+    assert!(out.stderr.contains("User.Read.All"), "{}", out.stderr);
+}
+
+#[test]
+fn a_403_names_the_permissions_to_grant() {
+    let mut r = one_conf();
+    let body = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/graph-samples/graph_error_authorization_requestdenied.json"
+    ))
+    .unwrap();
+    r.sim.state().page_faults.push(PageFault {
+        page: 0,
+        times: 1,
+        fault: Fault::Status { status: 403, retry_after: None, body },
+    });
+    r = r.expect_exit(1);
+    let out = r.run();
+    assert!(out.stderr.contains("Authorization_RequestDenied"), "{}", out.stderr);
+    assert!(out.stderr.contains("GroupMember.Read.All") && out.stderr.contains("admin consent"), "{}", out.stderr);
+}
+
+#[test]
+fn exit_codes_follow_the_priority_2_1_3_75() {
+    // 1 (fetch failure in one instance) beats 3 (guard in another)
+    let mut r = Run::new()
+        .group(STAFF, vec![])
+        .conf("gw", "staff", &format!("group_id = \"{STAFF}\"\n"))
+        .file(SENDERS, "keep@example.com\n")
+        .conf("bad", "x", &format!("group_id = \"{SALES}\"\n"))
+        .expect_exit(1)
+        .expect_file(SENDERS, Some("keep@example.com\n"));
+    r.run();
+    // 3 beats 75
+    let mut r = Run::new()
+        .group(STAFF, vec![])
+        .group(SALES, users(1))
+        .conf("gw", "staff", &format!("group_id = \"{STAFF}\"\n"))
+        .file(SENDERS, "keep@example.com\n")
+        .conf("other", "x", &format!("group_id = \"{SALES}\"\n"))
+        .expect_exit(3);
+    let _held = usersync::lock::acquire(&r.root().join("other/config/entraid")).unwrap();
+    r.run();
+}
+
+#[test]
+fn one_instance_can_be_chosen_with_dash_i() {
+    let mut r = one_conf()
+        .group(SALES, users(1))
+        .conf("other", "x", &format!("group_id = \"{SALES}\"\n"))
+        .args(&["-i", "other"])
+        .expect_exit(0)
+        .expect_file(SENDERS, None)
+        .expect_file("other/config/allowed_senders_ldap.txt", Some(&sender_lines(0..1)));
+    r.run();
+}

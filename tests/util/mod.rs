@@ -1,0 +1,195 @@
+//! Test support: a temporary server root, the Graph simulator, and a builder
+//! that runs the real `usersync` binary and checks what it did.
+
+#![allow(dead_code)]
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub use serde_json::{json, Value};
+pub use usersync_sim::{aad_error, device, group, user, Directory, Fault, PageFault, Sim};
+
+pub const TENANT: &str = "11111111-2222-3333-4444-555555555555";
+pub const CLIENT: &str = "66666666-7777-8888-9999-000000000000";
+pub const SECRET: &str = "sim-Secret~Value.0f9Q";
+pub const STAFF: &str = "02bd9fd6-8f93-4758-87c3-1fb73740a315";
+pub const SALES: &str = "0b0f1c3e-0000-4000-8000-000000000002";
+pub const NESTED: &str = "0b0f1c3e-0000-4000-8000-000000000003";
+
+/// What one run printed and how it ended.
+pub struct Output {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// A server root in a temp dir, a simulator, and the command to run.
+pub struct Run {
+    dir: tempfile::TempDir,
+    pub sim: Sim,
+    args: Vec<String>,
+    envs: Vec<(String, String)>,
+    expect_exit: Option<i32>,
+    expect_files: Vec<(String, Option<String>)>,
+}
+
+impl Run {
+    /// An empty server root, a default global config and a simulator knowing our app.
+    pub fn new() -> Self {
+        let directory = Directory {
+            apps: vec![usersync_sim::App {
+                tenant: TENANT.into(),
+                client_id: CLIENT.into(),
+                client_secret: SECRET.into(),
+                limited: false,
+            }],
+            ..Directory::default()
+        };
+        let sim = Sim::start(directory).expect("simulator starts");
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("server")).expect("server root");
+        let r = Self { dir, sim, args: vec![], envs: vec![], expect_exit: None, expect_files: vec![] };
+        r.global("[http]\ntimeout_seconds = 10\nmax_retries = 3\n")
+    }
+
+    /// The temp dir holding `server/` and `usersync.toml`.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `<tmp>/server`
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("server")
+    }
+
+    /// Replaces the global config.
+    pub fn global(self, toml: &str) -> Self {
+        std::fs::write(self.dir.path().join("usersync.toml"), toml).expect("write usersync.toml");
+        self
+    }
+
+    /// Sets a group's direct members in the simulator.
+    pub fn group(self, id: &str, members: Vec<Value>) -> Self {
+        self.sim.state().directory.groups.insert(id.into(), members);
+        self
+    }
+
+    /// Writes `<instance>/config/entraid/<name>.entraidconf`; credentials and the
+    /// simulator's endpoints are added unless `body` sets them.
+    pub fn conf(self, instance: &str, name: &str, body: &str) -> Self {
+        let mut text = String::new();
+        for (k, v) in [
+            ("tenant_id", TENANT.to_owned()),
+            ("client_id", CLIENT.to_owned()),
+            ("client_secret", SECRET.to_owned()),
+            ("authority_host", self.sim.url()),
+            ("graph_endpoint", self.sim.url()),
+        ] {
+            let set = body.lines().any(|l| l.trim_start().starts_with(k));
+            let secret_set = k == "client_secret" && body.contains("client_secret");
+            if !set && !secret_set {
+                let _ = writeln!(text, "{k} = \"{v}\"");
+            }
+        }
+        text.push_str(body);
+        self.file(&format!("{instance}/config/entraid/{name}.entraidconf"), &text)
+    }
+
+    /// Writes a file under the server root, creating directories.
+    pub fn file(self, rel: &str, content: &str) -> Self {
+        let p = self.root().join(rel);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(p, content).expect("write");
+        self
+    }
+
+    /// Reads a file under the server root.
+    pub fn read(&self, rel: &str) -> Option<String> {
+        std::fs::read_to_string(self.root().join(rel)).ok()
+    }
+
+    /// Arguments for the next run (after `-c` and `--server-root`).
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.args = args.iter().map(|s| (*s).to_owned()).collect();
+        self
+    }
+
+    /// An environment variable for the next run (the environment is otherwise scrubbed).
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.envs.push((k.into(), v.into()));
+        self
+    }
+
+    /// The next run must exit with `code`.
+    pub fn expect_exit(mut self, code: i32) -> Self {
+        self.expect_exit = Some(code);
+        self
+    }
+
+    /// After the next run, `rel` must hold exactly `content` (`None`: must not exist).
+    pub fn expect_file(mut self, rel: &str, content: Option<&str>) -> Self {
+        self.expect_files.push((rel.into(), content.map(Into::into)));
+        self
+    }
+
+    /// The command line the next run uses.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_usersync"));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .arg("-c")
+            .arg(self.dir.path().join("usersync.toml"))
+            .arg("--server-root")
+            .arg(self.root())
+            .args(&self.args);
+        for (k, v) in &self.envs {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    /// Runs the binary, checks the expectations (then forgets them), returns what it printed.
+    pub fn run(&mut self) -> Output {
+        let out = self.command().output().expect("usersync runs");
+        let o = Output {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        };
+        if let Some(code) = self.expect_exit.take() {
+            assert_eq!(o.code, code, "exit code\n--- stdout\n{}\n--- stderr\n{}", o.stdout, o.stderr);
+        }
+        for (rel, want) in std::mem::take(&mut self.expect_files) {
+            assert_eq!(self.read(&rel), want, "content of {rel}\n--- stdout\n{}\n--- stderr\n{}", o.stdout, o.stderr);
+        }
+        o
+    }
+
+    /// Members requests the simulator saw, in order.
+    pub fn member_requests(&self) -> Vec<usersync_sim::Request> {
+        self.sim.requests().into_iter().filter(|r| r.method == "GET").collect()
+    }
+
+    /// Token requests the simulator saw.
+    pub fn token_requests(&self) -> usize {
+        self.sim.requests().iter().filter(|r| r.method == "POST").count()
+    }
+}
+
+/// `n` enabled users `u0@example.com` … with phones.
+pub fn users(n: usize) -> Vec<Value> {
+    (0..n)
+        .map(|i| {
+            user(&format!("id-{i:05}"), Some(&format!("u{i:05}@Example.com")), Some(&format!("+358 40 {i:07}")), true)
+        })
+        .collect()
+}
+
+/// The lines `u00000@example.com\n…` that `users(n)` gives in `allowed_senders`.
+pub fn sender_lines(range: std::ops::Range<usize>) -> String {
+    range.fold(String::new(), |mut s, i| {
+        let _ = writeln!(s, "u{i:05}@example.com");
+        s
+    })
+}
