@@ -99,7 +99,7 @@ mod tests {
                 content: vec![],
                 changed: removed > 0,
             }],
-            rejected: vec![],
+            skips: vec![],
         }
     }
 

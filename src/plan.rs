@@ -36,16 +36,16 @@ pub struct OutputPlan {
     pub changed: bool,
 }
 
-/// A value that failed validation, for a warning (already escaped).
+/// A member that gave no entry to some output, for the log (values already escaped).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rejected {
+pub struct Skip {
     /// The config that fetched it.
     pub config: PathBuf,
     /// The member's object id.
     pub id: String,
     /// Why.
     pub reason: SkipReason,
-    /// The offending value, escaped for a log line.
+    /// The offending value (mail or phone), escaped for a log line; empty if none.
     pub value: String,
 }
 
@@ -54,8 +54,8 @@ pub struct Rejected {
 pub struct Plan {
     /// One entry per output some config feeds, in `Output` order.
     pub outputs: Vec<OutputPlan>,
-    /// Values skipped because they failed validation.
-    pub rejected: Vec<Rejected>,
+    /// Every skip, in directory order.
+    pub skips: Vec<Skip>,
 }
 
 /// Builds the plan. `fetched[i]` holds the members fetched for `instance.configs[i]`.
@@ -64,16 +64,14 @@ pub fn plan(current: &CurrentFiles, fetched: &[&[Member]], instance: &Instance) 
     let mut lines: BTreeMap<Output, BTreeSet<String>> =
         instance.outputs.keys().map(|o| (*o, BTreeSet::new())).collect();
     let mut skipped: BTreeMap<Output, BTreeMap<SkipReason, u64>> = BTreeMap::new();
-    let mut rejected = Vec::new();
+    let mut skips = Vec::new();
 
     for (config, members) in instance.configs.iter().zip(fetched) {
         for m in *members {
             let entry = match classify(m, config) {
                 Ok(e) => e,
                 Err(reason) => {
-                    if reason == SkipReason::InvalidMail {
-                        rejected.push(reject(config, m, reason, m.mail.as_deref()));
-                    }
+                    skips.push(skip(config, m, reason, m.mail.as_deref()));
                     for o in &config.feeds {
                         *skipped.entry(*o).or_default().entry(reason).or_default() += 1;
                     }
@@ -91,9 +89,7 @@ pub fn plan(current: &CurrentFiles, fetched: &[&[Member]], instance: &Instance) 
                                 Some(Err(r)) => *r,
                                 _ => SkipReason::NoPhone,
                             };
-                            if reason == SkipReason::InvalidPhone {
-                                rejected.push(reject(config, m, reason, m.mobile_phone.as_deref()));
-                            }
+                            skips.push(skip(config, m, reason, m.mobile_phone.as_deref()));
                             *skipped.entry(*o).or_default().entry(reason).or_default() += 1;
                             continue;
                         }
@@ -124,7 +120,7 @@ pub fn plan(current: &CurrentFiles, fetched: &[&[Member]], instance: &Instance) 
             })
         })
         .collect();
-    Plan { outputs, rejected }
+    Plan { outputs, skips }
 }
 
 struct Entry {
@@ -151,8 +147,8 @@ fn classify(m: &Member, config: &EntraConf) -> Result<Entry, SkipReason> {
     Ok(Entry { mail, phone })
 }
 
-fn reject(config: &EntraConf, m: &Member, reason: SkipReason, value: Option<&str>) -> Rejected {
-    Rejected {
+fn skip(config: &EntraConf, m: &Member, reason: SkipReason, value: Option<&str>) -> Skip {
+    Skip {
         config: config.path.clone(),
         id: escape_for_log(&m.id),
         reason,
@@ -248,8 +244,12 @@ mod tests {
             text(rules),
             "* amy@x.com <reg> - 0\n* ph@x.com <reg> - 0\n* zed@x.com <reg> - 0\noff@x.com * <sms> - 0\nzed@x.com * <sms> - 0\n"
         );
-        assert_eq!(p.rejected.len(), 2);
-        assert_eq!(p.rejected[0].value, "bad\\n* evil@x <reg> - 0");
+        let invalid: Vec<&Skip> =
+            p.skips.iter().filter(|s| matches!(s.reason, SkipReason::InvalidMail | SkipReason::InvalidPhone)).collect();
+        assert_eq!(invalid.len(), 2);
+        assert_eq!(invalid[0].value, "bad\\n* evil@x <reg> - 0");
+        assert_eq!(invalid[1].value, "call me");
+        assert_eq!(p.skips.len(), 4, "plus one disabled, one without a phone");
     }
 
     #[test]

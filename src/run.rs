@@ -15,6 +15,7 @@ use crate::error::{render_error, ConfigError, Error, Hint, Outcome};
 use crate::graph::{Credentials, FetchError, GraphClient, GroupQuery, Member};
 use crate::instance::{self, Instance};
 use crate::node::{self, NodeState};
+use crate::normalize::SkipReason;
 use crate::plan::{plan, CurrentFiles, Plan};
 use crate::report::{Action, ErrorReport, InstanceReport, NodeReport, OutputReport, Report};
 use crate::{guard, lock, write};
@@ -208,8 +209,13 @@ impl Run<'_> {
             Err(errors) => return (failed_instance(inst, "failed", errors), Outcome::Failed),
         };
         let p = plan(&current, &members, inst);
-        for r in &p.rejected {
-            tracing::warn!(instance = %name, config = %r.config.display(), id = %r.id, reason = %r.reason, value = %r.value, "skipped a directory value");
+        for s in &p.skips {
+            let (config, id, reason, value) = (s.config.display(), &s.id, s.reason, &s.value);
+            if matches!(reason, SkipReason::InvalidMail | SkipReason::InvalidPhone) {
+                tracing::warn!(instance = %name, %config, %id, %reason, %value, "skipped an invalid directory value");
+            } else {
+                tracing::debug!(instance = %name, %config, %id, %reason, %value, "skipped a member");
+            }
         }
         let refusals = guard::check(name, &p, &self.config.guard);
         if self.cli.force {
