@@ -1,6 +1,7 @@
 //! Logging: `tracing` to stderr, level from `-v`/`-q`, `RUST_LOG` honoured.
 
 use std::fmt::Write as _;
+use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
@@ -24,6 +25,10 @@ pub fn init(verbose: u8, quiet: bool) {
         }
     }
     let filter = EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new(default));
-    let _ =
-        tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter).with_target(false).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
 }

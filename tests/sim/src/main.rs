@@ -2,6 +2,8 @@
 //!
 //! usage: usersync-sim DIRECTORY.json [--port N] [--url-file FILE]
 //! Runs until killed. Prints `listening on http://127.0.0.1:PORT` on stdout.
+//! The directory file is read again whenever it changes, so a demo can change
+//! the membership between two runs.
 
 use std::io::Write;
 use std::time::Duration;
@@ -49,7 +51,25 @@ fn main() -> std::process::ExitCode {
     }
     println!("listening on {}", sim.url());
     let _ = std::io::stdout().flush();
+    let mtime = |f: &str| std::fs::metadata(f).and_then(|m| m.modified()).ok();
+    let mut seen = mtime(&file);
     loop {
-        std::thread::sleep(Duration::from_secs(3600));
+        std::thread::sleep(Duration::from_millis(100));
+        let now = mtime(&file);
+        if now != seen {
+            seen = now;
+            match load(&file) {
+                Ok(d) => {
+                    sim.state().directory = d;
+                    eprintln!("usersync-sim: reloaded {file}");
+                }
+                Err(e) => eprintln!("usersync-sim: {file}: {e} (keeping the previous directory)"),
+            }
+        }
     }
+}
+
+fn load(file: &str) -> Result<usersync_sim::Directory, String> {
+    let bytes = std::fs::read(file).map_err(|e| e.to_string())?;
+    serde_json::from_slice(&bytes).map_err(|e| e.to_string())
 }
