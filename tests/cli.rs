@@ -572,11 +572,18 @@ fn one_instance_can_be_chosen_with_dash_i() {
 #[test]
 fn the_shipped_examples_are_valid() {
     let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut r = Run::new().file("gw/config/entraid/example.entraidconf", &std::fs::read_to_string(repo.join("config/example.entraidconf")).unwrap());
+    let mut r = Run::new().file(
+        "gw/config/entraid/example.entraidconf",
+        &std::fs::read_to_string(repo.join("config/example.entraidconf")).unwrap(),
+    );
     // The example points at a secret file that does not exist here, which must be the only complaint.
     r = r.global(&std::fs::read_to_string(repo.join("config/usersync.toml")).unwrap()).expect_exit(2);
     let out = r.run();
-    assert!(out.stderr.contains("key `client_secret_file`: cannot read /etc/usersync/secrets/gw1-staff"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("key `client_secret_file`: cannot read /etc/usersync/secrets/gw1-staff"),
+        "{}",
+        out.stderr
+    );
     assert_eq!(out.stderr.matches("error:").count(), 1, "{}", out.stderr);
     for cfg in ["envelope.cfg.example", "compose.cfg.example"] {
         let text = std::fs::read_to_string(repo.join("config").join(cfg)).unwrap();
