@@ -121,6 +121,17 @@ impl Error {
         }
     }
 
+    /// The error as report entries (message and hint each).
+    #[must_use]
+    pub fn reports(&self) -> Vec<crate::report::ErrorReport> {
+        let one = |message: String, hint: Option<String>| crate::report::ErrorReport { message, hint };
+        match self {
+            Self::Config(errors) => errors.iter().map(|e| one(e.to_string(), e.hint())).collect(),
+            Self::Node(e) => vec![one(e.to_string(), e.hint())],
+            Self::Runtime(e) => vec![one(self.to_string(), e.hint())],
+        }
+    }
+
     /// Prints the error, its causes and its hints on stderr, once.
     pub fn print(&self) {
         match self {

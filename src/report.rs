@@ -143,6 +143,8 @@ pub struct Report {
     pub graph_retries: u64,
     /// Per instance.
     pub instances: Vec<InstanceReport>,
+    /// Errors that stopped the run before any instance (configuration, node check).
+    pub errors: Vec<ErrorReport>,
 }
 
 impl Report {

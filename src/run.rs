@@ -8,7 +8,9 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::cli::Cli;
+use std::io::Write as _;
+
+use crate::cli::{Cli, Format};
 use crate::config::Config;
 use crate::entraidconf::{EntraConf, Env};
 use crate::error::{render_error, ConfigError, Error, Hint, Outcome};
@@ -28,6 +30,22 @@ const MAX_CONCURRENT_FETCHES: usize = 4;
 /// Runs usersync as `cli` asks; the exit code follows contract §7.
 pub fn run(cli: &Cli) -> Result<ExitCode, Error> {
     crate::log::init(cli.verbose, cli.quiet);
+    let result = load_and_execute(cli);
+    let report = match &result {
+        Ok(r) => r.clone(),
+        // Monitoring that parses --format json gets one document even now.
+        Err(e) => {
+            Report { dry_run: cli.dry_run, exit_code: e.outcome().code(), errors: e.reports(), ..Report::default() }
+        }
+    };
+    if result.is_ok() || cli.format == Format::Json {
+        // Nothing useful can be done if stdout is gone; the exit code still tells.
+        let _ = std::io::stdout().lock().write_all(report.render(cli.format).as_bytes());
+    }
+    result.map(|r| ExitCode::from(r.exit_code))
+}
+
+fn load_and_execute(cli: &Cli) -> Result<Report, Error> {
     let config = Config::load(cli.config.as_deref())?;
     let root = cli
         .server_root
@@ -36,9 +54,7 @@ pub fn run(cli: &Cli) -> Result<ExitCode, Error> {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_SERVER_ROOT));
     let rt =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(Error::Runtime)?;
-    let report = rt.block_on(Run { cli, config: &config, root: &root }.execute())?;
-    print!("{}", report.render(cli.format));
-    Ok(ExitCode::from(report.exit_code))
+    rt.block_on(Run { cli, config: &config, root: &root }.execute())
 }
 
 struct Run<'a> {

@@ -57,7 +57,8 @@ pub fn read_current(path: &Path) -> Result<Option<Vec<u8>>, WriteError> {
 
 /// Replaces `path` with `content`: a temp file in the same directory, fsync,
 /// the old file's mode and owner, rename, directory fsync. A reader sees
-/// the old file or the new one, never a mix.
+/// the old file or the new one, never a mix. A new file gets mode 0666 less
+/// the umask and, when written by root, its directory's owner and group.
 pub fn write_atomic(path: &Path, content: &[u8]) -> Result<(), WriteError> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
@@ -82,12 +83,22 @@ pub fn write_atomic(path: &Path, content: &[u8]) -> Result<(), WriteError> {
         w.flush().map_err(err(path, "write the new"))?;
     }
     let f = tmp.as_file();
-    if let Some(m) = &old {
-        f.set_permissions(Permissions::from_mode(mode)).map_err(err(path, "set the mode of the new"))?;
-        let now = f.metadata().map_err(err(path, "inspect the new"))?;
-        if now.uid() != m.uid() || now.gid() != m.gid() {
-            std::os::unix::fs::fchown(f, Some(m.uid()), Some(m.gid())).map_err(err(path, "keep the owner of"))?;
+    let ours = f.metadata().map_err(err(path, "inspect the new"))?;
+    let owner = match &old {
+        Some(m) => {
+            f.set_permissions(Permissions::from_mode(mode)).map_err(err(path, "set the mode of the new"))?;
+            Some((m.uid(), m.gid()))
         }
+        // A first file, written as root, belongs to whoever owns its directory,
+        // so that the gateway can read it (under systemd the umask is 0027).
+        None if ours.uid() == 0 => {
+            let d = std::fs::metadata(dir).map_err(err(path, "inspect the directory of"))?;
+            Some((d.uid(), d.gid()))
+        }
+        None => None,
+    };
+    if let Some((uid, gid)) = owner.filter(|o| *o != (ours.uid(), ours.gid())) {
+        std::os::unix::fs::fchown(f, Some(uid), Some(gid)).map_err(err(path, "keep the owner of"))?;
     }
     f.sync_all().map_err(err(path, "fsync the new"))?;
     tmp.persist(path).map_err(|e| err(path, "rename the new file over")(e.error))?;

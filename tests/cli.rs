@@ -359,6 +359,20 @@ fn a_rewrite_keeps_the_old_files_mode_and_owner() {
 }
 
 #[test]
+fn a_first_file_written_as_root_belongs_to_its_directorys_owner() {
+    let mut r = one_conf().expect_exit(0);
+    let dir = r.root().join("gw/config");
+    if std::fs::metadata(&dir).unwrap().uid() != 0 {
+        eprintln!("not root: directory owner not tested");
+        return;
+    }
+    std::os::unix::fs::chown(&dir, Some(1234), Some(2345)).unwrap();
+    r.run();
+    let m = std::fs::metadata(r.root().join(SENDERS)).unwrap();
+    assert_eq!((m.uid(), m.gid()), (1234, 2345));
+}
+
+#[test]
 fn a_dry_run_prints_the_changes_and_writes_nothing() {
     let mut r = one_conf()
         .file(SENDERS, "alice@example.com\ngone@example.com\n")
@@ -425,6 +439,13 @@ fn every_config_error_is_exit_2_even_beside_runtime_failures() {
     let mut r = one_conf().global("[gaurd]\n").expect_exit(2);
     let out = r.run();
     assert!(out.stderr.contains("unknown key `gaurd`"), "{}", out.stderr);
+    assert!(out.stdout.is_empty(), "text mode prints no result: {}", out.stdout);
+    r = r.args(&["--format", "json"]).expect_exit(2);
+    let out = r.run();
+    let v: Value = serde_json::from_str(&out.stdout).expect("one JSON document even on a config error");
+    assert_eq!(v["exit_code"], 2);
+    assert!(v["errors"][0]["message"].as_str().unwrap().contains("unknown key `gaurd`"), "{v:#}");
+    assert!(v["errors"][0]["hint"].is_string(), "{v:#}");
 }
 
 #[test]
