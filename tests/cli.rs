@@ -612,3 +612,18 @@ fn the_shipped_examples_are_valid() {
         assert!(usersync::cfgfile::lookup(&text, key).is_some_and(|v| v.starts_with("/server/gw1/config/")), "{cfg}");
     }
 }
+
+#[test]
+fn connection_failures_are_retried_then_fail_with_exit_1() {
+    // A port that was just free: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut r = Run::new()
+        .global("[http]\nmax_retries = 1\n")
+        .conf("gw", "staff", &format!("group_id = \"{STAFF}\"\nauthority_host = \"http://127.0.0.1:{port}\"\n"))
+        .file(SENDERS, "old@example.com\n")
+        .expect_exit(1)
+        .expect_file(SENDERS, Some("old@example.com\n"));
+    let out = r.run();
+    assert!(out.stderr.contains("still failed after 2 attempts"), "{}", out.stderr);
+    assert!(out.stderr.contains(&format!("http://127.0.0.1:{port}/{TENANT}/oauth2/v2.0/token")), "{}", out.stderr);
+}
