@@ -25,6 +25,8 @@ pub enum SkipReason {
     NoMail,
     /// A `mail` that is not a plausible address.
     InvalidMail,
+    /// A `mail` whose local part (before the `@`) is not ASCII.
+    NonAsciiLocalPart,
     /// No `mobilePhone` (for `gsm_list`).
     NoPhone,
     /// A `mobilePhone` that is not a plausible number.
@@ -45,6 +47,7 @@ impl SkipReason {
             Self::Disabled => "disabled",
             Self::NoMail => "no-mail",
             Self::InvalidMail => "invalid-mail",
+            Self::NonAsciiLocalPart => "non-ascii-local-part",
             Self::NoPhone => "no-phone",
             Self::InvalidPhone => "invalid-phone",
         }
@@ -57,25 +60,42 @@ impl fmt::Display for SkipReason {
     }
 }
 
-/// A lower-cased, plausible mail address: safe to put on a line of any output.
+/// A lower-cased, plausible, ASCII-only mail address: safe to put on a line of any output.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Email(String);
 
+/// Characters that may never appear in an address we write.
+const FORBIDDEN: &str = "<>*\"(),;:[]\\";
+
 impl Email {
-    /// Trims, lower-cases and checks: one `@` with text on both sides, no
-    /// whitespace, control characters or any of `<>*"(),;:[]\`, at most 254 bytes.
+    /// Trims and checks: one `@` with text on both sides, no whitespace,
+    /// control characters or any of `<>*"(),;:[]\`. The local part must be
+    /// ASCII; a non-ASCII domain is converted to punycode (IDNA). The result
+    /// is lower-cased and at most 254 bytes.
     pub fn parse(raw: &str) -> Result<Self, SkipReason> {
-        let s = raw.trim().to_lowercase();
+        let s = raw.trim();
         if s.is_empty() {
             return Err(SkipReason::NoMail);
         }
-        let ok = s.len() <= 254
-            && s.matches('@').count() == 1
-            && !s.starts_with('@')
-            && !s.ends_with('@')
-            && !s.chars().any(|c| c.is_whitespace() || c.is_control() || "<>*\"(),;:[]\\".contains(c));
-        if ok {
-            Ok(Self(s))
+        if s.len() > 1024 || s.chars().any(|c| c.is_whitespace() || c.is_control() || FORBIDDEN.contains(c)) {
+            return Err(SkipReason::InvalidMail);
+        }
+        let Some((local, domain)) = s.split_once('@') else { return Err(SkipReason::InvalidMail) };
+        if local.is_empty() || domain.is_empty() || domain.contains('@') {
+            return Err(SkipReason::InvalidMail);
+        }
+        if !local.is_ascii() {
+            return Err(SkipReason::NonAsciiLocalPart);
+        }
+        let domain = if domain.is_ascii() {
+            domain.to_ascii_lowercase()
+        } else {
+            idna::domain_to_ascii_strict(domain).map_err(|_| SkipReason::InvalidMail)?
+        };
+        let address = format!("{}@{domain}", local.to_ascii_lowercase());
+        let printable = address.bytes().all(|b| b.is_ascii_graphic() && !FORBIDDEN.as_bytes().contains(&b));
+        if address.len() <= 254 && printable {
+            Ok(Self(address))
         } else {
             Err(SkipReason::InvalidMail)
         }
@@ -159,6 +179,16 @@ mod tests {
         ] {
             assert_eq!(Email::parse(bad), Err(SkipReason::InvalidMail), "{bad:?}");
         }
+        assert_eq!(Email::parse("Jörg@example.com"), Err(SkipReason::NonAsciiLocalPart));
+        assert_eq!(Email::parse("jorg@BÜCHER.example").unwrap().as_str(), "jorg@xn--bcher-kva.example");
+        assert_eq!(
+            Email::parse("a@exa\u{2060}mple.com").unwrap().as_str(),
+            "a@example.com",
+            "IDNA drops default-ignorables"
+        );
+        assert_eq!(Email::parse("a@ex_ample.com").unwrap().as_str(), "a@ex_ample.com");
+        assert_eq!(Email::parse("a@bü_cher.com"), Err(SkipReason::InvalidMail));
+        assert_eq!(Email::parse(&"x".repeat(10_000)), Err(SkipReason::InvalidMail));
         let long = format!("{}@example.com", "a".repeat(242));
         assert_eq!(long.len(), 254);
         assert!(Email::parse(&long).is_ok());

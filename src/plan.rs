@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use crate::entraidconf::EntraConf;
-use crate::graph::{Member, ObjectKind};
+use crate::graph::{Member, ObjectKind, Text};
 use crate::instance::Instance;
 use crate::normalize::{escape_for_log, Email, Phone, SkipReason};
 use crate::output::Output;
@@ -71,7 +71,7 @@ pub fn plan(current: &CurrentFiles, fetched: &[&[Member]], instance: &Instance) 
             let entry = match classify(m, config) {
                 Ok(e) => e,
                 Err(reason) => {
-                    skips.push(skip(config, m, reason, m.mail.as_deref()));
+                    skips.push(skip(config, m, reason, m.mail.as_ref().map(Text::as_str)));
                     for o in &config.feeds {
                         *skipped.entry(*o).or_default().entry(reason).or_default() += 1;
                     }
@@ -89,7 +89,7 @@ pub fn plan(current: &CurrentFiles, fetched: &[&[Member]], instance: &Instance) 
                                 Some(Err(r)) => *r,
                                 _ => SkipReason::NoPhone,
                             };
-                            skips.push(skip(config, m, reason, m.mobile_phone.as_deref()));
+                            skips.push(skip(config, m, reason, m.mobile_phone.as_ref().map(Text::as_str)));
                             *skipped.entry(*o).or_default().entry(reason).or_default() += 1;
                             continue;
                         }
@@ -142,8 +142,16 @@ fn classify(m: &Member, config: &EntraConf) -> Result<Entry, SkipReason> {
     if m.account_enabled == Some(false) && !config.include_disabled {
         return Err(SkipReason::Disabled);
     }
-    let mail = Email::parse(m.mail.as_deref().unwrap_or_default())?;
-    let phone = config.mobile_phone.then(|| Phone::parse(m.mobile_phone.as_deref().unwrap_or_default()));
+    let mail = match &m.mail {
+        None => return Err(SkipReason::NoMail),
+        Some(Text::Undecodable(_)) => return Err(SkipReason::InvalidMail),
+        Some(Text::Str(s)) => Email::parse(s)?,
+    };
+    let phone = config.mobile_phone.then(|| match &m.mobile_phone {
+        None => Err(SkipReason::NoPhone),
+        Some(Text::Undecodable(_)) => Err(SkipReason::InvalidPhone),
+        Some(Text::Str(s)) => Phone::parse(s),
+    });
     Ok(Entry { mail, phone })
 }
 
@@ -274,6 +282,113 @@ mod tests {
             mail: mail.map(Into::into),
             mobile_phone: phone.map(Into::into),
             account_enabled: enabled,
+        }
+    }
+}
+
+#[cfg(test)]
+mod proptests {
+    //! Hostile directory values: whatever `mail` and `mobilePhone` hold, every
+    //! output line matches its strict format, and no other line changes.
+    use super::*;
+    use crate::entraidconf::Env;
+    use proptest::prelude::*;
+    use std::path::Path;
+    use std::sync::LazyLock;
+
+    const C: &str = r"[!#$%&'+\-./0-9=?^_`a-z{|}~]+";
+    static EMAIL: LazyLock<String> = LazyLock::new(|| format!("{C}@{C}"));
+    static SENDER: LazyLock<regex::Regex> = LazyLock::new(|| regex::Regex::new(&format!("^{}$", *EMAIL)).unwrap());
+    static GSM: LazyLock<regex::Regex> =
+        LazyLock::new(|| regex::Regex::new(&format!(r"^{} \+?[0-9]{{5,20}}$", *EMAIL)).unwrap());
+    static RULE: LazyLock<regex::Regex> =
+        LazyLock::new(|| regex::Regex::new(&format!(r"^(\* {0} <reg> - 0|{0} \* <sms> - 0)$", *EMAIL)).unwrap());
+
+    fn hostile() -> impl Strategy<Value = String> {
+        let pieces = prop_oneof![
+            Just("\n".to_owned()),
+            Just("\r".to_owned()),
+            Just("\0".to_owned()),
+            Just(" ".to_owned()),
+            Just("*".to_owned()),
+            Just("<".to_owned()),
+            Just(">".to_owned()),
+            Just("@".to_owned()),
+            Just("* evil@example.com <reg> - 0".to_owned()),
+            Just("evil@example.com * <sms> - 0\n".to_owned()),
+            Just("x".repeat(10_000)),
+            Just("Jörg".to_owned()),
+            Just("bücher.example".to_owned()),
+            Just("\u{2028}".to_owned()),
+            Just("+358 40".to_owned()),
+            "[a-z]{1,6}".prop_map(|s| s),
+            any::<String>(),
+        ];
+        prop::collection::vec(pieces, 0..6).prop_map(|v| v.concat())
+    }
+
+    fn member(id: &str, mail: Option<Text>, phone: Option<Text>) -> Member {
+        Member { id: id.into(), kind: ObjectKind::User, mail, mobile_phone: phone, account_enabled: Some(true) }
+    }
+
+    fn text() -> impl Strategy<Value = Option<Text>> {
+        prop_oneof![
+            Just(None),
+            hostile().prop_map(|s| Some(Text::Str(s))),
+            hostile().prop_map(|s| Some(Text::Undecodable(s))),
+        ]
+    }
+
+    fn instance(sms: bool) -> Instance {
+        let rule = if sms { "sms" } else { "registration" };
+        let text = format!(
+            "tenant_id = \"contoso.onmicrosoft.com\"\nclient_id = \"66666666-7777-8888-9999-000000000000\"\nclient_secret = \"x\"\ngroup_id = \"02bd9fd6-8f93-4758-87c3-1fb73740a315\"\nquery_filter = \"mail,mobilePhone\"\nfeeds = [\"allowed_senders\", \"gsm_list\", \"access_rules\"]\naccess_rule = \"{rule}\"\n"
+        );
+        let c = EntraConf::parse(&text, Path::new("p.entraidconf"), &Env::default()).unwrap();
+        let outputs = Output::ALL.iter().map(|o| (*o, PathBuf::from(o.default_path()))).collect();
+        Instance { name: "gw".into(), dir: PathBuf::from("/server/gw"), configs: vec![c], outputs }
+    }
+
+    fn lines(p: &Plan) -> Vec<(Output, Vec<String>)> {
+        p.outputs
+            .iter()
+            .map(|o| (o.output, String::from_utf8(o.content.clone()).unwrap().lines().map(str::to_owned).collect()))
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        #[test]
+        fn hostile_values_never_add_a_malformed_line_or_change_another(
+            mail in text(),
+            phone in text(),
+            sms in any::<bool>(),
+            normal in prop::collection::vec(("[a-z]{1,8}@[a-z]{1,8}\\.com", "\\+?[0-9]{5,12}"), 0..4),
+        ) {
+            let inst = instance(sms);
+            let good: Vec<Member> = normal
+                .iter()
+                .enumerate()
+                .map(|(i, (m, p))| member(&i.to_string(), Some(Text::Str(m.clone())), Some(Text::Str(p.clone()))))
+                .collect();
+            let mut all = good.clone();
+            all.push(member("hostile", mail, phone));
+            let before = lines(&plan(&CurrentFiles::new(), &[&good], &inst));
+            let after = lines(&plan(&CurrentFiles::new(), &[&all], &inst));
+            for ((output, old), (_, new)) in before.iter().zip(&after) {
+                for l in new {
+                    let re = match output {
+                        Output::AllowedSenders => &*SENDER,
+                        Output::GsmList => &*GSM,
+                        Output::AccessRules => &*RULE,
+                    };
+                    prop_assert!(re.is_match(l) && l.len() <= 300, "{output}: {l:?}");
+                }
+                for l in old {
+                    prop_assert!(new.contains(l), "{output}: lost {l:?}");
+                }
+                prop_assert!(new.len() <= old.len() + 1, "{output}: more than one new line: {new:?}");
+            }
         }
     }
 }

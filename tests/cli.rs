@@ -627,3 +627,64 @@ fn connection_failures_are_retried_then_fail_with_exit_1() {
     assert!(out.stderr.contains("still failed after 2 attempts"), "{}", out.stderr);
     assert!(out.stderr.contains(&format!("http://127.0.0.1:{port}/{TENANT}/oauth2/v2.0/token")), "{}", out.stderr);
 }
+
+#[test]
+fn hostile_directory_values_add_no_line_and_are_reported_by_reason() {
+    let long = format!("{}@x.com", "h".repeat(10_000));
+    let u = |id: &str, mail: &str, phone: &str| {
+        format!(
+            r##"{{"@odata.type":"#microsoft.graph.user","id":"{id}","mail":{mail},"mobilePhone":{phone},"accountEnabled":true}}"##
+        )
+    };
+    let members = [
+        u("good", r#""Good@Example.com""#, r#""+358401234567""#),
+        u("newline", r#""a@x.com\n* evil@x.com <reg> - 0""#, r#""+358 40\n1""#),
+        u("cr", r#""b\r@x.com""#, "null"),
+        u("nul", r#""c\u0000@x.com""#, "null"),
+        u("space", r#""d e@x.com""#, "null"),
+        u("star", r#""*@x.com""#, "null"),
+        u("angle", r#""<f@x.com>""#, "null"),
+        u("rule", r#""* g@x.com <reg> - 0""#, "null"),
+        u("long", &format!("\"{long}\""), "null"),
+        u("surrogate", r#""i\ud800@x.com""#, r#""\udc00""#),
+        u("nonascii", r#""jörg@x.com""#, "null"),
+        u("idn", r#""k@BÜCHER.example""#, r#""+358 40 (0) 1""#),
+        u("phone", r#""ph@x.com""#, r#""+358 40 1\n* ph2@x.com <reg> - 0""#),
+    ];
+    let body = format!(r#"{{"value":[{}]}}"#, members.join(","));
+    let mut r = Run::new()
+        .group(STAFF, vec![])
+        .conf(
+            "gw",
+            "staff",
+            &format!("group_id = \"{STAFF}\"\nquery_filter = \"mail,mobilePhone\"\nfeeds = [\"allowed_senders\", \"gsm_list\", \"access_rules\"]\n"),
+        )
+        .args(&["--format", "json"])
+        .expect_exit(0)
+        .expect_file(SENDERS, Some("good@example.com\nk@xn--bcher-kva.example\nph@x.com\n"))
+        .expect_file(GSM, Some("good@example.com +358401234567\nk@xn--bcher-kva.example +358401\n"))
+        .expect_file(RULES, Some("* good@example.com <reg> - 0\n* k@xn--bcher-kva.example <reg> - 0\n* ph@x.com <reg> - 0\n"));
+    r.sim.state().page_faults.push(PageFault { page: 0, times: 1, fault: Fault::Body(body) });
+    let out = r.run();
+    let v: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["instances"][0]["outputs"][0]["skipped"], json!({"invalid-mail": 9, "non-ascii-local-part": 1}));
+    assert_eq!(
+        v["instances"][0]["outputs"][1]["skipped"],
+        json!({"invalid-mail": 9, "non-ascii-local-part": 1, "invalid-phone": 1})
+    );
+    for (id, shown) in [
+        ("newline", r"a@x.com\n* evil@x.com <reg> - 0"),
+        ("cr", r"b\r@x.com"),
+        ("nul", r"c\0@x.com"),
+        ("surrogate", r#"\"i\\ud800@x.com\""#),
+        ("phone", r"+358 40 1\n* ph2@x.com <reg> - 0"),
+    ] {
+        let line = out
+            .stderr
+            .lines()
+            .find(|l| l.contains(&format!("id={id} ")))
+            .unwrap_or_else(|| panic!("no warning for {id}:\n{}", out.stderr));
+        assert!(line.contains("WARN") && line.contains(shown), "{id}: {line}");
+    }
+    assert!(!out.stderr.contains(&"h".repeat(200)), "a 10,000-character value is cut in the log");
+}

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use url::Url;
 
 pub use error::FetchError;
-pub use page::{parse as parse_page, Member, ObjectKind, Page};
+pub use page::{parse as parse_page, Member, ObjectKind, Page, Text};
 pub use retry::{backoff, retry_after, MAX_RETRY_AFTER};
 pub use token::Credentials;
 

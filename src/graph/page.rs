@@ -1,6 +1,7 @@
 //! One page of `/members`: the directory objects it holds and its `@odata.nextLink`.
 
 use serde::Deserialize;
+use serde_json::value::RawValue;
 
 /// What kind of directory object a member is (`@odata.type`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -50,6 +51,32 @@ impl ObjectKind {
     }
 }
 
+/// A string attribute as Graph sent it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Text {
+    /// A JSON string, decoded.
+    Str(String),
+    /// Something that does not decode to a string (a lone surrogate escape such
+    /// as `"\ud800"`, a number, an object): its JSON text, kept for the log.
+    Undecodable(String),
+}
+
+impl Text {
+    /// The decoded string, or the raw JSON text when it does not decode.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Str(s) | Self::Undecodable(s) => s,
+        }
+    }
+}
+
+impl From<&str> for Text {
+    fn from(s: &str) -> Self {
+        Self::Str(s.to_owned())
+    }
+}
+
 /// A directory object as Graph returned it, with only the fields usersync reads.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Member {
@@ -58,9 +85,9 @@ pub struct Member {
     /// User, group, device, …
     pub kind: ObjectKind,
     /// `mail`, raw.
-    pub mail: Option<String>,
+    pub mail: Option<Text>,
     /// `mobilePhone`, raw.
-    pub mobile_phone: Option<String>,
+    pub mobile_phone: Option<Text>,
     /// `accountEnabled`.
     pub account_enabled: Option<bool>,
 }
@@ -74,22 +101,26 @@ impl Member {
 }
 
 #[derive(Deserialize)]
-struct RawPage {
+struct RawPage<'a> {
     #[serde(rename = "@odata.context")]
     context: Option<String>,
     #[serde(rename = "@odata.nextLink")]
     next_link: Option<String>,
-    value: Vec<RawMember>,
+    #[serde(borrow)]
+    value: Vec<RawMember<'a>>,
 }
 
+/// `mail` and `mobilePhone` are kept as raw JSON first, so that one member
+/// with an undecodable value is skipped alone instead of failing the page.
 #[derive(Deserialize)]
-struct RawMember {
+struct RawMember<'a> {
     #[serde(rename = "@odata.type")]
     odata_type: Option<String>,
     id: Option<String>,
-    mail: Option<String>,
-    #[serde(rename = "mobilePhone")]
-    mobile_phone: Option<String>,
+    #[serde(borrow)]
+    mail: Option<&'a RawValue>,
+    #[serde(rename = "mobilePhone", borrow)]
+    mobile_phone: Option<&'a RawValue>,
     #[serde(rename = "accountEnabled")]
     account_enabled: Option<bool>,
 }
@@ -113,12 +144,19 @@ pub fn parse(body: &[u8]) -> Result<Page, serde_json::Error> {
         .map(|m| Member {
             id: m.id.unwrap_or_default(),
             kind: m.odata_type.as_deref().map_or(default_kind, ObjectKind::from_type),
-            mail: m.mail,
-            mobile_phone: m.mobile_phone,
+            mail: m.mail.and_then(text),
+            mobile_phone: m.mobile_phone.and_then(text),
             account_enabled: m.account_enabled,
         })
         .collect();
     Ok(Page { members, next_link: raw.next_link })
+}
+
+fn text(raw: &RawValue) -> Option<Text> {
+    match serde_json::from_str::<Option<String>>(raw.get()) {
+        Ok(s) => s.map(Text::Str),
+        Err(_) => Some(Text::Undecodable(raw.get().to_owned())),
+    }
 }
 
 #[cfg(test)]
@@ -140,6 +178,19 @@ mod tests {
         assert_eq!(p.next_link.as_deref(), Some("https://graph.microsoft.com/v1.0/next"));
         let p = parse(br#"{"@odata.context":"https://graph.microsoft.com/v1.0/$metadata#users(displayName,id)","value":[{"id":"1"}]}"#).unwrap();
         assert_eq!(p.members[0].kind, ObjectKind::User);
+    }
+
+    #[test]
+    fn one_undecodable_value_spoils_only_its_member() {
+        let p = parse(
+            br##"{"value":[{"@odata.type":"#microsoft.graph.user","id":"1","mail":"a\ud800@x","mobilePhone":5},
+            {"@odata.type":"#microsoft.graph.user","id":"2","mail":"ok@x","mobilePhone":null}]}"##,
+        )
+        .unwrap();
+        assert_eq!(p.members[0].mail, Some(Text::Undecodable(r#""a\ud800@x""#.into())));
+        assert_eq!(p.members[0].mobile_phone, Some(Text::Undecodable("5".into())));
+        assert_eq!(p.members[1].mail, Some(Text::Str("ok@x".into())));
+        assert_eq!(p.members[1].mobile_phone, None);
     }
 
     #[test]
