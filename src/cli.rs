@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{ArgAction, Parser, ValueEnum};
+use clap::{ArgAction, Parser, Subcommand, ValueEnum};
 
 /// Keeps a mail gateway's allow-lists equal to Entra ID group membership.
 ///
@@ -13,6 +13,10 @@ use clap::{ArgAction, Parser, ValueEnum};
 #[allow(clippy::struct_excessive_bools)] // command-line flags are bools
 #[command(name = "usersync", version, about, long_about, help_expected = true)]
 pub struct Cli {
+    /// `test` or `check`; none: sync
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Sync only this instance (a directory under the server root); repeat for more [default: every instance]
     #[arg(short = 'i', long = "instance", value_name = "NAME")]
     pub instances: Vec<String>,
@@ -48,6 +52,45 @@ pub struct Cli {
     /// Only errors on stderr (`RUST_LOG` overrides)
     #[arg(short, long, global = true)]
     pub quiet: bool,
+}
+
+impl Cli {
+    /// Sync-only options given together with a subcommand, if any.
+    #[must_use]
+    pub fn misplaced_sync_option(&self) -> Option<&'static str> {
+        self.command.as_ref()?;
+        [
+            (!self.instances.is_empty(), "-i before the subcommand"),
+            (self.dry_run, "--dry-run"),
+            (self.force, "--force"),
+            (self.ignore_node_status, "--ignore-node-status"),
+        ]
+        .into_iter()
+        .find_map(|(given, name)| given.then_some(name))
+    }
+}
+
+/// What to do instead of a sync.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Get a token and the first page of each config of one instance, like the gateway's TEST QUERY; writes nothing
+    Test {
+        /// The instance to test
+        #[arg(short = 'i', long = "instance", value_name = "NAME")]
+        instance: String,
+        /// Only this config: the file name of its .entraidconf, without the extension
+        #[arg(long, value_name = "NAME")]
+        entraid: Option<String>,
+        /// Show sample addresses in full instead of masked (a***@contoso.com)
+        #[arg(long)]
+        show: bool,
+    },
+    /// Validate every config, .cfg key, output path and permission without touching the network
+    Check {
+        /// Check only this instance; repeat for more [default: every instance]
+        #[arg(short = 'i', long = "instance", value_name = "NAME")]
+        instances: Vec<String>,
+    },
 }
 
 /// Result format on stdout.

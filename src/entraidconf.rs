@@ -7,6 +7,7 @@ use serde::Deserialize;
 
 use crate::endpoints::{parse_endpoint, Cloud, Endpoints};
 use crate::error::ConfigError;
+use crate::graph::{Credentials, GroupQuery};
 use crate::ids::{ClientId, GroupId, TenantId};
 use crate::output::{AccessRule, Output};
 use crate::secret::Secret;
@@ -44,6 +45,8 @@ pub struct EntraConf {
     pub client: ClientId,
     /// The client secret, already read from wherever it lives.
     pub secret: Secret,
+    /// The file the secret was read from (this config itself for `client_secret`).
+    pub secret_file: PathBuf,
     /// The group whose members are synced.
     pub group: GroupId,
     /// `query_filter` includes `mobilePhone`.
@@ -76,6 +79,28 @@ impl Env {
 }
 
 impl EntraConf {
+    /// What the token request needs.
+    #[must_use]
+    pub fn credentials(&self) -> Credentials {
+        Credentials {
+            token_url: self.endpoints.token_url(self.tenant.as_str()),
+            client_id: self.client.to_string(),
+            secret: self.secret.clone(),
+            scope: self.endpoints.scope(),
+        }
+    }
+
+    /// The group query for this config alone.
+    #[must_use]
+    pub fn query(&self) -> GroupQuery {
+        GroupQuery {
+            graph: self.endpoints.graph_base(),
+            group: self.group.clone(),
+            nested: self.nested,
+            mobile_phone: self.mobile_phone,
+        }
+    }
+
     /// Reads and checks one file.
     pub fn load(path: &Path, env: &Env) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| {
@@ -139,7 +164,8 @@ impl EntraConf {
             )
         })?;
 
-        let secret = read_secret(raw.client_secret, raw.client_secret_file, raw.client_secret_credential, path, env)?;
+        let (secret, secret_file) =
+            read_secret(raw.client_secret, raw.client_secret_file, raw.client_secret_credential, path, env)?;
 
         let query_filter = raw.query_filter.unwrap_or_else(|| "mail".into());
         let mut mail = false;
@@ -218,6 +244,7 @@ impl EntraConf {
             tenant,
             client,
             secret,
+            secret_file,
             group,
             mobile_phone,
             feeds,
@@ -236,7 +263,7 @@ fn read_secret(
     credential: Option<String>,
     path: &Path,
     env: &Env,
-) -> Result<Secret, ConfigError> {
+) -> Result<(Secret, PathBuf), ConfigError> {
     const ONE_OF: &str = "set exactly one of client_secret, client_secret_file, client_secret_credential";
     let given = usize::from(inline.is_some()) + usize::from(file.is_some()) + usize::from(credential.is_some());
     if given != 1 {
@@ -283,7 +310,7 @@ fn read_secret(
             "paste the secret's Value (not its Secret ID) from Certificates & secrets in the Entra admin center",
         ));
     }
-    Ok(Secret::new(value.to_owned()))
+    Ok((Secret::new(value.to_owned()), source))
 }
 
 fn warn_if_world_readable(path: &Path) {

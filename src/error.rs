@@ -100,6 +100,9 @@ pub enum Error {
     /// The node-status command could not tell whether this node is active (exit 1).
     #[error(transparent)]
     Node(#[from] crate::node::NodeError),
+    /// The command line is wrong (exit 2).
+    #[error("{0}")]
+    Usage(String),
     /// The async runtime could not start (exit 1).
     #[error("cannot start the async runtime: {0}")]
     Runtime(#[source] std::io::Error),
@@ -116,7 +119,7 @@ impl Error {
     #[must_use]
     pub fn outcome(&self) -> Outcome {
         match self {
-            Self::Config(_) => Outcome::Config,
+            Self::Config(_) | Self::Usage(_) => Outcome::Config,
             Self::Node(_) | Self::Runtime(_) => Outcome::Failed,
         }
     }
@@ -129,6 +132,7 @@ impl Error {
             Self::Config(errors) => errors.iter().map(|e| one(e.to_string(), e.hint())).collect(),
             Self::Node(e) => vec![one(e.to_string(), e.hint())],
             Self::Runtime(e) => vec![one(self.to_string(), e.hint())],
+            Self::Usage(_) => vec![one(self.to_string(), Some("see usersync --help".into()))],
         }
     }
 
@@ -142,6 +146,7 @@ impl Error {
             }
             Self::Node(e) => print_error(e),
             Self::Runtime(e) => print_error(e),
+            Self::Usage(m) => eprintln!("error: {m}\nhint: see usersync --help"),
         }
     }
 }

@@ -53,6 +53,33 @@ pub fn discover(root: &Path) -> Result<Vec<String>, ConfigError> {
     Ok(names)
 }
 
+/// The instances a run covers: `names` (checked, sorted, deduplicated), or
+/// every instance under `root` when `names` is empty (then at least one).
+pub fn select(root: &Path, names: &[String]) -> Result<Vec<String>, ConfigError> {
+    if names.is_empty() {
+        let found = discover(root)?;
+        if found.is_empty() {
+            return Err(ConfigError::new(
+                root,
+                "no instance here: no <instance>/config/entraid/*.entraidconf",
+                "create an instance's config/entraid/<name>.entraidconf (see config/example.entraidconf), or point --server-root at the right directory",
+            ));
+        }
+        return Ok(found);
+    }
+    let mut names = names.to_vec();
+    names.sort();
+    names.dedup();
+    if let Some(bad) = names.iter().find(|n| n.is_empty() || n.contains('/') || *n == "." || *n == "..") {
+        return Err(ConfigError::new(
+            root,
+            format!("`{bad}` is not an instance name"),
+            "give the name of a directory under the server root",
+        ));
+    }
+    Ok(names)
+}
+
 /// The `*.entraidconf` files of one instance directory, sorted.
 fn config_files(entraid: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(entraid)

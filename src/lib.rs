@@ -3,6 +3,7 @@
 //! Data flows one way: config → fetch → normalise → plan → guard → write → report.
 
 pub mod cfgfile;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod endpoints;
@@ -22,6 +23,7 @@ pub mod render;
 pub mod report;
 mod run;
 pub mod secret;
+mod testquery;
 pub mod write;
 
 pub use run::run;

@@ -123,6 +123,12 @@ pub fn plan(current: &CurrentFiles, fetched: &[&[Member]], instance: &Instance) 
     Plan { outputs, skips }
 }
 
+/// The addresses of `members` that `config` keeps (for `usersync test`).
+#[must_use]
+pub fn kept(config: &EntraConf, members: &[Member]) -> Vec<Email> {
+    members.iter().filter_map(|m| classify(m, config).ok()).map(|e| e.mail).collect()
+}
+
 struct Entry {
     mail: Email,
     phone: Option<Result<Phone, SkipReason>>,

@@ -10,7 +10,7 @@ use tokio::task::JoinSet;
 
 use std::io::Write as _;
 
-use crate::cli::{Cli, Format};
+use crate::cli::{Cli, Command, Format};
 use crate::config::Config;
 use crate::entraidconf::{EntraConf, Env};
 use crate::error::{render_error, ConfigError, Error, Hint, Outcome};
@@ -30,7 +30,37 @@ const MAX_CONCURRENT_FETCHES: usize = 4;
 /// Runs usersync as `cli` asks; the exit code follows contract §7.
 pub fn run(cli: &Cli) -> Result<ExitCode, Error> {
     crate::log::init(cli.verbose, cli.quiet);
-    let result = load_and_execute(cli);
+    if let Some(option) = cli.misplaced_sync_option() {
+        return Err(Error::Usage(format!("{option} belongs to a sync, not to a subcommand")));
+    }
+    match &cli.command {
+        None => sync(cli),
+        Some(Command::Test { instance, entraid, show }) => {
+            crate::testquery::run(cli, instance, entraid.as_deref(), *show).map(ExitCode::from)
+        }
+        Some(Command::Check { instances }) => Ok(crate::check::run(cli, instances).into()),
+    }
+}
+
+/// The global config and the server root, as the command line and the environment say.
+pub(crate) fn setup(cli: &Cli) -> Result<(Config, PathBuf), Error> {
+    let config = Config::load(cli.config.as_deref())?;
+    let root = cli
+        .server_root
+        .clone()
+        .or_else(|| config.server_root.clone())
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_SERVER_ROOT));
+    Ok((config, root))
+}
+
+/// The async runtime for network work.
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, Error> {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(Error::Runtime)
+}
+
+fn sync(cli: &Cli) -> Result<ExitCode, Error> {
+    let result =
+        setup(cli).and_then(|(config, root)| runtime()?.block_on(Run { cli, config: &config, root: &root }.execute()));
     let report = match &result {
         Ok(r) => r.clone(),
         // Monitoring that parses --format json gets one document even now.
@@ -43,18 +73,6 @@ pub fn run(cli: &Cli) -> Result<ExitCode, Error> {
         let _ = std::io::stdout().lock().write_all(report.render(cli.format).as_bytes());
     }
     result.map(|r| ExitCode::from(r.exit_code))
-}
-
-fn load_and_execute(cli: &Cli) -> Result<Report, Error> {
-    let config = Config::load(cli.config.as_deref())?;
-    let root = cli
-        .server_root
-        .clone()
-        .or_else(|| config.server_root.clone())
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_SERVER_ROOT));
-    let rt =
-        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(Error::Runtime)?;
-    rt.block_on(Run { cli, config: &config, root: &root }.execute())
 }
 
 struct Run<'a> {
@@ -176,33 +194,7 @@ impl Run<'_> {
 
     fn load_instances(&self) -> Result<Vec<Instance>, Error> {
         let env = Env::from_process();
-        let names = if self.cli.instances.is_empty() {
-            let names = instance::discover(self.root)?;
-            if names.is_empty() {
-                return Err(ConfigError::new(
-                    self.root,
-                    "no instance here: no <instance>/config/entraid/*.entraidconf",
-                    "create an instance's config/entraid/<name>.entraidconf (see config/example.entraidconf), or point --server-root at the right directory",
-                )
-                .into());
-            }
-            names
-        } else {
-            let mut names = self.cli.instances.clone();
-            names.sort();
-            names.dedup();
-            for n in &names {
-                if n.is_empty() || n.contains('/') || n == "." || n == ".." {
-                    return Err(ConfigError::new(
-                        self.root,
-                        format!("`{n}` is not an instance name"),
-                        "give the name of a directory under the server root",
-                    )
-                    .into());
-                }
-            }
-            names
-        };
+        let names = instance::select(self.root, &self.cli.instances)?;
         let mut errors = Vec::new();
         let mut instances = Vec::new();
         for n in &names {
@@ -346,21 +338,7 @@ fn planned_instance(
 async fn fetch_all(client: &Arc<GraphClient>, instances: &[Instance]) -> Fetches {
     let mut queries: BTreeMap<FetchKey, (Credentials, GroupQuery)> = BTreeMap::new();
     for c in instances.iter().flat_map(|i| &i.configs) {
-        let (_, q) = queries.entry(FetchKey::of(c)).or_insert_with(|| {
-            let cred = Credentials {
-                token_url: c.endpoints.token_url(c.tenant.as_str()),
-                client_id: c.client.to_string(),
-                secret: c.secret.clone(),
-                scope: c.endpoints.scope(),
-            };
-            let q = GroupQuery {
-                graph: c.endpoints.graph_base(),
-                group: c.group.clone(),
-                nested: c.nested,
-                mobile_phone: false,
-            };
-            (cred, q)
-        });
+        let (_, q) = queries.entry(FetchKey::of(c)).or_insert_with(|| (c.credentials(), c.query()));
         q.mobile_phone |= c.mobile_phone;
     }
     let limit = Arc::new(Semaphore::new(MAX_CONCURRENT_FETCHES));

@@ -688,3 +688,105 @@ fn hostile_directory_values_add_no_line_and_are_reported_by_reason() {
     }
     assert!(!out.stderr.contains(&"h".repeat(200)), "a 10,000-character value is cut in the log");
 }
+
+#[test]
+fn test_subcommand_fetches_one_page_per_config_and_writes_nothing() {
+    let mut r = Run::new()
+        .group(STAFF, staff_members())
+        .group(SALES, users(5))
+        .conf("gw", "staff", &format!("group_id = \"{STAFF}\"\n"))
+        .conf("gw", "sales", &format!("group_id = \"{SALES}\"\nnested = true\n"))
+        .args(&["test", "-i", "gw"])
+        .expect_exit(0)
+        .expect_file(SENDERS, None);
+    r.sim.state().page_size = 2;
+    let out = r.run();
+    let root = r.root();
+    assert_eq!(
+        out.stdout,
+        format!(
+            "instance `gw`, config {root}/gw/config/entraid/sales.entraidconf\n  tenant {TENANT}, group {SALES} (transitiveMembers) at {sim}\n  token: ok\n  first page: 2 objects, 2 users, 2 would be kept; more pages follow\n  sample: u***@example.com, u***@example.com\n\
+             instance `gw`, config {root}/gw/config/entraid/staff.entraidconf\n  tenant {TENANT}, group {STAFF} (members) at {sim}\n  token: ok\n  first page: 2 objects, 2 users, 1 would be kept; more pages follow\n  sample: a***@example.com\n",
+            root = root.display(),
+            sim = r.sim.url()
+        )
+    );
+    assert_eq!(r.member_requests().len(), 2, "one page per config");
+    r = r.args(&["test", "-i", "gw", "--entraid", "staff", "--show"]).expect_exit(0);
+    let out = r.run();
+    assert!(out.stdout.contains("sample: alice@example.com\n") && !out.stdout.contains("sales"), "{}", out.stdout);
+}
+
+#[test]
+fn test_subcommand_reports_a_failing_config_with_exit_1() {
+    let mut r = one_conf().args(&["test", "-i", "gw"]).expect_exit(1);
+    r.sim.state().token_faults.push(aad_error(
+        401,
+        "invalid_client",
+        7_000_222,
+        "The provided client secret keys are expired.",
+    ));
+    let out = r.run();
+    assert!(out.stdout.contains("failed: see the error on stderr"), "{}", out.stdout);
+    assert!(
+        out.stderr.contains("error: instance `gw`, config ") && out.stderr.contains("AADSTS7000222"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("hint: the client secret has expired"), "{}", out.stderr);
+    let mut r = one_conf().args(&["test", "-i", "gw", "--entraid", "nope"]).expect_exit(2);
+    let out = r.run();
+    assert!(out.stderr.contains("no config named `nope.entraidconf`"), "{}", out.stderr);
+}
+
+#[test]
+fn global_options_go_before_or_after_the_subcommand() {
+    let r = one_conf();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_usersync"))
+        .env_clear()
+        .args(["test", "-i", "gw", "--server-root"])
+        .arg(r.root())
+        .arg("-c")
+        .arg(r.path().join("usersync.toml"))
+        .args(["-q", "--format", "text"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_usersync"))
+        .args(["--dry-run", "test", "-i", "gw"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "sync flags do not mix with a subcommand");
+}
+
+#[test]
+fn check_finds_config_path_and_permission_problems_offline() {
+    let mut r = one_conf().args(&["check"]).expect_exit(0);
+    let out = r.run();
+    assert_eq!(out.stdout, "check: 0 errors, 0 warnings\n");
+    let secret = r.root().join("gw/config/entraid/secret");
+    r = r
+        .conf("gw", "filed", &format!("group_id = \"{SALES}\"\nclient_secret_file = \"secret\"\nfeeds = [\"gsm_list\"]\nquery_filter = \"mail,mobilePhone\"\n"))
+        .file("gw/config/entraid/secret", &format!("{SECRET}\n"))
+        .file("gw/config/compose.cfg", "LDAPGSMLISTFILE=/nonexistent-usersync/gsm.txt\n")
+        .conf("bad", "x", "group_id = \"nope\"\n")
+        .args(&["check"])
+        .expect_exit(2);
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = r.run();
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "{}", out.stdout);
+    assert!(
+        lines[0].starts_with("error: instance `bad`: ") && lines[0].contains("key `group_id`: `nope` is not a GUID"),
+        "{}",
+        lines[0]
+    );
+    assert_eq!(
+        lines[1],
+        format!("warning: instance `gw`: {} holds a client secret and is readable by group or others (mode 0644) (hint: chmod 600 {})", secret.display(), secret.display())
+    );
+    assert!(lines[2].starts_with("error: instance `gw`: output gsm_list /nonexistent-usersync/gsm.txt: the directory /nonexistent-usersync does not exist"), "{}", lines[2]);
+    assert_eq!(lines[3], "check: 2 errors, 1 warnings");
+    assert!(!out.stdout.contains(SECRET) && !out.stderr.contains(SECRET));
+    assert!(r.sim.requests().is_empty(), "check needs no network");
+}

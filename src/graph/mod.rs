@@ -147,6 +147,13 @@ impl GraphClient {
         Ok(members)
     }
 
+    /// Only the first page of the group (for `usersync test`).
+    pub async fn first_page(&self, cred: &Credentials, q: &GroupQuery) -> Result<Page, FetchError> {
+        let url = q.first_url();
+        let body = self.page(cred, &url).await?;
+        parse_page(&body).map_err(|e| FetchError::BadPage { url, detail: e.to_string() })
+    }
+
     /// One page's body; renews the token once if Graph says it is invalid.
     async fn page(&self, cred: &Credentials, url: &str) -> Result<Vec<u8>, FetchError> {
         let mut token = self.token(cred, None).await?;

@@ -93,7 +93,12 @@ impl Run {
             }
         }
         text.push_str(body);
-        self.file(&format!("{instance}/config/entraid/{name}.entraidconf"), &text)
+        let rel = format!("{instance}/config/entraid/{name}.entraidconf");
+        let r = self.file(&rel, &text);
+        // Configs holding a secret are private, as an admin would keep them.
+        std::fs::set_permissions(r.root().join(rel), std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("chmod");
+        r
     }
 
     /// Writes a file under the server root, creating directories.

@@ -1,0 +1,163 @@
+//! `usersync check`: offline validation of every config, `.cfg` key, output
+//! path and permission. One line per finding; exit 2 if any is an error.
+
+use std::fmt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use rustix::fs::Access;
+
+use crate::cli::Cli;
+use crate::entraidconf::Env;
+use crate::error::{Hint, Outcome};
+use crate::instance::{self, Instance};
+
+/// How bad a finding is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    /// The run would fail: exit 2.
+    Error,
+    /// Worth fixing; the run would work.
+    Warning,
+}
+
+/// One thing `check` found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finding {
+    /// Error or warning.
+    pub level: Level,
+    /// What, where.
+    pub message: String,
+    /// How to fix it.
+    pub hint: Option<String>,
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let level = match self.level {
+            Level::Error => "error",
+            Level::Warning => "warning",
+        };
+        write!(f, "{level}: {}", self.message)?;
+        if let Some(h) = &self.hint {
+            write!(f, " (hint: {})", h.replace('\n', " "))?;
+        }
+        Ok(())
+    }
+}
+
+fn error(message: String, hint: Option<String>) -> Finding {
+    Finding { level: Level::Error, message, hint }
+}
+
+fn warning(message: String, hint: &str) -> Finding {
+    Finding { level: Level::Warning, message, hint: Some(hint.to_owned()) }
+}
+
+/// Runs the check, prints the findings, and returns the outcome (exit 0 or 2).
+#[must_use]
+pub fn run(cli: &Cli, names: &[String]) -> Outcome {
+    let findings = findings(cli, names);
+    for f in &findings {
+        println!("{f}");
+    }
+    let errors = findings.iter().filter(|f| f.level == Level::Error).count();
+    println!("check: {errors} errors, {} warnings", findings.len() - errors);
+    if errors > 0 {
+        Outcome::Config
+    } else {
+        Outcome::Success
+    }
+}
+
+fn findings(cli: &Cli, names: &[String]) -> Vec<Finding> {
+    let (_config, root) = match crate::run::setup(cli) {
+        Ok(x) => x,
+        Err(e) => return e.reports().into_iter().map(|r| error(r.message, r.hint)).collect(),
+    };
+    let names = match instance::select(&root, names) {
+        Ok(n) => n,
+        Err(e) => return vec![error(e.to_string(), e.hint())],
+    };
+    let env = Env::from_process();
+    let mut out = Vec::new();
+    for name in &names {
+        match instance::load(&root, name, &env) {
+            Ok(inst) => check_instance(&inst, &mut out),
+            Err(errors) => out.extend(errors.into_iter().map(|e| error(e.to_string(), e.hint()))),
+        }
+    }
+    out
+}
+
+fn check_instance(inst: &Instance, out: &mut Vec<Finding>) {
+    let who = format!("instance `{}`", inst.name);
+    for c in &inst.configs {
+        if let Ok(m) = std::fs::metadata(&c.secret_file) {
+            let mode = m.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                out.push(warning(
+                    format!(
+                        "{who}: {} holds a client secret and is readable by group or others (mode {mode:04o})",
+                        c.secret_file.display()
+                    ),
+                    &format!("chmod 600 {}", c.secret_file.display()),
+                ));
+            }
+        }
+    }
+    let entraid = inst.entraid_dir();
+    if rustix::fs::access(&entraid, Access::WRITE_OK).is_err() {
+        out.push(error(
+            format!("{who}: {} is not writable by this user, so the run lock cannot be taken", entraid.display()),
+            Some("run usersync as root or as the owner of the instance".into()),
+        ));
+    }
+    for (output, path) in &inst.outputs {
+        let dir = path.parent().unwrap_or(Path::new("/"));
+        let at = format!("{who}: output {output} {}", path.display());
+        if !dir.is_dir() {
+            out.push(error(
+                format!("{at}: the directory {} does not exist", dir.display()),
+                Some("create it, or fix ALLOWEDLDAPSENDERFILE / LDAPGSMLISTFILE in envelope.cfg / compose.cfg".into()),
+            ));
+            continue;
+        }
+        if rustix::fs::access(dir, Access::WRITE_OK).is_err() {
+            out.push(error(
+                format!("{at}: the directory {} is not writable by this user", dir.display()),
+                Some(
+                    "run usersync as root or as the directory's owner; under systemd list it in ReadWritePaths=".into(),
+                ),
+            ));
+        }
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if !m.is_file() => {
+                out.push(error(format!("{at}: exists but is not a regular file"), Some("remove or move it".into())));
+            }
+            Ok(m) if user_name(m.uid()).is_none() => out.push(warning(
+                format!("{at}: its owner, uid {}, has no user name on this host", m.uid()),
+                "chown it to the gateway's user; usersync keeps the owner it finds",
+            )),
+            _ => {}
+        }
+    }
+}
+
+/// The name of `uid` in `/etc/passwd`.
+fn user_name(uid: u32) -> Option<String> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let mut f = l.split(':');
+        let name = f.next()?;
+        (f.nth(1)?.parse::<u32>().ok()? == uid).then(|| name.to_owned())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn root_has_a_name() {
+        assert_eq!(super::user_name(0).as_deref(), Some("root"));
+    }
+}

@@ -1,0 +1,104 @@
+//! `usersync test`: a token and the first page of each config of one instance,
+//! like the gateway's TEST QUERY. Writes nothing, takes no lock.
+
+use std::fmt::Write as _;
+
+use crate::cli::Cli;
+use crate::entraidconf::{EntraConf, Env};
+use crate::error::{ConfigError, Error, Hint, Outcome};
+use crate::graph::{GraphClient, ObjectKind};
+use crate::instance;
+use crate::plan::kept;
+
+/// Runs the test query; returns the exit code (0: every config answered, 1: one did not).
+pub fn run(cli: &Cli, name: &str, entraid: Option<&str>, show: bool) -> Result<u8, Error> {
+    let (config, root) = crate::run::setup(cli)?;
+    let names = instance::select(&root, &[name.to_owned()])?;
+    let inst = instance::load(&root, &names[0], &Env::from_process()).map_err(Error::Config)?;
+    let configs: Vec<&EntraConf> =
+        inst.configs.iter().filter(|c| entraid.is_none_or(|e| c.path.file_stem().is_some_and(|s| s == e))).collect();
+    if configs.is_empty() {
+        return Err(ConfigError::new(
+            inst.entraid_dir(),
+            format!("no config named `{}.entraidconf`", entraid.unwrap_or_default()),
+            "give --entraid the file name without .entraidconf, or leave it out to test every config",
+        )
+        .in_instance(name)
+        .into());
+    }
+    let client = GraphClient::new(&config.http).map_err(|e| {
+        Error::from(ConfigError::new(
+            config.path.clone().unwrap_or_default(),
+            e.to_string(),
+            e.hint().unwrap_or_default(),
+        ))
+    })?;
+    let rt = crate::run::runtime()?;
+    let mut outcome = Outcome::Success;
+    for c in configs {
+        let q = c.query();
+        let relation = if q.nested { "transitiveMembers" } else { "members" };
+        let mut out = format!("instance `{name}`, config {}\n", c.path.display());
+        let _ = writeln!(out, "  tenant {}, group {} ({relation}) at {}", c.tenant, c.group, q.graph);
+        match rt.block_on(client.first_page(&c.credentials(), &q)) {
+            Ok(page) => {
+                let users = page.members.iter().filter(|m| m.kind == ObjectKind::User).count();
+                let keep = kept(c, &page.members);
+                let more = if page.next_link.is_some() { "; more pages follow" } else { "" };
+                let _ = writeln!(
+                    out,
+                    "  token: ok\n  first page: {} objects, {users} users, {} would be kept{more}",
+                    page.members.len(),
+                    keep.len()
+                );
+                let samples: Vec<String> =
+                    keep.iter().take(3).map(|e| if show { e.as_str().to_owned() } else { mask(e.as_str()) }).collect();
+                if !samples.is_empty() {
+                    let _ = writeln!(out, "  sample: {}", samples.join(", "));
+                }
+                print!("{out}");
+            }
+            Err(e) => {
+                print!("{out}");
+                println!("  failed: see the error on stderr");
+                crate::error::print_error(&Prefixed(format!("instance `{name}`, config {}", c.path.display()), &e));
+                outcome = Outcome::Failed;
+            }
+        }
+    }
+    Ok(outcome.code())
+}
+
+/// `alice@contoso.com` → `a***@contoso.com`
+fn mask(address: &str) -> String {
+    match address.split_once('@') {
+        Some((local, domain)) => format!("{}***@{domain}", local.chars().next().unwrap_or('*')),
+        None => "***".into(),
+    }
+}
+
+/// An error with the instance and config in front.
+#[derive(Debug)]
+struct Prefixed<'a, E>(String, &'a E);
+
+impl<E: std::fmt::Display> std::fmt::Display for Prefixed<'_, E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.0, self.1)
+    }
+}
+
+impl<E: std::error::Error> std::error::Error for Prefixed<'_, E> {}
+
+impl<E: Hint> Hint for Prefixed<'_, E> {
+    fn hint(&self) -> Option<String> {
+        self.1.hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn masks() {
+        assert_eq!(super::mask("alice@contoso.com"), "a***@contoso.com");
+    }
+}

@@ -1,0 +1,31 @@
+//! Feeds arbitrary bytes to every parser of untrusted or hand-written input:
+//! a Graph members page, an `.entraidconf`, `usersync.toml` and a gateway `.cfg`.
+//! None may panic, hang or add a line to an output.
+#![no_main]
+
+use std::path::Path;
+
+use libfuzzer_sys::fuzz_target;
+use usersync::entraidconf::{EntraConf, Env};
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(page) = usersync::graph::parse_page(data) {
+        for m in &page.members {
+            if let Some(usersync::graph::Text::Str(s)) = &m.mail {
+                if let Ok(e) = usersync::normalize::Email::parse(s) {
+                    assert!(!e.as_str().contains(['\n', '\r', ' ', '*', '<', '>']));
+                }
+            }
+        }
+    }
+    if let Ok(text) = std::str::from_utf8(data) {
+        // Keys that name files are not followed: the fuzzer must not read /dev/zero.
+        if !text.contains("_file") && !text.contains("ca_bundle") {
+            let _ = EntraConf::parse(text, Path::new("fuzz.entraidconf"), &Env::default());
+            let _ = usersync::config::Config::parse(text, Path::new("usersync.toml"));
+        }
+        if let Some(v) = usersync::cfgfile::lookup(text, "ALLOWEDLDAPSENDERFILE") {
+            assert!(!v.contains('\n'));
+        }
+    }
+});
