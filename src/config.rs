@@ -42,6 +42,7 @@ struct RawGuard {
 struct RawHttp {
     timeout_seconds: Option<u64>,
     max_retries: Option<u32>,
+    deadline_seconds: Option<u64>,
     ca_bundle: Option<PathBuf>,
 }
 
@@ -93,13 +94,15 @@ pub struct HttpConfig {
     pub timeout: Duration,
     /// Retries of 429/503/504 and connection failures.
     pub max_retries: u32,
+    /// All of a run's fetches must finish within this.
+    pub deadline: Duration,
     /// Extra trusted roots (PEM), already read.
     pub ca_bundle: Option<(PathBuf, Vec<u8>)>,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        Self { timeout: Duration::from_secs(60), max_retries: 6, ca_bundle: None }
+        Self { timeout: Duration::from_secs(60), max_retries: 6, deadline: Duration::from_secs(1500), ca_bundle: None }
     }
 }
 
@@ -199,6 +202,16 @@ impl Config {
                 http.timeout = Duration::from_secs(t);
             }
             http.max_retries = h.max_retries.unwrap_or(http.max_retries);
+            if let Some(d) = h.deadline_seconds {
+                if d == 0 {
+                    return Err(bad(
+                        "http.deadline_seconds",
+                        "must be at least 1".into(),
+                        "the default is 1500 (25 minutes)",
+                    ));
+                }
+                http.deadline = Duration::from_secs(d);
+            }
             if let Some(ca) = h.ca_bundle {
                 let bytes = std::fs::read(&ca).map_err(|e| {
                     bad(

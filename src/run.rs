@@ -169,7 +169,7 @@ impl Run<'_> {
         }
 
         // 4. Fetch every group once, a few at a time.
-        let fetches = fetch_all(&client, &runnable).await;
+        let fetches = fetch_all(&client, &runnable, self.config.http.deadline).await;
         report.graph_requests = client.stats.requests();
         report.graph_retries = client.stats.retries();
 
@@ -303,6 +303,15 @@ fn write_outputs(inst: &Instance, p: &Plan) -> (InstanceReport, Outcome) {
     let mut outputs = Vec::new();
     let mut errors = Vec::new();
     for o in &p.outputs {
+        match write::clean_stale_temps(&o.path) {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(instance = %inst.name, path = %o.path.display(), removed = n, "removed temp files a killed run left behind");
+            }
+            Err(e) => {
+                tracing::warn!(instance = %inst.name, path = %o.path.display(), error = %e, "cannot remove stale temp files");
+            }
+        }
         let action = if !o.changed {
             Action::Unchanged
         } else if let Err(e) = write::write_atomic(&o.path, &o.content) {
@@ -335,12 +344,14 @@ fn planned_instance(
 }
 
 /// Fetches every distinct group of `instances`, at most `MAX_CONCURRENT_FETCHES` at once.
-async fn fetch_all(client: &Arc<GraphClient>, instances: &[Instance]) -> Fetches {
+async fn fetch_all(client: &Arc<GraphClient>, instances: &[Instance], deadline: std::time::Duration) -> Fetches {
     let mut queries: BTreeMap<FetchKey, (Credentials, GroupQuery)> = BTreeMap::new();
     for c in instances.iter().flat_map(|i| &i.configs) {
         let (_, q) = queries.entry(FetchKey::of(c)).or_insert_with(|| (c.credentials(), c.query()));
         q.mobile_phone |= c.mobile_phone;
     }
+    let started = tokio::time::Instant::now();
+    let keys: Vec<FetchKey> = queries.keys().cloned().collect();
     let limit = Arc::new(Semaphore::new(MAX_CONCURRENT_FETCHES));
     let mut set = JoinSet::new();
     for (key, (cred, q)) in queries {
@@ -353,9 +364,23 @@ async fn fetch_all(client: &Arc<GraphClient>, instances: &[Instance]) -> Fetches
         });
     }
     let mut out = HashMap::new();
-    while let Some(joined) = set.join_next().await {
-        if let Ok((key, r)) = joined {
-            out.insert(key, r);
+    let deadline = tokio::time::Instant::now() + deadline;
+    loop {
+        match tokio::time::timeout_at(deadline, set.join_next()).await {
+            Ok(Some(Ok((key, r)))) => {
+                out.insert(key, r);
+            }
+            // A fetch task that panicked: its instances fail as "did not finish".
+            Ok(Some(Err(_))) => {}
+            Ok(None) => break,
+            Err(_) => {
+                set.abort_all();
+                let seconds = (deadline - started).as_secs();
+                for key in keys.into_iter().filter(|k| !out.contains_key(k)).collect::<Vec<_>>() {
+                    out.insert(key, Err(Arc::new(FetchError::Deadline { seconds })));
+                }
+                break;
+            }
         }
     }
     out
@@ -376,8 +401,12 @@ fn print_errors(errors: &[ErrorReport]) {
     }
 }
 
-/// A report of an instance that got no plan: every output `failed`.
+/// A report of an instance that got no plan: every output `failed`, or none when locked.
 fn failed_instance(inst: &Instance, outcome: &'static str, errors: Vec<ErrorReport>) -> InstanceReport {
-    let outputs = inst.outputs.iter().map(|(o, p)| OutputReport::unplanned(*o, p.clone(), Action::Failed)).collect();
+    let outputs = if outcome == "locked" {
+        Vec::new()
+    } else {
+        inst.outputs.iter().map(|(o, p)| OutputReport::unplanned(*o, p.clone(), Action::Failed)).collect()
+    };
     InstanceReport { name: inst.name.clone(), outcome, outputs, errors }
 }

@@ -8,8 +8,39 @@ use std::path::{Path, PathBuf};
 
 use crate::error::Hint;
 
-/// Prefix of our temporary files, so that they are recognisable (and never `*.txt`).
+/// Prefix of our temporary files, so that they are recognisable (and never `*.txt`):
+/// `.usersync-<output file name>.<random>.tmp`.
 pub const TEMP_PREFIX: &str = ".usersync-";
+
+fn temp_prefix(path: &Path) -> String {
+    format!("{TEMP_PREFIX}{}.", path.file_name().unwrap_or_default().to_string_lossy())
+}
+
+/// Removes temp files a killed run left next to `path`; returns how many.
+/// Call only while holding the instance's lock.
+pub fn clean_stale_temps(path: &Path) -> io::Result<usize> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let prefix = temp_prefix(path);
+    let mut removed = 0;
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(&prefix) && name.ends_with(".tmp") && entry.file_type()?.is_file() {
+            std::fs::remove_file(entry.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
 
 /// A file-system failure on an output.
 #[derive(Debug)]
@@ -72,7 +103,7 @@ pub fn write_atomic(path: &Path, content: &[u8]) -> Result<(), WriteError> {
     // A new file gets 0666 less the umask, as a shell redirection would.
     let mode = old.as_ref().map_or(0o666, |m| m.mode() & 0o7777);
     let mut tmp = tempfile::Builder::new()
-        .prefix(TEMP_PREFIX)
+        .prefix(&temp_prefix(path))
         .suffix(".tmp")
         .permissions(Permissions::from_mode(mode))
         .tempfile_in(dir)
@@ -122,6 +153,24 @@ mod tests {
         assert_eq!(std::fs::metadata(&p).unwrap().mode() & 0o7777, 0o640);
         let left: Vec<_> = std::fs::read_dir(t.path()).unwrap().collect();
         assert_eq!(left.len(), 1, "no temp file left behind");
+    }
+
+    #[test]
+    fn stale_temps_of_this_output_only_are_cleaned() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("list.txt");
+        for name in
+            [".usersync-list.txt.abc.tmp", ".usersync-list.txt.def.tmp", ".usersync-other.txt.x.tmp", "list.txt.tmp"]
+        {
+            std::fs::write(t.path().join(name), "x").unwrap();
+        }
+        assert_eq!(clean_stale_temps(&p).unwrap(), 2);
+        let mut left: Vec<String> = std::fs::read_dir(t.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, [".usersync-other.txt.x.tmp", "list.txt.tmp"]);
     }
 
     #[test]

@@ -101,6 +101,12 @@ pub enum FetchError {
         /// How many user objects came back.
         users: usize,
     },
+    /// The run's deadline passed before this fetch finished.
+    #[error("the run deadline of {seconds} s passed before this group was fetched completely")]
+    Deadline {
+        /// `[http] deadline_seconds`
+        seconds: u64,
+    },
     /// The HTTP client could not be built.
     #[error("cannot set up HTTPS: {0}")]
     Client(String),
@@ -130,6 +136,7 @@ impl Hint for FetchError {
             Self::BadPage { .. } | Self::ForeignNextLink { .. } | Self::PageLoop { .. } => "the answer could not be trusted, so nothing was written; check for a proxy rewriting responses, then retry".into(),
             Self::BadToken { .. } => "check authority_host / cloud: the token endpoint did not behave like Entra ID".into(),
             Self::LimitedInformation { .. } => format!("the app lacks User.Read.All, so Graph hides the users' attributes; {PERMISSIONS}"),
+            Self::Deadline { .. } => "Graph is slow or throttling hard; nothing of this instance was written and the next run tries again. If runs are legitimately this long, raise [http] deadline_seconds".into(),
             Self::Client(_) => "check [http] ca_bundle and the system's certificate store (ca-certificates)".into(),
         };
         Some(h)

@@ -59,6 +59,10 @@ pub enum Fault {
     RevokeTokens,
     /// Answer 200 with this raw body.
     Body(String),
+    /// Wait this long, then answer normally (a stalled connection).
+    Stall(Duration),
+    /// Answer normally, but with an `@odata.nextLink` to this (earlier) page: a page loop.
+    LoopTo(usize),
 }
 
 /// A fault on a members page: page `page` (0-based) of any group, the next `times` requests.
@@ -106,6 +110,13 @@ pub struct State {
     pub token_faults: Vec<Fault>,
     /// Every request.
     pub requests: Vec<Request>,
+    /// Delay before every members answer (a slow network).
+    pub latency: Duration,
+    /// Extra delay before every members answer of one group.
+    pub group_latency: HashMap<String, Duration>,
+    /// Requests that came before the `Retry-After` of an earlier answer for the same page.
+    pub early_retries: usize,
+    not_before: HashMap<(String, usize), Instant>,
     /// Tokens issued and still valid, with their app.
     tokens: HashMap<String, App>,
     issued: u64,
@@ -228,7 +239,9 @@ fn fault_response(f: &Fault) -> Response {
             r
         }
         Fault::Body(b) => (StatusCode::OK, [("content-type", "application/json")], b.clone()).into_response(),
-        Fault::RevokeTokens => graph_error(500, "SimulatorBug", "RevokeTokens is handled before answering"),
+        Fault::RevokeTokens | Fault::Stall(_) | Fault::LoopTo(_) => {
+            graph_error(500, "SimulatorBug", "this fault is handled before answering")
+        }
     }
 }
 
@@ -354,9 +367,25 @@ async fn members(
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    let mut s = lock(&state);
     let page: usize =
         q.get("$skiptoken").and_then(|t| t.strip_prefix("page-")).and_then(|n| n.parse().ok()).unwrap_or(0);
+    let delay = {
+        let mut s = lock(&state);
+        let stall =
+            s.page_faults.iter().position(|f| f.page == page && f.times > 0 && matches!(f.fault, Fault::Stall(_)));
+        let extra = stall.map_or(Duration::ZERO, |i| {
+            s.page_faults[i].times -= 1;
+            match s.page_faults[i].fault {
+                Fault::Stall(d) => d,
+                _ => Duration::ZERO,
+            }
+        });
+        s.latency + extra + s.group_latency.get(&id).copied().unwrap_or_default()
+    };
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let mut s = lock(&state);
     let authorization = headers.get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned);
     let (status, resp) = answer_members(&mut s, &id, &relation, &q, authorization.as_deref(), page);
     s.requests.push(Request {
@@ -380,17 +409,31 @@ fn answer_members(
     authorization: Option<&str>,
     page: usize,
 ) -> (u16, Response) {
-    if let Some(i) = s.page_faults.iter().position(|f| f.page == page && f.times > 0) {
+    let now = Instant::now();
+    let key = (id.to_owned(), page);
+    if s.not_before.get(&key).is_some_and(|t| now < *t) {
+        s.early_retries += 1;
+    }
+    let mut loop_to = None;
+    let due = s.page_faults.iter().position(|f| f.page == page && f.times > 0 && !matches!(f.fault, Fault::Stall(_)));
+    if let Some(i) = due {
         s.page_faults[i].times -= 1;
         let fault = s.page_faults[i].fault.clone();
-        if matches!(fault, Fault::RevokeTokens) {
-            s.tokens.clear();
-        } else {
-            let status = match &fault {
-                Fault::Status { status, .. } => *status,
-                _ => 200,
-            };
-            return (status, fault_response(&fault));
+        match fault {
+            Fault::RevokeTokens => s.tokens.clear(),
+            Fault::LoopTo(p) => loop_to = Some(p),
+            _ => {
+                let status = match &fault {
+                    Fault::Status { status, retry_after, .. } => {
+                        if let Some(secs) = retry_after.as_deref().and_then(|r| r.parse::<f64>().ok()) {
+                            s.not_before.insert(key, now + Duration::from_secs_f64(secs.max(0.0)));
+                        }
+                        *status
+                    }
+                    _ => 200,
+                };
+                return (status, fault_response(&fault));
+            }
         }
     }
     let app = authorization.and_then(|a| a.strip_prefix("Bearer ")).and_then(|t| s.tokens.get(t)).cloned();
@@ -438,11 +481,11 @@ fn answer_members(
         })
         .collect();
     let mut body = json!({"@odata.context": format!("{}/v1.0/$metadata#directoryObjects", s.base), "value": chunk});
-    if (page + 1) * size < all.len() {
+    let next = loop_to.or_else(|| ((page + 1) * size < all.len()).then_some(page + 1));
+    if let Some(next) = next {
         body["@odata.nextLink"] = json!(format!(
-            "{}/v1.0/groups/{id}/{relation}?$select={select_text}&$top={top}&$skiptoken=page-{}",
-            s.base,
-            page + 1
+            "{}/v1.0/groups/{id}/{relation}?$select={select_text}&$top={top}&$skiptoken=page-{next}",
+            s.base
         ));
     }
     (200, json_response(200, &body))

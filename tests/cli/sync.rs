@@ -1,31 +1,9 @@
-//! End-to-end tests: the real `usersync` binary against the Graph simulator on 127.0.0.1.
-
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod util;
+//! A sync run end to end: files, paging, retries, guards, node, lock, report.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::time::{Duration, SystemTime};
 
-use util::*;
-
-const SENDERS: &str = "gw/config/allowed_senders_ldap.txt";
-const GSM: &str = "gw/config/gsm_list.txt";
-const RULES: &str = "gw/config/gsm_auth_auto.txt";
-
-fn staff_members() -> Vec<Value> {
-    vec![
-        user("u1", Some("Alice@Example.com"), Some("+44 (0)20 7946 0958"), true),
-        user("u2", Some("bob@example.com"), Some("040-123 1234"), false),
-        user("u3", None, Some("+358401111111"), true),
-        user("u4", Some("carol@example.com"), None, true),
-        device("d1"),
-    ]
-}
-
-fn one_conf() -> Run {
-    Run::new().group(STAFF, staff_members()).conf("gw", "staff", &format!("group_id = \"{STAFF}\"\n"))
-}
+use crate::util::*;
 
 #[test]
 fn three_files_exact_bytes_from_several_configs_and_a_nested_group() {

@@ -182,6 +182,26 @@ impl Run {
     }
 }
 
+pub const SENDERS: &str = "gw/config/allowed_senders_ldap.txt";
+pub const GSM: &str = "gw/config/gsm_list.txt";
+pub const RULES: &str = "gw/config/gsm_auth_auto.txt";
+
+/// Alice (with a phone), Bob (disabled), a user without mail, Carol (no phone), a device.
+pub fn staff_members() -> Vec<Value> {
+    vec![
+        user("u1", Some("Alice@Example.com"), Some("+44 (0)20 7946 0958"), true),
+        user("u2", Some("bob@example.com"), Some("040-123 1234"), false),
+        user("u3", None, Some("+358401111111"), true),
+        user("u4", Some("carol@example.com"), None, true),
+        device("d1"),
+    ]
+}
+
+/// One instance `gw` with one config `staff` feeding `allowed_senders` from `staff_members()`.
+pub fn one_conf() -> Run {
+    Run::new().group(STAFF, staff_members()).conf("gw", "staff", &format!("group_id = \"{STAFF}\"\n"))
+}
+
 /// `n` enabled users `u0@example.com` … with phones.
 pub fn users(n: usize) -> Vec<Value> {
     (0..n)

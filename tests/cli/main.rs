@@ -1,0 +1,7 @@
+//! End-to-end tests: the real `usersync` binary against the Graph simulator on 127.0.0.1.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod faults;
+mod sync;
+mod util;
