@@ -12,14 +12,19 @@ fn sample(name: &str) -> String {
 }
 
 fn golden(name: &str, mut r: Run) {
-    r = r.args(&["-q"]).file(SENDERS, "old@example.com\n").expect_exit(1).expect_file(SENDERS, Some("old@example.com\n"));
+    r = r
+        .args(&["-q"])
+        .file(SENDERS, "old@example.com\n")
+        .expect_exit(1)
+        .expect_file(SENDERS, Some("old@example.com\n"));
     let out = r.run();
     let got = out.stderr.replace(&r.root().display().to_string(), "{root}").replace(&r.sim.url(), "{sim}");
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/errors").join(format!("{name}.stderr"));
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::write(&path, &got).unwrap();
     }
-    let want = std::fs::read_to_string(&path).unwrap_or_else(|_| panic!("{} missing; run with UPDATE_GOLDEN=1", path.display()));
+    let want = std::fs::read_to_string(&path)
+        .unwrap_or_else(|_| panic!("{} missing; run with UPDATE_GOLDEN=1", path.display()));
     assert_eq!(got, want, "{name}: stderr differs from {}", path.display());
 }
 
@@ -70,7 +75,11 @@ fn aadsts7000112_app_disabled() {
 fn graph_403_authorization_request_denied() {
     let r = one_conf();
     let body = sample("graph_error_authorization_requestdenied.json");
-    r.sim.state().page_faults.push(PageFault { page: 0, times: 1, fault: Fault::Status { status: 403, retry_after: None, body } });
+    r.sim.state().page_faults.push(PageFault {
+        page: 0,
+        times: 1,
+        fault: Fault::Status { status: 403, retry_after: None, body },
+    });
     golden("graph403", r);
 }
 

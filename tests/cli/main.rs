@@ -4,5 +4,7 @@
 
 mod errors;
 mod faults;
+mod network;
+mod secrets;
 mod sync;
 mod util;

@@ -17,6 +17,19 @@ pub const STAFF: &str = "02bd9fd6-8f93-4758-87c3-1fb73740a315";
 pub const SALES: &str = "0b0f1c3e-0000-4000-8000-000000000002";
 pub const NESTED: &str = "0b0f1c3e-0000-4000-8000-000000000003";
 
+/// The simulated directory: our app, no groups yet.
+fn directory() -> Directory {
+    Directory {
+        apps: vec![usersync_sim::App {
+            tenant: TENANT.into(),
+            client_id: CLIENT.into(),
+            client_secret: SECRET.into(),
+            limited: false,
+        }],
+        ..Directory::default()
+    }
+}
+
 /// What one run printed and how it ended.
 pub struct Output {
     pub code: i32,
@@ -37,20 +50,24 @@ pub struct Run {
 impl Run {
     /// An empty server root, a default global config and a simulator knowing our app.
     pub fn new() -> Self {
-        let directory = Directory {
-            apps: vec![usersync_sim::App {
-                tenant: TENANT.into(),
-                client_id: CLIENT.into(),
-                client_secret: SECRET.into(),
-                limited: false,
-            }],
-            ..Directory::default()
-        };
-        let sim = Sim::start(directory).expect("simulator starts");
+        Self::with(Sim::start(directory()).expect("simulator starts"))
+            .global("[http]\ntimeout_seconds = 10\nmax_retries = 3\n")
+    }
+
+    /// The same with an HTTPS simulator (`https://localhost:PORT`) whose CA is in
+    /// `<tmp>/ca.pem`, named by `[http] ca_bundle` in the global config.
+    pub fn new_tls() -> Self {
+        let pki = usersync_sim::TestPki::new().expect("test CA");
+        let r = Self::with(Sim::start_tls(directory(), &pki).expect("simulator starts"));
+        let ca = r.path().join("ca.pem");
+        std::fs::write(&ca, &pki.ca_pem).expect("write ca.pem");
+        r.global(&format!("[http]\ntimeout_seconds = 10\nmax_retries = 0\nca_bundle = \"{}\"\n", ca.display()))
+    }
+
+    fn with(sim: Sim) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir_all(dir.path().join("server")).expect("server root");
-        let r = Self { dir, sim, args: vec![], envs: vec![], expect_exit: None, expect_files: vec![] };
-        r.global("[http]\ntimeout_seconds = 10\nmax_retries = 3\n")
+        Self { dir, sim, args: vec![], envs: vec![], expect_exit: None, expect_files: vec![] }
     }
 
     /// The temp dir holding `server/` and `usersync.toml`.

@@ -19,6 +19,9 @@ use axum::{Form, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+mod tls;
+pub use tls::{Proxy, TestPki};
+
 /// An app registration the token endpoint accepts.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct App {
@@ -126,6 +129,7 @@ pub struct State {
 /// A running simulator; stops when dropped.
 pub struct Sim {
     addr: SocketAddr,
+    scheme: &'static str,
     state: Arc<Mutex<State>>,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
@@ -144,13 +148,24 @@ impl Sim {
 
     /// Starts on 127.0.0.1:`port` (0: any free port).
     pub fn start_on(directory: Directory, port: u16) -> std::io::Result<Self> {
+        Self::serve(directory, port, None)
+    }
+
+    /// Starts with HTTPS, as `https://localhost:PORT`, presenting a certificate of `pki`'s CA.
+    pub fn start_tls(directory: Directory, pki: &TestPki) -> std::io::Result<Self> {
+        Self::serve(directory, 0, Some(pki.acceptor.clone()))
+    }
+
+    fn serve(directory: Directory, port: u16, tls: Option<tokio_rustls::TlsAcceptor>) -> std::io::Result<Self> {
         let listener = std::net::TcpListener::bind(("127.0.0.1", port))?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
+        let (scheme, host) =
+            if tls.is_some() { ("https", format!("localhost:{}", addr.port())) } else { ("http", addr.to_string()) };
         let state = Arc::new(Mutex::new(State {
             directory,
             page_size: 999,
-            base: format!("http://{addr}"),
+            base: format!("{scheme}://{host}"),
             ..State::default()
         }));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -161,20 +176,28 @@ impl Sim {
                 Err(e) => return eprintln!("usersync-sim: {e}"),
             };
             rt.block_on(async move {
-                let Ok(listener) = tokio::net::TcpListener::from_std(listener) else { return };
-                let _ = axum::serve(listener, app)
-                    .with_graceful_shutdown(async move {
-                        let _ = stopped.await;
-                    })
-                    .await;
+                let Ok(tcp) = tokio::net::TcpListener::from_std(listener) else { return };
+                let stopped = async move {
+                    let _ = stopped.await;
+                };
+                let _ = match tls {
+                    None => axum::serve(tcp, app).with_graceful_shutdown(stopped).await,
+                    Some(acceptor) => {
+                        axum::serve(tls::TlsListener { tcp, acceptor }, app).with_graceful_shutdown(stopped).await
+                    }
+                };
             });
         })?;
-        Ok(Self { addr, state, _stop: stop })
+        Ok(Self { addr, scheme, state, _stop: stop })
     }
 
-    /// `http://127.0.0.1:PORT`
+    /// `http://127.0.0.1:PORT`, or `https://localhost:PORT` with TLS.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        if self.scheme == "https" {
+            format!("https://localhost:{}", self.addr.port())
+        } else {
+            format!("http://{}", self.addr)
+        }
     }
 
     /// The state, locked: change the directory, add faults, read requests.
