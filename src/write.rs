@@ -12,6 +12,14 @@ use crate::error::Hint;
 /// `.usersync-<output file name>.<random>.tmp`.
 pub const TEMP_PREFIX: &str = ".usersync-";
 
+/// The directory holding `path` (`.` for a bare file name).
+fn dir_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
+}
+
 fn temp_prefix(path: &Path) -> String {
     format!("{TEMP_PREFIX}{}.", path.file_name().unwrap_or_default().to_string_lossy())
 }
@@ -19,10 +27,7 @@ fn temp_prefix(path: &Path) -> String {
 /// Removes temp files a killed run left next to `path`; returns how many.
 /// Call only while holding the instance's lock.
 pub fn clean_stale_temps(path: &Path) -> io::Result<usize> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
+    let dir = dir_of(path);
     let prefix = temp_prefix(path);
     let mut removed = 0;
     let entries = match std::fs::read_dir(dir) {
@@ -91,10 +96,7 @@ pub fn read_current(path: &Path) -> Result<Option<Vec<u8>>, WriteError> {
 /// the old file or the new one, never a mix. A new file gets mode 0666 less
 /// the umask and, when written by root, its directory's owner and group.
 pub fn write_atomic(path: &Path, content: &[u8]) -> Result<(), WriteError> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
+    let dir = dir_of(path);
     let old = match std::fs::metadata(path) {
         Ok(m) => Some(m),
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,

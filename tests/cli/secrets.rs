@@ -8,7 +8,10 @@ fn assert_clean(what: &str, out: &Output) {
         assert!(!s.contains("sim-access-token"), "{what}: an access token leaked:\n{s}");
     }
     assert!(
-        out.stderr.contains("TRACE") || out.stderr.contains("DEBUG") || out.stderr.contains("error") || out.stdout.contains("check:"),
+        out.stderr.contains("TRACE")
+            || out.stderr.contains("DEBUG")
+            || out.stderr.contains("error")
+            || out.stdout.contains("check:"),
         "{what}: trace logging is on"
     );
 }
