@@ -11,7 +11,7 @@ use clap::{ArgAction, Parser, Subcommand, ValueEnum};
 /// `allowed_senders_ldap.txt`, `gsm_list.txt` and `gsm_auth_auto.txt`.
 #[derive(Debug, Clone, Parser)]
 #[allow(clippy::struct_excessive_bools)] // command-line flags are bools
-#[command(name = "usersync", version, about, long_about, help_expected = true)]
+#[command(name = "usersync", version = VERSION, about, long_about, help_expected = true)]
 pub struct Cli {
     /// `test` or `check`; none: sync
     #[command(subcommand)]
@@ -52,6 +52,26 @@ pub struct Cli {
     /// Only errors on stderr (`RUST_LOG` overrides)
     #[arg(short, long, global = true)]
     pub quiet: bool,
+
+    /// Print a man page or a shell completion script on stdout, for packaging
+    #[arg(long, hide = true, value_enum, value_name = "WHAT")]
+    pub generate: Option<Generate>,
+}
+
+/// The version and the git commit it was built from, e.g. `0.1.0 (3f2a9c1e0b)`.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("USERSYNC_GIT_COMMIT"), ")");
+
+/// What `--generate` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Generate {
+    /// The man page, usersync(1), in roff
+    Man,
+    /// bash completions
+    CompleteBash,
+    /// zsh completions
+    CompleteZsh,
+    /// fish completions
+    CompleteFish,
 }
 
 impl Cli {
@@ -64,6 +84,7 @@ impl Cli {
             (self.dry_run, "--dry-run"),
             (self.force, "--force"),
             (self.ignore_node_status, "--ignore-node-status"),
+            (self.generate.is_some(), "--generate"),
         ]
         .into_iter()
         .find_map(|(given, name)| given.then_some(name))

@@ -19,8 +19,14 @@ struct RawConfig {
     node: Option<RawNode>,
     guard: Option<RawGuard>,
     http: Option<RawHttp>,
-    metrics: Option<toml::Value>,
+    metrics: Option<RawMetrics>,
     alert: Option<toml::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    textfile: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -61,6 +67,8 @@ pub struct Config {
     pub guard: GuardConfig,
     /// HTTP client settings.
     pub http: HttpConfig,
+    /// Prometheus textfile to write after every real run.
+    pub metrics_textfile: Option<PathBuf>,
 }
 
 /// `[node]`
@@ -142,14 +150,12 @@ impl Config {
         let file = path.unwrap_or(Path::new(DEFAULT_PATH));
         let bad = |key: &str, msg: String, hint: &str| ConfigError::new(file, format!("key `{key}`: {msg}"), hint);
 
-        for (section, issue) in [("metrics", raw.metrics.is_some()), ("alert", raw.alert.is_some())] {
-            if issue {
-                return Err(ConfigError::new(
-                    file,
-                    format!("`[{section}]` is not supported by this version of usersync"),
-                    format!("remove the [{section}] table; this version would silently not honour it"),
-                ));
-            }
+        if raw.alert.is_some() {
+            return Err(ConfigError::new(
+                file,
+                "`[alert]` is not supported by this version of usersync",
+                "remove the [alert] table; this version would silently not honour it",
+            ));
         }
         let absolute = |key: &str, p: PathBuf| {
             if p.is_absolute() {
@@ -231,7 +237,9 @@ impl Config {
             }
         }
 
-        Ok(Self { path: path.map(Path::to_path_buf), server_root, state_dir, node, guard, http })
+        let metrics_textfile =
+            raw.metrics.and_then(|m| m.textfile).map(|p| absolute("metrics.textfile", p)).transpose()?;
+        Ok(Self { path: path.map(Path::to_path_buf), server_root, state_dir, node, guard, http, metrics_textfile })
     }
 }
 
@@ -257,6 +265,8 @@ mod tests {
     fn unknown_keys_and_sections() {
         assert!(parse("[guard]\nmax_remove = 1\n").unwrap_err().message.contains("unknown key `max_remove`"));
         assert!(parse("[alert]\nfrom = \"a@b\"\n").unwrap_err().message.contains("[alert]"));
+        assert!(parse("[metrics]\ntextfile = \"/x.prom\"\n").unwrap().metrics_textfile.is_some());
+        assert!(parse("[metrics]\ntextfile = \"x.prom\"\n").is_err());
         assert!(parse("server_root = \"rel\"\n").is_err());
     }
 }

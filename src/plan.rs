@@ -58,6 +58,18 @@ pub struct Plan {
     pub skips: Vec<Skip>,
 }
 
+impl Plan {
+    /// Skips by reason; a member skipped for `gsm_list` only (no phone) counts too.
+    #[must_use]
+    pub fn skip_counts(&self) -> BTreeMap<SkipReason, u64> {
+        let mut counts = BTreeMap::new();
+        for s in &self.skips {
+            *counts.entry(s.reason).or_default() += 1;
+        }
+        counts
+    }
+}
+
 /// Builds the plan. `fetched[i]` holds the members fetched for `instance.configs[i]`.
 #[must_use]
 pub fn plan(current: &CurrentFiles, fetched: &[&[Member]], instance: &Instance) -> Plan {

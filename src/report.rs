@@ -113,6 +113,8 @@ pub struct InstanceReport {
     pub outcome: &'static str,
     /// Its outputs.
     pub outputs: Vec<OutputReport>,
+    /// Members skipped, by reason, counted once per config (not per output).
+    pub skipped: BTreeMap<SkipReason, u64>,
     /// Its errors.
     pub errors: Vec<ErrorReport>,
 }

@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -16,10 +17,12 @@ use crate::entraidconf::{EntraConf, Env};
 use crate::error::{render_error, ConfigError, Error, Hint, Outcome};
 use crate::graph::{Credentials, FetchError, GraphClient, GroupQuery, Member};
 use crate::instance::{self, Instance};
+use crate::metrics::{self, RunFacts};
 use crate::node::{self, NodeState};
 use crate::normalize::SkipReason;
 use crate::plan::{plan, CurrentFiles, Plan};
 use crate::report::{Action, ErrorReport, InstanceReport, NodeReport, OutputReport, Report};
+use crate::state::State;
 use crate::{guard, lock, write};
 
 /// Where instances live when nothing else says.
@@ -32,6 +35,9 @@ pub fn run(cli: &Cli) -> Result<ExitCode, Error> {
     crate::log::init(cli.verbose, cli.quiet);
     if let Some(option) = cli.misplaced_sync_option() {
         return Err(Error::Usage(format!("{option} belongs to a sync, not to a subcommand")));
+    }
+    if let Some(what) = cli.generate {
+        return crate::generate::print(what).map(|()| ExitCode::SUCCESS).map_err(Error::Runtime);
     }
     match &cli.command {
         None => sync(cli),
@@ -59,20 +65,67 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, Error> {
 }
 
 fn sync(cli: &Cli) -> Result<ExitCode, Error> {
-    let result =
-        setup(cli).and_then(|(config, root)| runtime()?.block_on(Run { cli, config: &config, root: &root }.execute()));
-    let report = match &result {
-        Ok(r) => r.clone(),
-        // Monitoring that parses --format json gets one document even now.
+    let started = Instant::now();
+    let (config, root) = match setup(cli) {
+        Ok(x) => x,
         Err(e) => {
-            Report { dry_run: cli.dry_run, exit_code: e.outcome().code(), errors: e.reports(), ..Report::default() }
+            print_report(cli, &fatal_report(cli, &e));
+            return Err(e);
         }
     };
+    let result = runtime().and_then(|rt| rt.block_on(Run { cli, config: &config, root: &root }.execute()));
+    let report = match &result {
+        Ok(r) => r.clone(),
+        Err(e) => fatal_report(cli, e),
+    };
     if result.is_ok() || cli.format == Format::Json {
+        print_report(cli, &report);
+    }
+    if !cli.dry_run {
+        record(&config, &report, started);
+    }
+    result.map(|r| ExitCode::from(r.exit_code))
+}
+
+/// The report of a run stopped before any instance.
+fn fatal_report(cli: &Cli, e: &Error) -> Report {
+    let mut r =
+        Report { dry_run: cli.dry_run, exit_code: e.outcome().code(), errors: e.reports(), ..Report::default() };
+    // A failed node check: whether this node is active is unknown.
+    r.node.checked = matches!(e, Error::Node(_));
+    r
+}
+
+fn print_report(cli: &Cli, report: &Report) {
+    // Text mode prints nothing for a fatal error; --format json always prints one document.
+    if report.errors.is_empty() || cli.format == Format::Json {
         // Nothing useful can be done if stdout is gone; the exit code still tells.
         let _ = std::io::stdout().lock().write_all(report.render(cli.format).as_bytes());
     }
-    result.map(|r| ExitCode::from(r.exit_code))
+}
+
+/// After a real run: remember successes in `state_dir`, write the metrics textfile.
+/// Neither changes the exit code; a failure is logged.
+fn record(config: &Config, report: &Report, started: Instant) {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let mut state = State::load(&config.state_dir);
+    let mut changed = false;
+    for i in report.instances.iter().filter(|i| i.outcome == "ok") {
+        state.last_success.insert(i.name.clone(), now.as_secs());
+        changed = true;
+    }
+    if changed {
+        if let Err(e) = state.save(&config.state_dir) {
+            tracing::warn!(state_dir = %config.state_dir.display(), error = %e, "cannot save the run state; check state_dir");
+        }
+    }
+    if let Some(path) = &config.metrics_textfile {
+        let facts =
+            RunFacts { report, state: &state, now: now.as_secs_f64(), duration: started.elapsed().as_secs_f64() };
+        if let Err(e) = write::write_atomic(path, metrics::render(&facts).as_bytes()) {
+            tracing::warn!(textfile = %path.display(), error = %e, "cannot write the metrics textfile");
+        }
+    }
 }
 
 struct Run<'a> {
@@ -324,7 +377,7 @@ fn write_outputs(inst: &Instance, p: &Plan) -> (InstanceReport, Outcome) {
         outputs.push(OutputReport::planned(o, action));
     }
     let (label, outcome) = if errors.is_empty() { ("ok", Outcome::Success) } else { ("failed", Outcome::Failed) };
-    (InstanceReport { name: inst.name.clone(), outcome: label, outputs, errors }, outcome)
+    (InstanceReport { name: inst.name.clone(), outcome: label, outputs, skipped: p.skip_counts(), errors }, outcome)
 }
 
 /// A report of `p` where changed outputs got `action` and the others were unchanged.
@@ -340,7 +393,7 @@ fn planned_instance(
         .iter()
         .map(|o| OutputReport::planned(o, if o.changed { action } else { Action::Unchanged }))
         .collect();
-    InstanceReport { name: inst.name.clone(), outcome, outputs, errors }
+    InstanceReport { name: inst.name.clone(), outcome, outputs, skipped: p.skip_counts(), errors }
 }
 
 /// Fetches every distinct group of `instances`, at most `MAX_CONCURRENT_FETCHES` at once.
@@ -408,5 +461,5 @@ fn failed_instance(inst: &Instance, outcome: &'static str, errors: Vec<ErrorRepo
     } else {
         inst.outputs.iter().map(|(o, p)| OutputReport::unplanned(*o, p.clone(), Action::Failed)).collect()
     };
-    InstanceReport { name: inst.name.clone(), outcome, outputs, errors }
+    InstanceReport { name: inst.name.clone(), outcome, outputs, skipped: BTreeMap::new(), errors }
 }

@@ -4,6 +4,7 @@
 
 mod errors;
 mod faults;
+mod metrics;
 mod network;
 mod secrets;
 mod sync;

@@ -80,9 +80,14 @@ impl Run {
         self.dir.path().join("server")
     }
 
-    /// Replaces the global config.
+    /// Replaces the global config; `state_dir` is the temp dir's `state/` unless `toml` sets it.
     pub fn global(self, toml: &str) -> Self {
-        std::fs::write(self.dir.path().join("usersync.toml"), toml).expect("write usersync.toml");
+        let mut text = String::new();
+        if !toml.contains("state_dir") {
+            let _ = writeln!(text, "state_dir = \"{}\"", self.dir.path().join("state").display());
+        }
+        text.push_str(toml);
+        std::fs::write(self.dir.path().join("usersync.toml"), text).expect("write usersync.toml");
         self
     }
 

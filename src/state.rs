@@ -1,0 +1,57 @@
+//! Small run state in `state_dir` (`state.json`): when each instance last synced successfully.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// What usersync remembers between runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    /// Instance → Unix time of its last successful sync.
+    #[serde(default)]
+    pub last_success: BTreeMap<String, u64>,
+}
+
+fn file(dir: &Path) -> PathBuf {
+    dir.join("state.json")
+}
+
+impl State {
+    /// Reads the state; a missing or unreadable file is an empty state (logged).
+    #[must_use]
+    pub fn load(dir: &Path) -> Self {
+        match std::fs::read(file(dir)) {
+            Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
+                tracing::warn!(file = %file(dir).display(), error = %e, "run state unreadable; starting afresh");
+                Self::default()
+            }),
+            Err(_) => Self::default(),
+        }
+    }
+
+    /// Writes the state atomically, creating `dir` (mode 0750) if needed.
+    pub fn save(&self, dir: &Path) -> std::io::Result<()> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new().recursive(true).mode(0o750).create(dir)?;
+        let json = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        crate::write::write_atomic(&file(dir), &json).map_err(|e| e.source)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_tolerates_garbage() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("state");
+        assert_eq!(State::load(&dir), State::default());
+        let s = State { last_success: BTreeMap::from([("gw".into(), 42)]) };
+        s.save(&dir).unwrap();
+        assert_eq!(State::load(&dir), s);
+        std::fs::write(dir.join("state.json"), "{").unwrap();
+        assert_eq!(State::load(&dir), State::default());
+    }
+}
