@@ -10,7 +10,8 @@ use crate::error::ConfigError;
 use crate::graph::{Credentials, GroupQuery};
 use crate::ids::{ClientId, GroupId, TenantId};
 use crate::output::{AccessRule, Output};
-use crate::secret::Secret;
+pub use crate::secret::Env;
+use crate::secret::{resolve, Secret};
 
 const HINT_REFERENCE: &str = "see the `.entraidconf` table in the README, or config/example.entraidconf";
 
@@ -61,21 +62,6 @@ pub struct EntraConf {
     pub include_disabled: bool,
     /// Login and Graph hosts.
     pub endpoints: Endpoints,
-}
-
-/// What loading needs from the environment, passed in so that loading stays testable.
-#[derive(Debug, Clone, Default)]
-pub struct Env {
-    /// `$CREDENTIALS_DIRECTORY`, set by systemd's `LoadCredential=`.
-    pub credentials_directory: Option<PathBuf>,
-}
-
-impl Env {
-    /// Reads the process environment.
-    #[must_use]
-    pub fn from_process() -> Self {
-        Self { credentials_directory: std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from) }
-    }
 }
 
 impl EntraConf {
@@ -164,8 +150,14 @@ impl EntraConf {
             )
         })?;
 
-        let (secret, secret_file) =
-            read_secret(raw.client_secret, raw.client_secret_file, raw.client_secret_credential, path, env)?;
+        let (secret, secret_file) = resolve(
+            "client_secret",
+            raw.client_secret,
+            raw.client_secret_file,
+            raw.client_secret_credential,
+            path,
+            env,
+        )?;
 
         let query_filter = raw.query_filter.unwrap_or_else(|| "mail".into());
         let mut mail = false;
@@ -253,72 +245,6 @@ impl EntraConf {
             include_disabled: raw.include_disabled.unwrap_or(false),
             endpoints,
         })
-    }
-}
-
-/// Resolves exactly one of `client_secret`, `client_secret_file`, `client_secret_credential`.
-fn read_secret(
-    inline: Option<Secret>,
-    file: Option<PathBuf>,
-    credential: Option<String>,
-    path: &Path,
-    env: &Env,
-) -> Result<(Secret, PathBuf), ConfigError> {
-    const ONE_OF: &str = "set exactly one of client_secret, client_secret_file, client_secret_credential";
-    let given = usize::from(inline.is_some()) + usize::from(file.is_some()) + usize::from(credential.is_some());
-    if given != 1 {
-        let what = if given == 0 { "no client secret is configured" } else { "more than one client secret key is set" };
-        return Err(ConfigError::new(path, what, ONE_OF));
-    }
-    let (value, source) = if let Some(s) = inline {
-        warn_if_world_readable(path);
-        (s.expose().to_owned(), path.to_owned())
-    } else if let Some(f) = file {
-        let f = if f.is_relative() { path.parent().unwrap_or(Path::new(".")).join(f) } else { f };
-        let text = std::fs::read_to_string(&f).map_err(|e| {
-            ConfigError::new(path, format!("key `client_secret_file`: cannot read {}: {e}", f.display()), "check the path (relative paths are taken from the config's directory) and that usersync's user can read it")
-        })?;
-        warn_if_world_readable(&f);
-        (text, f)
-    } else {
-        let name = credential.unwrap_or_default();
-        if name.is_empty() || name.contains('/') || name == "." || name == ".." {
-            return Err(ConfigError::new(
-                path,
-                format!("key `client_secret_credential`: `{name}` is not a credential name"),
-                "give the name used in the unit's LoadCredential=NAME:PATH",
-            ));
-        }
-        let Some(dir) = &env.credentials_directory else {
-            return Err(ConfigError::new(path, format!("key `client_secret_credential`: `{name}` is set but $CREDENTIALS_DIRECTORY is not"), format!("run usersync from its systemd unit with LoadCredential={name}:/etc/usersync/credentials/{name}, or use client_secret_file")));
-        };
-        let f = dir.join(&name);
-        let text = std::fs::read_to_string(&f).map_err(|e| {
-            ConfigError::new(
-                path,
-                format!("key `client_secret_credential`: cannot read {}: {e}", f.display()),
-                format!("add LoadCredential={name}:/path/to/secret to the unit"),
-            )
-        })?;
-        (text, f)
-    };
-    let value = value.trim();
-    if value.is_empty() {
-        return Err(ConfigError::new(
-            path,
-            format!("the client secret from {} is empty", source.display()),
-            "paste the secret's Value (not its Secret ID) from Certificates & secrets in the Entra admin center",
-        ));
-    }
-    Ok((Secret::new(value.to_owned()), source))
-}
-
-fn warn_if_world_readable(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    if let Ok(m) = std::fs::metadata(path) {
-        if m.permissions().mode() & 0o004 != 0 {
-            tracing::warn!(file = %path.display(), "file holding a client secret is readable by every user; chmod o-r it");
-        }
     }
 }
 

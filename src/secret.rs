@@ -1,6 +1,10 @@
-//! `Secret`: a string that never shows itself in `Debug` or `Display`.
+//! `Secret`: a string that never shows itself in `Debug` or `Display`, and where
+//! secrets come from (inline, a file, or a systemd credential).
 
 use std::fmt;
+use std::path::{Path, PathBuf};
+
+use crate::error::ConfigError;
 
 /// A client secret or an access token. Printing it in any way gives `***`.
 #[derive(Clone, PartialEq, Eq)]
@@ -35,6 +39,93 @@ impl fmt::Debug for Secret {
 impl fmt::Display for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("***")
+    }
+}
+
+/// What loading needs from the environment, passed in so that loading stays testable.
+#[derive(Debug, Clone, Default)]
+pub struct Env {
+    /// `$CREDENTIALS_DIRECTORY`, set by systemd's `LoadCredential=`.
+    pub credentials_directory: Option<PathBuf>,
+}
+
+impl Env {
+    /// Reads the process environment.
+    #[must_use]
+    pub fn from_process() -> Self {
+        Self { credentials_directory: std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from) }
+    }
+}
+
+/// Resolves exactly one of `<key>`, `<key>_file`, `<key>_credential` of the config at
+/// `path`: the secret and the file it was read from.
+pub fn resolve(
+    key: &str,
+    inline: Option<Secret>,
+    file: Option<PathBuf>,
+    credential: Option<String>,
+    path: &Path,
+    env: &Env,
+) -> Result<(Secret, PathBuf), ConfigError> {
+    let one_of = format!("set exactly one of {key}, {key}_file, {key}_credential");
+    let given = usize::from(inline.is_some()) + usize::from(file.is_some()) + usize::from(credential.is_some());
+    if given != 1 {
+        let what = if given == 0 {
+            format!("no {key} is configured")
+        } else {
+            format!("more than one of {key}, {key}_file, {key}_credential is set")
+        };
+        return Err(ConfigError::new(path, what, one_of));
+    }
+    let (value, source) = if let Some(s) = inline {
+        warn_if_world_readable(path);
+        (s.expose().to_owned(), path.to_owned())
+    } else if let Some(f) = file {
+        let f = if f.is_relative() { path.parent().unwrap_or(Path::new(".")).join(f) } else { f };
+        let text = std::fs::read_to_string(&f).map_err(|e| {
+            ConfigError::new(path, format!("key `{key}_file`: cannot read {}: {e}", f.display()), "check the path (relative paths are taken from the config's directory) and that usersync's user can read it")
+        })?;
+        warn_if_world_readable(&f);
+        (text, f)
+    } else {
+        let name = credential.unwrap_or_default();
+        if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+            return Err(ConfigError::new(
+                path,
+                format!("key `{key}_credential`: `{name}` is not a credential name"),
+                "give the name used in the unit's LoadCredential=NAME:PATH",
+            ));
+        }
+        let Some(dir) = &env.credentials_directory else {
+            return Err(ConfigError::new(path, format!("key `{key}_credential`: `{name}` is set but $CREDENTIALS_DIRECTORY is not"), format!("run usersync from its systemd unit with LoadCredential={name}:/etc/usersync/credentials/{name}, or use {key}_file")));
+        };
+        let f = dir.join(&name);
+        let text = std::fs::read_to_string(&f).map_err(|e| {
+            ConfigError::new(
+                path,
+                format!("key `{key}_credential`: cannot read {}: {e}", f.display()),
+                format!("add LoadCredential={name}:/path/to/secret to the unit"),
+            )
+        })?;
+        (text, f)
+    };
+    let value = value.trim();
+    if value.is_empty() {
+        return Err(ConfigError::new(
+            path,
+            format!("the {key} from {} is empty", source.display()),
+            "put the secret itself in the file (for a client secret: its Value, not its Secret ID, from Certificates & secrets in the Entra admin center)",
+        ));
+    }
+    Ok((Secret::new(value.to_owned()), source))
+}
+
+fn warn_if_world_readable(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(m) = std::fs::metadata(path) {
+        if m.permissions().mode() & 0o004 != 0 {
+            tracing::warn!(file = %path.display(), "file holding a secret is readable by every user; chmod o-r it");
+        }
     }
 }
 

@@ -117,6 +117,8 @@ pub struct State {
     pub latency: Duration,
     /// Extra delay before every members answer of one group.
     pub group_latency: HashMap<String, Duration>,
+    /// `sendMail` requests accepted: (from, JSON body).
+    pub sent_mail: Vec<(String, Value)>,
     /// Requests that came before the `Retry-After` of an earlier answer for the same page.
     pub early_retries: usize,
     not_before: HashMap<(String, usize), Instant>,
@@ -215,6 +217,8 @@ fn router(state: Shared) -> Router {
     Router::new()
         .route("/{tenant}/oauth2/v2.0/token", post(token))
         .route("/v1.0/groups/{id}/{relation}", get(members))
+        .route("/v1.0/users/{from}/sendMail", post(send_mail))
+        .route("/_sim/token", get(check_token))
         .fallback(|| async {
             graph_error(404, "UnknownError", "No HTTP resource was found that matches the request URI.")
         })
@@ -347,6 +351,35 @@ async fn token(
         page: None,
     });
     resp
+}
+
+/// `GET /_sim/token?t=TOKEN`: 200 if the simulator issued TOKEN and it is still valid
+/// (lets the SMTP test server check XOAUTH2 bearer tokens).
+async fn check_token(AxState(state): AxState<Shared>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let valid = q.get("t").is_some_and(|t| lock(&state).tokens.contains_key(t));
+    let status = if valid { StatusCode::OK } else { StatusCode::UNAUTHORIZED };
+    status.into_response()
+}
+
+/// `POST /v1.0/users/{from}/sendMail`: records the message, answers 202 like Graph.
+async fn send_mail(
+    AxState(state): AxState<Shared>,
+    Path(from): Path<String>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    let mut s = lock(&state);
+    let token = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|a| a.strip_prefix("Bearer "));
+    if !token.is_some_and(|t| s.tokens.contains_key(t)) {
+        return graph_error(401, "InvalidAuthenticationToken", "Access token is empty.");
+    }
+    match serde_json::from_str::<Value>(&body) {
+        Ok(v) if v["message"]["toRecipients"].is_array() => {
+            s.sent_mail.push((from, v));
+            StatusCode::ACCEPTED.into_response()
+        }
+        _ => graph_error(400, "ErrorInvalidRequest", "The message is not valid."),
+    }
 }
 
 fn select(obj: &Value, fields: &[&str]) -> Value {

@@ -15,6 +15,10 @@ use tokio_rustls::TlsAcceptor;
 pub struct TestPki {
     /// The CA certificate, PEM: what a client must trust.
     pub ca_pem: String,
+    /// The leaf certificate (`localhost`, 127.0.0.1), PEM, for other test servers.
+    pub cert_pem: String,
+    /// The leaf's private key, PEM.
+    pub key_pem: String,
     /// Server config presenting the leaf certificate.
     pub acceptor: TlsAcceptor,
 }
@@ -40,7 +44,12 @@ impl TestPki {
                 PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
             )?;
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Ok(Self { ca_pem: ca_cert.pem(), acceptor: TlsAcceptor::from(Arc::new(config)) })
+        Ok(Self {
+            ca_pem: ca_cert.pem(),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            acceptor: TlsAcceptor::from(Arc::new(config)),
+        })
     }
 }
 
