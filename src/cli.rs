@@ -106,6 +106,8 @@ pub enum Command {
         #[arg(long)]
         show: bool,
     },
+    /// Send a test message through each [alert] provider in turn and report each result
+    AlertTest,
     /// Validate every config, .cfg key, output path and permission without touching the network
     Check {
         /// Check only this instance; repeat for more [default: every instance]

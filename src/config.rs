@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::alert::AlertConfig;
 use crate::error::ConfigError;
 
 /// Where the global config lives when `--config` is not given.
@@ -20,7 +21,7 @@ struct RawConfig {
     guard: Option<RawGuard>,
     http: Option<RawHttp>,
     metrics: Option<RawMetrics>,
-    alert: Option<toml::Value>,
+    alert: Option<crate::alert::RawAlert>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -69,6 +70,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// Prometheus textfile to write after every real run.
     pub metrics_textfile: Option<PathBuf>,
+    /// Alert mail.
+    pub alert: Option<AlertConfig>,
 }
 
 /// `[node]`
@@ -150,13 +153,6 @@ impl Config {
         let file = path.unwrap_or(Path::new(DEFAULT_PATH));
         let bad = |key: &str, msg: String, hint: &str| ConfigError::new(file, format!("key `{key}`: {msg}"), hint);
 
-        if raw.alert.is_some() {
-            return Err(ConfigError::new(
-                file,
-                "`[alert]` is not supported by this version of usersync",
-                "remove the [alert] table; this version would silently not honour it",
-            ));
-        }
         let absolute = |key: &str, p: PathBuf| {
             if p.is_absolute() {
                 Ok(p)
@@ -239,7 +235,17 @@ impl Config {
 
         let metrics_textfile =
             raw.metrics.and_then(|m| m.textfile).map(|p| absolute("metrics.textfile", p)).transpose()?;
-        Ok(Self { path: path.map(Path::to_path_buf), server_root, state_dir, node, guard, http, metrics_textfile })
+        let alert = raw.alert.map(|a| AlertConfig::from_raw(a, file)).transpose()?;
+        Ok(Self {
+            path: path.map(Path::to_path_buf),
+            server_root,
+            state_dir,
+            node,
+            guard,
+            http,
+            metrics_textfile,
+            alert,
+        })
     }
 }
 
@@ -264,7 +270,16 @@ mod tests {
     #[test]
     fn unknown_keys_and_sections() {
         assert!(parse("[guard]\nmax_remove = 1\n").unwrap_err().message.contains("unknown key `max_remove`"));
-        assert!(parse("[alert]\nfrom = \"a@b\"\n").unwrap_err().message.contains("[alert]"));
+        assert!(parse("[alert]\nfrom = \"a@b\"\n").unwrap_err().message.contains("alert.to"));
+        let a = parse("[alert]\nfrom = \"u@gw.example\"\nto = [\"A@x.example\", \"a@x.example\"]\n[[alert.provider]]\nkind = \"smtp\"\nhost = \"relay.example\"\nsecurity = \"none\"\n")
+            .unwrap()
+            .alert
+            .unwrap();
+        assert_eq!(a.to.len(), 1, "lower-cased and deduplicated");
+        assert!(parse("[alert]\nfrom = \"u@gw.example\"\nto = [\"not an address\"]\n")
+            .unwrap_err()
+            .message
+            .contains("not a mail address"));
         assert!(parse("[metrics]\ntextfile = \"/x.prom\"\n").unwrap().metrics_textfile.is_some());
         assert!(parse("[metrics]\ntextfile = \"x.prom\"\n").is_err());
         assert!(parse("server_root = \"rel\"\n").is_err());

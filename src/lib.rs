@@ -2,6 +2,7 @@
 //!
 //! Data flows one way: config → fetch → normalise → plan → guard → write → report.
 
+pub mod alert;
 pub mod cfgfile;
 pub mod check;
 pub mod cli;

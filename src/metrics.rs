@@ -16,6 +16,8 @@ pub struct RunFacts<'a> {
     pub now: f64,
     /// How long the run took.
     pub duration: f64,
+    /// An alert was due and no provider delivered it.
+    pub alert_failed: bool,
 }
 
 struct Family<'a> {
@@ -80,6 +82,12 @@ pub fn render(f: &RunFacts<'_>) -> String {
         r.graph_retries as f64,
     );
 
+    m.head(
+        "usersync_alert_delivery_failed",
+        "gauge",
+        "1 if the last run had an alert to send and no provider delivered it.",
+    )
+    .sample("usersync_alert_delivery_failed", &[], if f.alert_failed { 1.0 } else { 0.0 });
     m.head("usersync_last_success_timestamp_seconds", "gauge", "Unix time of the instance's last successful sync.");
     for (instance, t) in &f.state.last_success {
         m.sample("usersync_last_success_timestamp_seconds", &[("instance", instance)], *t as f64);

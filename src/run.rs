@@ -45,6 +45,10 @@ pub fn run(cli: &Cli) -> Result<ExitCode, Error> {
             crate::testquery::run(cli, instance, entraid.as_deref(), *show).map(ExitCode::from)
         }
         Some(Command::Check { instances }) => Ok(crate::check::run(cli, instances).into()),
+        Some(Command::AlertTest) => {
+            let (config, _) = setup(cli)?;
+            crate::alert::test_all(&config).map(ExitCode::from)
+        }
     }
 }
 
@@ -114,14 +118,25 @@ fn record(config: &Config, report: &Report, started: Instant) {
         state.last_success.insert(i.name.clone(), now.as_secs());
         changed = true;
     }
+    let mut alert_failed = false;
+    if let Some(alert) = &config.alert {
+        let before = state.alert;
+        alert_failed = crate::alert::after_run(alert, &config.http, report, &mut state.alert, now.as_secs());
+        changed |= state.alert != before;
+    }
     if changed {
         if let Err(e) = state.save(&config.state_dir) {
             tracing::warn!(state_dir = %config.state_dir.display(), error = %e, "cannot save the run state; check state_dir");
         }
     }
     if let Some(path) = &config.metrics_textfile {
-        let facts =
-            RunFacts { report, state: &state, now: now.as_secs_f64(), duration: started.elapsed().as_secs_f64() };
+        let facts = RunFacts {
+            report,
+            state: &state,
+            now: now.as_secs_f64(),
+            duration: started.elapsed().as_secs_f64(),
+            alert_failed,
+        };
         if let Err(e) = write::write_atomic(path, metrics::render(&facts).as_bytes()) {
             tracing::warn!(textfile = %path.display(), error = %e, "cannot write the metrics textfile");
         }

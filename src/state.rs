@@ -11,6 +11,18 @@ pub struct State {
     /// Instance → Unix time of its last successful sync.
     #[serde(default)]
     pub last_success: BTreeMap<String, u64>,
+    /// What the alerts said so far.
+    #[serde(default)]
+    pub alert: AlertState,
+}
+
+/// Alert state: is a failure going on, and when was it last reported.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertState {
+    /// The last run that said anything ended in exit 1, 2 or 3.
+    pub failing: bool,
+    /// When a failure alert was last delivered.
+    pub last_alert: Option<u64>,
 }
 
 fn file(dir: &Path) -> PathBuf {
@@ -48,7 +60,7 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let dir = t.path().join("state");
         assert_eq!(State::load(&dir), State::default());
-        let s = State { last_success: BTreeMap::from([("gw".into(), 42)]) };
+        let s = State { last_success: BTreeMap::from([("gw".into(), 42)]), alert: AlertState::default() };
         s.save(&dir).unwrap();
         assert_eq!(State::load(&dir), s);
         std::fs::write(dir.join("state.json"), "{").unwrap();

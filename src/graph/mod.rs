@@ -147,6 +147,44 @@ impl GraphClient {
         Ok(members)
     }
 
+    /// An app-only access token for `cred` (for SMTP XOAUTH2).
+    pub async fn bearer(&self, cred: &Credentials) -> Result<crate::secret::Secret, FetchError> {
+        self.token(cred, None).await
+    }
+
+    /// `POST {graph}/v1.0/users/{from}/sendMail` with `message` (Graph answers 202).
+    pub async fn send_mail(
+        &self,
+        cred: &Credentials,
+        graph: &str,
+        from: &str,
+        message: &serde_json::Value,
+    ) -> Result<(), FetchError> {
+        let mut url = Url::parse(graph).map_err(|e| FetchError::Client(e.to_string()))?;
+        url.path_segments_mut()
+            .map_err(|()| FetchError::Client(format!("{graph} cannot take a path")))?
+            .extend(["v1.0", "users", from, "sendMail"]);
+        let url = url.to_string();
+        let body = serde_json::to_vec(message).map_err(|e| FetchError::Client(e.to_string()))?;
+        let token = self.token(cred, None).await?;
+        let a = self
+            .send(&url, || {
+                self.http
+                    .post(&url)
+                    .bearer_auth(token.expose())
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(body.clone())
+            })
+            .await?;
+        if a.status.is_success() {
+            return Ok(());
+        }
+        let (code, message) = serde_json::from_slice::<GraphErrorBody>(&a.body)
+            .map(|b| (b.error.code.unwrap_or_default(), b.error.message.unwrap_or_default()))
+            .unwrap_or_default();
+        Err(FetchError::Graph { url, status: a.status.as_u16(), code, message })
+    }
+
     /// Only the first page of the group (for `usersync test`).
     pub async fn first_page(&self, cred: &Credentials, q: &GroupQuery) -> Result<Page, FetchError> {
         let url = q.first_url();

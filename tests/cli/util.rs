@@ -240,3 +240,61 @@ pub fn sender_lines(range: std::ops::Range<usize>) -> String {
         s
     })
 }
+
+/// The SMTP test server (`tests/smtp/server.py`, aiosmtpd), killed on drop.
+pub struct Smtp {
+    child: std::process::Child,
+    pub port: u16,
+    out: tempfile::TempDir,
+}
+
+impl Smtp {
+    /// Starts it with extra arguments (`--tls starttls --cert … --user …`).
+    pub fn start(args: &[&str]) -> Self {
+        let out = tempfile::tempdir().expect("tempdir");
+        let port_file = out.path().join("port");
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/smtp/server.py");
+        let child = Command::new("python3")
+            .arg(script)
+            .arg("--port-file")
+            .arg(&port_file)
+            .arg("--out")
+            .arg(out.path())
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 runs tests/smtp/server.py (pip install -r tests/smtp/requirements.txt)");
+        let mut s = Self { child, port: 0, out };
+        let ready = usersync_sim::wait_for(std::time::Duration::from_secs(15), || port_file.exists());
+        assert!(ready, "the SMTP test server did not start; is aiosmtpd installed (tests/smtp/requirements.txt)?");
+        s.port = std::fs::read_to_string(&port_file).expect("port").trim().parse().expect("a port");
+        s
+    }
+
+    /// The messages received so far: (raw message, envelope JSON).
+    pub fn messages(&self) -> Vec<(String, Value)> {
+        let mut out = Vec::new();
+        for n in 1.. {
+            let Ok(eml) = std::fs::read_to_string(self.out.path().join(format!("{n}.eml"))) else { break };
+            let meta = std::fs::read_to_string(self.out.path().join(format!("{n}.json"))).unwrap_or_default();
+            out.push((eml, serde_json::from_str(&meta).unwrap_or(Value::Null)));
+        }
+        out
+    }
+}
+
+impl Drop for Smtp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A throwaway CA with a `localhost` certificate, written as `ca.pem`, `cert.pem`, `key.pem` in `dir`.
+pub fn write_pki(dir: &Path) -> usersync_sim::TestPki {
+    let pki = usersync_sim::TestPki::new().expect("test CA");
+    std::fs::write(dir.join("ca.pem"), &pki.ca_pem).expect("ca.pem");
+    std::fs::write(dir.join("cert.pem"), &pki.cert_pem).expect("cert.pem");
+    std::fs::write(dir.join("key.pem"), &pki.key_pem).expect("key.pem");
+    pki
+}

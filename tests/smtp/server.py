@@ -79,7 +79,7 @@ def main():
         if a.reject_auth or not isinstance(auth_data, LoginPassword):
             return AuthResult(success=False, handled=False)
         ok = auth_data.login.decode() == a.user and auth_data.password.decode() == a.password
-        return AuthResult(success=ok, handled=False)
+        return AuthResult(success=ok, handled=False, auth_data=auth_data)
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -1,0 +1,285 @@
+//! `[alert]` of the global config (contract §8): raw TOML, then checked providers.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::endpoints::{parse_endpoint, Cloud, Endpoints};
+use crate::error::ConfigError;
+use crate::graph::Credentials;
+use crate::ids::{ClientId, TenantId};
+use crate::normalize::Email;
+use crate::secret::{resolve, Env, Secret};
+
+/// The scope of a client-credentials token for SMTP AUTH XOAUTH2 in Exchange Online.
+pub const OUTLOOK_SCOPE: &str = "https://outlook.office365.com/.default";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAlert {
+    from: Option<String>,
+    to: Option<Vec<String>>,
+    repeat_hours: Option<u64>,
+    #[serde(default)]
+    provider: Vec<RawProvider>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProvider {
+    kind: Option<String>,
+    priority: Option<i64>,
+    host: Option<String>,
+    port: Option<u16>,
+    security: Option<String>,
+    username: Option<String>,
+    password: Option<Secret>,
+    password_file: Option<std::path::PathBuf>,
+    password_credential: Option<String>,
+    tenant_id: Option<String>,
+    client_id: Option<String>,
+    client_secret: Option<Secret>,
+    client_secret_file: Option<std::path::PathBuf>,
+    client_secret_credential: Option<String>,
+    cloud: Option<String>,
+    authority_host: Option<String>,
+    graph_endpoint: Option<String>,
+}
+
+/// How an SMTP connection is protected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Security {
+    /// STARTTLS, required (port 587).
+    StartTls,
+    /// Implicit TLS (port 465).
+    Tls,
+    /// Plain text: loopback or a trusted relay only.
+    None,
+}
+
+/// One way to deliver an alert.
+#[derive(Debug, Clone)]
+pub enum Kind {
+    /// A relay or authenticated SMTP server.
+    Smtp {
+        /// Host name (also the TLS name).
+        host: String,
+        /// Port.
+        port: u16,
+        /// TLS mode.
+        security: Security,
+        /// AUTH PLAIN/LOGIN user and password.
+        auth: Option<(String, Secret)>,
+    },
+    /// Exchange Online SMTP with XOAUTH2 and a client-credentials token.
+    SmtpOauth {
+        /// Host name.
+        host: String,
+        /// Port.
+        port: u16,
+        /// TLS mode.
+        security: Security,
+        /// The mailbox the app sends as.
+        username: String,
+        /// Token request for `OUTLOOK_SCOPE`.
+        credentials: Credentials,
+    },
+    /// Graph `POST /users/{from}/sendMail`.
+    Graph {
+        /// Token request for `<graph>/.default`.
+        credentials: Credentials,
+        /// Graph origin.
+        graph: String,
+    },
+}
+
+/// A provider and its place in the failover order.
+#[derive(Debug, Clone)]
+pub struct Provider {
+    /// Lower is tried first.
+    pub priority: i64,
+    /// What it is.
+    pub kind: Kind,
+}
+
+impl Provider {
+    /// A short name for reports: `smtp outbound.example.com:587`.
+    #[must_use]
+    pub fn label(&self) -> String {
+        match &self.kind {
+            Kind::Smtp { host, port, .. } => format!("smtp {host}:{port}"),
+            Kind::SmtpOauth { host, port, .. } => format!("smtp-oauth {host}:{port}"),
+            Kind::Graph { graph, .. } => format!("graph {graph}"),
+        }
+    }
+}
+
+/// The checked `[alert]`.
+#[derive(Debug, Clone)]
+pub struct AlertConfig {
+    /// Sender.
+    pub from: Email,
+    /// Recipients, lower-cased and deduplicated.
+    pub to: Vec<Email>,
+    /// A failure that goes on is repeated at most this often.
+    pub repeat: Duration,
+    /// Providers in priority order.
+    pub providers: Vec<Provider>,
+}
+
+impl AlertConfig {
+    #[allow(clippy::too_many_lines)] // one linear check per key
+    pub(crate) fn from_raw(raw: RawAlert, file: &Path) -> Result<Self, ConfigError> {
+        let env = Env::from_process();
+        let bad =
+            |key: &str, msg: String, hint: &str| ConfigError::new(file, format!("key `alert.{key}`: {msg}"), hint);
+        let addr = |key: &str, v: &str| {
+            Email::parse(v).map_err(|_| {
+                bad(key, format!("`{v}` is not a mail address"), "write a plain address such as admin@example.com")
+            })
+        };
+        let from = addr("from", raw.from.as_deref().unwrap_or_default())?;
+        let mut to = Vec::new();
+        for t in raw.to.unwrap_or_default() {
+            let e = addr("to", &t)?;
+            if !to.contains(&e) {
+                to.push(e);
+            }
+        }
+        if to.is_empty() {
+            return Err(bad(
+                "to",
+                "has no recipient".into(),
+                "list at least one address, e.g. to = [\"admin@example.com\"]",
+            ));
+        }
+        if raw.provider.is_empty() {
+            return Err(bad(
+                "provider",
+                "no [[alert.provider]] is configured".into(),
+                "add at least one [[alert.provider]] (smtp, smtp-oauth or graph); see config/usersync.toml",
+            ));
+        }
+        let mut providers = Vec::new();
+        for (i, p) in raw.provider.into_iter().enumerate() {
+            let n = i + 1;
+            let pbad = |key: &str, msg: String, hint: &str| bad(&format!("provider[{n}].{key}"), msg, hint);
+            let kind = p.kind.clone().unwrap_or_default();
+            let security = match p.security.as_deref() {
+                None | Some("starttls") => Security::StartTls,
+                Some("tls") => Security::Tls,
+                Some("none") => Security::None,
+                Some(o) => {
+                    return Err(pbad(
+                        "security",
+                        format!("unknown mode `{o}`"),
+                        "use \"starttls\", \"tls\" or \"none\"",
+                    ))
+                }
+            };
+            let default_port = if security == Security::Tls { 465 } else { 587 };
+            let host = || {
+                p.host
+                    .clone()
+                    .filter(|h| !h.is_empty())
+                    .ok_or_else(|| pbad("host", "is missing".into(), "give the SMTP server's host name"))
+            };
+            let cloud = match p.cloud.as_deref() {
+                None => Cloud::Global,
+                Some(c) => Cloud::from_name(c).ok_or_else(|| {
+                    pbad(
+                        "cloud",
+                        format!("unknown cloud `{c}`"),
+                        "use \"global\", \"usgov\", \"usgov-dod\" or \"china\"",
+                    )
+                })?,
+            };
+            let endpoint = |key: &str, v: &Option<String>, default: &str| {
+                parse_endpoint(v.as_deref().unwrap_or(default)).map_err(|m| pbad(key, m, "use an https:// host"))
+            };
+            let app = |scope: Option<&str>| -> Result<(Credentials, String), ConfigError> {
+                let tenant = p.tenant_id.as_deref().and_then(TenantId::parse).ok_or_else(|| {
+                    pbad("tenant_id", "is missing or not a GUID/domain".into(), "the Directory (tenant) ID of the app")
+                })?;
+                let client = p.client_id.as_deref().and_then(ClientId::parse).ok_or_else(|| {
+                    pbad("client_id", "is missing or not a GUID".into(), "the Application (client) ID of the app")
+                })?;
+                let (secret, _) = resolve(
+                    "client_secret",
+                    p.client_secret.clone(),
+                    p.client_secret_file.clone(),
+                    p.client_secret_credential.clone(),
+                    file,
+                    &env,
+                )
+                .map_err(|e| ConfigError { message: format!("[[alert.provider]] {n}: {}", e.message), ..e })?;
+                let endpoints = Endpoints {
+                    authority: endpoint("authority_host", &p.authority_host, cloud.authority_host())?,
+                    graph: endpoint("graph_endpoint", &p.graph_endpoint, cloud.graph_endpoint())?,
+                };
+                let credentials = Credentials {
+                    token_url: endpoints.token_url(tenant.as_str()),
+                    client_id: client.to_string(),
+                    secret,
+                    scope: scope.map_or_else(|| endpoints.scope(), str::to_owned),
+                };
+                Ok((credentials, endpoints.graph_base()))
+            };
+            let loopback = |h: &str| crate::endpoints::is_loopback(&url::Host::Domain(h));
+            let kind = match kind.as_str() {
+                "smtp" => {
+                    let host = host()?;
+                    let auth = match p.username.clone() {
+                        None => None,
+                        Some(u) => {
+                            if security == Security::None && !loopback(&host) {
+                                return Err(pbad(
+                                    "security",
+                                    "\"none\" with a username would send the password in clear text".into(),
+                                    "use \"starttls\" or \"tls\", or drop the username for a trusted relay",
+                                ));
+                            }
+                            let (pw, _) = resolve(
+                                "password",
+                                p.password.clone(),
+                                p.password_file.clone(),
+                                p.password_credential.clone(),
+                                file,
+                                &env,
+                            )
+                            .map_err(|e| ConfigError {
+                                message: format!("[[alert.provider]] {n}: {}", e.message),
+                                ..e
+                            })?;
+                            Some((u, pw))
+                        }
+                    };
+                    Kind::Smtp { port: p.port.unwrap_or(default_port), host, security, auth }
+                }
+                "smtp-oauth" => {
+                    let host = host()?;
+                    let username = p.username.clone().ok_or_else(|| {
+                        pbad("username", "is missing".into(), "the mailbox the app may send as (SMTP.SendAsApp)")
+                    })?;
+                    let (credentials, _) = app(Some(OUTLOOK_SCOPE))?;
+                    Kind::SmtpOauth { port: p.port.unwrap_or(default_port), host, security, username, credentials }
+                }
+                "graph" => {
+                    let (credentials, graph) = app(None)?;
+                    Kind::Graph { credentials, graph }
+                }
+                other => {
+                    return Err(pbad(
+                        "kind",
+                        format!("unknown kind `{other}`"),
+                        "use \"smtp\", \"smtp-oauth\" or \"graph\"",
+                    ))
+                }
+            };
+            providers.push(Provider { priority: p.priority.unwrap_or(i64::try_from(n).unwrap_or(i64::MAX)), kind });
+        }
+        providers.sort_by_key(|p| p.priority);
+        Ok(Self { from, to, repeat: Duration::from_secs(raw.repeat_hours.unwrap_or(24).max(1) * 3600), providers })
+    }
+}

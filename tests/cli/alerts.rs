@@ -1,0 +1,216 @@
+//! Alert mail (contract §8) through a real SMTP server (aiosmtpd) with STARTTLS,
+//! implicit TLS, AUTH and XOAUTH2, and through Graph sendMail; failover,
+//! repeat suppression, recovery and `usersync alert-test`.
+
+use crate::util::*;
+
+const SMTP_PASSWORD: &str = "smtp-Pa55word!";
+
+/// A failing sync (the group answers 503 once, no retries) of instance `gw`.
+fn failing() -> Run {
+    let r = one_conf();
+    r.sim.state().page_faults.push(PageFault {
+        page: 0,
+        times: 1,
+        fault: Fault::Status { status: 503, retry_after: None, body: String::new() },
+    });
+    r
+}
+
+fn alert_config(r: &Run, providers: &str, extra: &str) -> String {
+    let dir = r.path();
+    format!(
+        "{extra}[http]\nmax_retries = 0\nca_bundle = \"{}\"\n\n[alert]\nfrom = \"usersync@gw.example\"\nto = [\"Admin@Example.com\", \"admin@example.com\", \"ops@example.com\"]\nrepeat_hours = 24\n{providers}",
+        dir.join("ca.pem").display()
+    )
+}
+
+fn smtp_provider(priority: u32, port: u16, security: &str, auth: bool) -> String {
+    let mut p = format!("\n[[alert.provider]]\nkind = \"smtp\"\npriority = {priority}\nhost = \"localhost\"\nport = {port}\nsecurity = \"{security}\"\n");
+    if auth {
+        p.push_str("username = \"alerts\"\npassword = \"");
+        p.push_str(SMTP_PASSWORD);
+        p.push_str("\"\n");
+    }
+    p
+}
+
+fn tls_server(r: &Run, mode: &str, extra: &[&str]) -> Smtp {
+    let (cert, key) = (r.path().join("cert.pem"), r.path().join("key.pem"));
+    let mut args = vec!["--tls", mode, "--cert", cert.to_str().unwrap(), "--key", key.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    Smtp::start(&args)
+}
+
+fn assert_no_secret(texts: &[&str]) {
+    for t in texts {
+        for s in [SECRET, SMTP_PASSWORD, "sim-access-token"] {
+            assert!(!t.contains(s), "{s} leaked into:\n{t}");
+        }
+    }
+}
+
+#[test]
+fn smtp_starttls_with_auth_delivers_a_failure_alert() {
+    let r = failing();
+    write_pki(r.path());
+    let smtp = tls_server(&r, "starttls", &["--user", "alerts", "--password", SMTP_PASSWORD]);
+    let cfg = alert_config(&r, &smtp_provider(1, smtp.port, "starttls", true), "");
+    let mut r = r.global(&cfg).env("RUST_LOG", "debug").expect_exit(1);
+    let out = r.run();
+    let msgs = smtp.messages();
+    assert_eq!(msgs.len(), 1, "{}", out.stderr);
+    let (eml, meta) = &msgs[0];
+    assert_eq!(meta["auth"], "alerts");
+    assert_eq!(meta["rcpt_tos"], json!(["admin@example.com", "ops@example.com"]), "lower-cased, deduplicated");
+    assert!(eml.contains("Subject: [usersync] ") && eml.contains(": gw failed (exit 1)"), "{eml}");
+    assert!(eml.contains("Message-ID: <usersync."), "{eml}");
+    assert!(eml.contains("Content-Type: text/plain"), "{eml}");
+    assert!(eml.contains("HTTP 503") && eml.contains("hint:"), "{eml}");
+    assert_no_secret(&[eml, &out.stderr, &out.stdout]);
+}
+
+#[test]
+fn implicit_tls_delivers() {
+    let r = failing();
+    write_pki(r.path());
+    let smtp = tls_server(&r, "implicit", &[]);
+    let cfg = alert_config(&r, &smtp_provider(1, smtp.port, "tls", false), "");
+    r.global(&cfg).expect_exit(1).run();
+    assert_eq!(smtp.messages().len(), 1);
+}
+
+#[test]
+fn smtp_oauth_authenticates_with_a_token_from_entra() {
+    let r = failing();
+    write_pki(r.path());
+    let smtp = tls_server(&r, "starttls", &["--xoauth2-url", &r.sim.url()]);
+    let provider = format!(
+        "\n[[alert.provider]]\nkind = \"smtp-oauth\"\nhost = \"localhost\"\nport = {}\nusername = \"alerts@contoso.example\"\ntenant_id = \"{TENANT}\"\nclient_id = \"{CLIENT}\"\nclient_secret = \"{SECRET}\"\nauthority_host = \"{}\"\n",
+        smtp.port,
+        r.sim.url()
+    );
+    let cfg = alert_config(&r, &provider, "");
+    let mut r = r.global(&cfg).env("RUST_LOG", "trace").expect_exit(1);
+    let out = r.run();
+    let msgs = smtp.messages();
+    assert_eq!(msgs.len(), 1, "{}", out.stderr);
+    assert_eq!(msgs[0].1["auth"], "alerts@contoso.example");
+    let scopes: Vec<String> = r.sim.requests().iter().filter_map(|q| q.form.get("scope").cloned()).collect();
+    assert!(scopes.contains(&"https://outlook.office365.com/.default".to_owned()), "{scopes:?}");
+    assert_no_secret(&[&msgs[0].0, &out.stderr]);
+}
+
+#[test]
+fn graph_send_mail_delivers() {
+    let r = failing();
+    write_pki(r.path());
+    let provider = format!(
+        "\n[[alert.provider]]\nkind = \"graph\"\ntenant_id = \"{TENANT}\"\nclient_id = \"{CLIENT}\"\nclient_secret = \"{SECRET}\"\nauthority_host = \"{0}\"\ngraph_endpoint = \"{0}\"\n",
+        r.sim.url()
+    );
+    let cfg = alert_config(&r, &provider, "");
+    let mut r = r.global(&cfg).expect_exit(1);
+    r.run();
+    let sent = r.sim.state().sent_mail.clone();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].0, "usersync@gw.example");
+    let m = &sent[0].1["message"];
+    assert!(m["subject"].as_str().unwrap().ends_with(": gw failed (exit 1)"));
+    assert_eq!(m["body"]["contentType"], "Text");
+    assert_eq!(m["toRecipients"][1]["emailAddress"]["address"], "ops@example.com");
+    assert_no_secret(&[&m.to_string()]);
+}
+
+#[test]
+fn failover_when_the_first_provider_refuses_the_connection_or_the_login() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    for first in ["refuses the connection", "rejects the login"] {
+        let r = failing();
+        write_pki(r.path());
+        let bad = tls_server(&r, "starttls", &["--reject-auth"]);
+        let good = tls_server(&r, "starttls", &[]);
+        let p1 = if first == "refuses the connection" {
+            smtp_provider(1, closed, "starttls", true)
+        } else {
+            smtp_provider(1, bad.port, "starttls", true)
+        };
+        let cfg = alert_config(&r, &format!("{p1}{}", smtp_provider(2, good.port, "starttls", false)), "");
+        let mut r = r.global(&cfg).expect_exit(1);
+        let out = r.run();
+        assert_eq!(good.messages().len(), 1, "{first}: {}", out.stderr);
+        assert!(out.stderr.contains("alert not delivered by this provider"), "{first}: {}", out.stderr);
+        if first == "rejects the login" {
+            assert!(out.stderr.contains("535") || out.stderr.contains("refused the username"), "{}", out.stderr);
+        }
+    }
+}
+
+#[test]
+fn all_providers_down_leaves_the_exit_code_and_is_logged_and_counted() {
+    let r = failing();
+    write_pki(r.path());
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let prom = r.path().join("usersync.prom");
+    let cfg = alert_config(
+        &r,
+        &smtp_provider(1, closed, "starttls", false),
+        &format!("[metrics]\ntextfile = \"{}\"\n", prom.display()),
+    );
+    let mut r = r.global(&cfg).expect_exit(1);
+    let out = r.run();
+    assert!(out.stderr.contains("no alert provider could deliver the alert"), "{}", out.stderr);
+    assert!(std::fs::read_to_string(prom).unwrap().contains("usersync_alert_delivery_failed 1"));
+}
+
+#[test]
+fn a_failure_that_goes_on_is_not_repeated_and_recovery_is_sent_once() {
+    let r = failing();
+    write_pki(r.path());
+    let smtp = Smtp::start(&[]);
+    let cfg = alert_config(&r, &smtp_provider(1, smtp.port, "none", false), "");
+    let mut r = r.global(&cfg).expect_exit(1);
+    r.run();
+    assert_eq!(smtp.messages().len(), 1);
+    r.sim.state().page_faults.push(PageFault {
+        page: 0,
+        times: 1,
+        fault: Fault::Status { status: 503, retry_after: None, body: String::new() },
+    });
+    r = r.expect_exit(1);
+    r.run();
+    assert_eq!(smtp.messages().len(), 1, "inside repeat_hours: no second alert");
+    r = r.expect_exit(0);
+    r.run();
+    let msgs = smtp.messages();
+    assert_eq!(msgs.len(), 2);
+    assert!(msgs[1].0.contains(": recovered, all instances synced"), "{}", msgs[1].0);
+    r = r.expect_exit(0);
+    r.run();
+    assert_eq!(smtp.messages().len(), 2, "recovery is sent once");
+}
+
+#[test]
+fn alert_test_reports_each_provider() {
+    let r = one_conf();
+    write_pki(r.path());
+    let good = tls_server(&r, "starttls", &[]);
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let cfg = alert_config(
+        &r,
+        &format!("{}{}", smtp_provider(1, closed, "starttls", false), smtp_provider(2, good.port, "starttls", false)),
+        "",
+    );
+    let mut r = r.global(&cfg).args(&["alert-test"]).expect_exit(0);
+    let out = r.run();
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{}", out.stdout);
+    assert!(lines[0].starts_with(&format!("provider 1 (smtp localhost:{closed}): failed: ")), "{}", lines[0]);
+    assert!(lines[0].contains("hint:"), "{}", lines[0]);
+    assert_eq!(lines[1], format!("provider 2 (smtp localhost:{}): delivered", good.port));
+    assert!(good.messages()[0].0.contains(": test message"));
+    assert!(r.sim.requests().is_empty(), "alert-test does not sync");
+    drop(good);
+    r = r.expect_exit(1);
+    r.run();
+}
