@@ -214,3 +214,22 @@ fn alert_test_reports_each_provider() {
     r = r.expect_exit(1);
     r.run();
 }
+
+#[test]
+fn a_535_to_smtp_oauth_names_the_exchange_online_causes() {
+    let r = one_conf();
+    write_pki(r.path());
+    // The server checks tokens with a simulator that is not there: every token is refused.
+    let smtp = tls_server(&r, "starttls", &["--xoauth2-url", "http://127.0.0.1:9"]);
+    let provider = format!(
+        "\n[[alert.provider]]\nkind = \"smtp-oauth\"\nhost = \"localhost\"\nport = {}\nusername = \"alerts@contoso.example\"\ntenant_id = \"{TENANT}\"\nclient_id = \"{CLIENT}\"\nclient_secret = \"{SECRET}\"\nauthority_host = \"{}\"\n",
+        smtp.port,
+        r.sim.url()
+    );
+    let cfg = alert_config(&r, &provider, "");
+    let mut r = r.global(&cfg).args(&["alert-test"]).expect_exit(1);
+    let out = r.run();
+    assert!(out.stdout.contains("535") && out.stdout.contains("New-ServicePrincipal"), "{}", out.stdout);
+    assert!(out.stdout.contains("Add-MailboxPermission"), "{}", out.stdout);
+    assert_no_secret(&[&out.stdout, &out.stderr]);
+}
