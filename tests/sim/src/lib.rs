@@ -513,12 +513,13 @@ fn answer_members(
             ),
         );
     }
-    let mut all = Vec::new();
-    if nested {
-        transitive(&s.directory, id, &mut HashSet::new(), &mut all);
+    let mut transitive_members = Vec::new();
+    let all: &[Value] = if nested {
+        transitive(&s.directory, id, &mut HashSet::new(), &mut transitive_members);
+        &transitive_members
     } else {
-        all.clone_from(&s.directory.groups[id]);
-    }
+        &s.directory.groups[id]
+    };
     let select_text = q.get("$select").cloned().unwrap_or_default();
     let fields: Vec<&str> = select_text.split(',').filter(|f| !f.is_empty() && *f != "id").collect();
     let top = q.get("$top").and_then(|t| t.parse().ok()).unwrap_or(100).min(999);
