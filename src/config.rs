@@ -50,6 +50,7 @@ struct RawHttp {
     timeout_seconds: Option<u64>,
     max_retries: Option<u32>,
     deadline_seconds: Option<u64>,
+    max_concurrency: Option<usize>,
     ca_bundle: Option<PathBuf>,
 }
 
@@ -107,13 +108,21 @@ pub struct HttpConfig {
     pub max_retries: u32,
     /// All of a run's fetches must finish within this.
     pub deadline: Duration,
+    /// Groups fetched at once.
+    pub max_concurrency: usize,
     /// Extra trusted roots (PEM), already read.
     pub ca_bundle: Option<(PathBuf, Vec<u8>)>,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        Self { timeout: Duration::from_secs(60), max_retries: 6, deadline: Duration::from_secs(1500), ca_bundle: None }
+        Self {
+            timeout: Duration::from_secs(60),
+            max_retries: 6,
+            deadline: Duration::from_secs(1500),
+            max_concurrency: 4,
+            ca_bundle: None,
+        }
     }
 }
 
@@ -204,6 +213,12 @@ impl Config {
                 http.timeout = Duration::from_secs(t);
             }
             http.max_retries = h.max_retries.unwrap_or(http.max_retries);
+            if let Some(c) = h.max_concurrency {
+                if c == 0 || c > 64 {
+                    return Err(bad("http.max_concurrency", format!("{c} is not from 1 to 64"), "the default is 4"));
+                }
+                http.max_concurrency = c;
+            }
             if let Some(d) = h.deadline_seconds {
                 if d == 0 {
                     return Err(bad(

@@ -87,12 +87,17 @@ impl Email {
         if !local.is_ascii() {
             return Err(SkipReason::NonAsciiLocalPart);
         }
-        let domain = if domain.is_ascii() {
-            domain.to_ascii_lowercase()
+        let domain: std::borrow::Cow<'_, str> = if !domain.is_ascii() {
+            idna::domain_to_ascii_strict(domain).map_err(|_| SkipReason::InvalidMail)?.into()
+        } else if domain.bytes().any(|b| b.is_ascii_uppercase()) {
+            domain.to_ascii_lowercase().into()
         } else {
-            idna::domain_to_ascii_strict(domain).map_err(|_| SkipReason::InvalidMail)?
+            domain.into()
         };
-        let address = format!("{}@{domain}", local.to_ascii_lowercase());
+        let mut address = String::with_capacity(local.len() + 1 + domain.len());
+        address.extend(local.chars().map(|c| c.to_ascii_lowercase()));
+        address.push('@');
+        address.push_str(&domain);
         let printable = address.bytes().all(|b| b.is_ascii_graphic() && !FORBIDDEN.as_bytes().contains(&b));
         if address.len() <= 254 && printable {
             Ok(Self(address))

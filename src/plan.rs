@@ -1,6 +1,6 @@
 //! The pure core: from the current files and the fetched members, what each output should become.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use crate::entraidconf::EntraConf;
@@ -73,8 +73,7 @@ impl Plan {
 /// Builds the plan. `fetched[i]` holds the members fetched for `instance.configs[i]`.
 #[must_use]
 pub fn plan(current: &CurrentFiles, fetched: &[&[Member]], instance: &Instance) -> Plan {
-    let mut lines: BTreeMap<Output, BTreeSet<String>> =
-        instance.outputs.keys().map(|o| (*o, BTreeSet::new())).collect();
+    let mut lines: BTreeMap<Output, Vec<String>> = instance.outputs.keys().map(|o| (*o, Vec::new())).collect();
     let mut skipped: BTreeMap<Output, BTreeMap<SkipReason, u64>> = BTreeMap::new();
     let mut skips = Vec::new();
 
@@ -107,25 +106,29 @@ pub fn plan(current: &CurrentFiles, fetched: &[&[Member]], instance: &Instance) 
                         }
                     },
                 };
-                lines.entry(*o).or_default().insert(line);
+                lines.entry(*o).or_default().push(line);
             }
         }
     }
 
     let outputs = lines
         .into_iter()
-        .filter_map(|(output, new)| {
+        .filter_map(|(output, mut new)| {
             let path = instance.outputs.get(&output)?.clone();
+            // Sort and deduplicate once per output (byte order is `str` order).
+            new.sort_unstable();
+            new.dedup();
             let cur = current.get(&output).and_then(Option::as_deref);
             let old = cur.map(render::current_entries).unwrap_or_default();
             let content = render::file_content(&new);
+            let (added, removed) = difference(&new, &old);
             Some(OutputPlan {
                 output,
                 path,
                 before: old.len(),
                 after: new.len(),
-                added: new.difference(&old).cloned().collect(),
-                removed: old.difference(&new).cloned().collect(),
+                added,
+                removed,
                 skipped: skipped.remove(&output).unwrap_or_default(),
                 changed: cur != Some(content.as_slice()),
                 content,
@@ -139,6 +142,34 @@ pub fn plan(current: &CurrentFiles, fetched: &[&[Member]], instance: &Instance) 
 #[must_use]
 pub fn kept(config: &EntraConf, members: &[Member]) -> Vec<Email> {
     members.iter().filter_map(|m| classify(m, config).ok()).map(|e| e.mail).collect()
+}
+
+/// Entries only in `new` and entries only in `old`; both sorted and deduplicated.
+fn difference(new: &[String], old: &[std::borrow::Cow<'_, str>]) -> (Vec<String>, Vec<String>) {
+    let (mut added, mut removed) = (Vec::new(), Vec::new());
+    let (mut i, mut j) = (0, 0);
+    while i < new.len() || j < old.len() {
+        match (new.get(i), old.get(j)) {
+            (Some(n), Some(o)) if n.as_str() == o.as_ref() => {
+                i += 1;
+                j += 1;
+            }
+            (Some(n), Some(o)) if n.as_str() < o.as_ref() => {
+                added.push(n.clone());
+                i += 1;
+            }
+            (Some(n), None) => {
+                added.push(n.clone());
+                i += 1;
+            }
+            (_, Some(o)) => {
+                removed.push(o.clone().into_owned());
+                j += 1;
+            }
+            (None, None) => break,
+        }
+    }
+    (added, removed)
 }
 
 struct Entry {

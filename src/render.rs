@@ -1,6 +1,6 @@
 //! The line formats of the three outputs (contract §1), and reading a current file back.
 
-use std::collections::BTreeSet;
+use std::borrow::Cow;
 
 use crate::normalize::{Email, Phone};
 use crate::output::AccessRule;
@@ -26,9 +26,9 @@ pub fn access_rule(mail: &Email, style: AccessRule) -> String {
     }
 }
 
-/// The bytes of an output: sorted (byte order), one entry a line, `\n` after each.
+/// The bytes of an output from sorted, deduplicated lines: one a line, `\n` after each.
 #[must_use]
-pub fn file_content(lines: &BTreeSet<String>) -> Vec<u8> {
+pub fn file_content(lines: &[String]) -> Vec<u8> {
     let mut out = Vec::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
     for l in lines {
         out.extend_from_slice(l.as_bytes());
@@ -37,15 +37,19 @@ pub fn file_content(lines: &BTreeSet<String>) -> Vec<u8> {
     out
 }
 
-/// The entries of a current file: its non-empty lines (a trailing `\r` dropped).
+/// The entries of a current file, sorted and deduplicated: its non-empty lines
+/// (a trailing `\r` dropped), borrowed from `bytes` where they are UTF-8.
 #[must_use]
-pub fn current_entries(bytes: &[u8]) -> BTreeSet<String> {
-    bytes
+pub fn current_entries(bytes: &[u8]) -> Vec<Cow<'_, str>> {
+    let mut v: Vec<Cow<'_, str>> = bytes
         .split(|b| *b == b'\n')
         .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
         .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
-        .map(|l| String::from_utf8_lossy(l).into_owned())
-        .collect()
+        .map(String::from_utf8_lossy)
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
 }
 
 #[cfg(test)]
@@ -64,11 +68,11 @@ mod tests {
 
     #[test]
     fn content_round_trips() {
-        let lines: BTreeSet<String> = ["b@x", "a@x", "B@x"].iter().map(|s| (*s).to_owned()).collect();
+        let lines: Vec<String> = ["B@x", "a@x", "b@x"].iter().map(|s| (*s).to_owned()).collect();
         let c = file_content(&lines);
         assert_eq!(c, b"B@x\na@x\nb@x\n");
         assert_eq!(current_entries(&c), lines);
-        assert_eq!(current_entries(b"a@x\r\n\n  \nb@x"), ["a@x", "b@x"].iter().map(|s| (*s).to_owned()).collect());
-        assert!(file_content(&BTreeSet::new()).is_empty());
+        assert_eq!(current_entries(b"b@x\r\n\n  \na@x\nb@x"), ["a@x", "b@x"]);
+        assert!(file_content(&[]).is_empty());
     }
 }

@@ -27,8 +27,6 @@ use crate::{guard, lock, write};
 
 /// Where instances live when nothing else says.
 pub const DEFAULT_SERVER_ROOT: &str = "/server";
-/// Group fetches running at once.
-const MAX_CONCURRENT_FETCHES: usize = 4;
 
 /// Runs usersync as `cli` asks; the exit code follows contract §7.
 pub fn run(cli: &Cli) -> Result<ExitCode, Error> {
@@ -237,7 +235,7 @@ impl Run<'_> {
         }
 
         // 4. Fetch every group once, a few at a time.
-        let fetches = fetch_all(&client, &runnable, self.config.http.deadline).await;
+        let fetches = fetch_all(&client, &runnable, &self.config.http).await;
         report.graph_requests = client.stats.requests();
         report.graph_retries = client.stats.retries();
 
@@ -411,8 +409,9 @@ fn planned_instance(
     InstanceReport { name: inst.name.clone(), outcome, outputs, skipped: p.skip_counts(), errors }
 }
 
-/// Fetches every distinct group of `instances`, at most `MAX_CONCURRENT_FETCHES` at once.
-async fn fetch_all(client: &Arc<GraphClient>, instances: &[Instance], deadline: std::time::Duration) -> Fetches {
+/// Fetches every distinct group of `instances`, at most `[http] max_concurrency` at once.
+async fn fetch_all(client: &Arc<GraphClient>, instances: &[Instance], http: &crate::config::HttpConfig) -> Fetches {
+    let deadline = http.deadline;
     let mut queries: BTreeMap<FetchKey, (Credentials, GroupQuery)> = BTreeMap::new();
     for c in instances.iter().flat_map(|i| &i.configs) {
         let (_, q) = queries.entry(FetchKey::of(c)).or_insert_with(|| (c.credentials(), c.query()));
@@ -420,7 +419,7 @@ async fn fetch_all(client: &Arc<GraphClient>, instances: &[Instance], deadline: 
     }
     let started = tokio::time::Instant::now();
     let keys: Vec<FetchKey> = queries.keys().cloned().collect();
-    let limit = Arc::new(Semaphore::new(MAX_CONCURRENT_FETCHES));
+    let limit = Arc::new(Semaphore::new(http.max_concurrency));
     let mut set = JoinSet::new();
     for (key, (cred, q)) in queries {
         let client = Arc::clone(client);

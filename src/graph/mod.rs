@@ -117,26 +117,39 @@ impl GraphClient {
     pub async fn members(&self, cred: &Credentials, q: &GroupQuery) -> Result<Vec<Member>, FetchError> {
         let origin = Url::parse(&q.graph).map_err(|e| FetchError::Client(e.to_string()))?;
         let mut url = q.first_url();
-        let mut seen = HashSet::new();
+        let mut seen = HashSet::from([url.clone()]);
         let mut members = Vec::new();
         let mut pages = 0u32;
+        let mut body = self.page(cred, &url).await?;
         loop {
-            if !seen.insert(url.clone()) {
-                return Err(FetchError::PageLoop { url });
+            let bad = |e: serde_json::Error| FetchError::BadPage { url: url.clone(), detail: e.to_string() };
+            // Find the next page first (a scan without allocations), so that it is
+            // fetched while this one is parsed.
+            let next = page::next_link(&body).map_err(bad)?;
+            if let Some(n) = &next {
+                if !same_origin(&origin, n) {
+                    return Err(FetchError::ForeignNextLink { url, next: n.clone(), graph: q.graph.clone() });
+                }
+                if !seen.insert(n.clone()) {
+                    return Err(FetchError::PageLoop { url });
+                }
             }
-            let body = self.page(cred, &url).await?;
-            let page =
-                parse_page(&body).map_err(|e| FetchError::BadPage { url: url.clone(), detail: e.to_string() })?;
+            let (parsed, next_body) = match &next {
+                Some(n) => {
+                    let (b, p) = tokio::join!(self.page(cred, n), async { parse_page(&body) });
+                    (p, Some(b))
+                }
+                None => (parse_page(&body), None),
+            };
+            let page = parsed.map_err(bad)?;
             pages += 1;
             members.extend(page.members);
-            match page.next_link {
-                None => break,
-                Some(next) => {
-                    if !same_origin(&origin, &next) {
-                        return Err(FetchError::ForeignNextLink { url, next, graph: q.graph.clone() });
-                    }
-                    url = next;
+            match (next, next_body) {
+                (Some(n), Some(b)) => {
+                    url = n;
+                    body = b?;
                 }
+                _ => break,
             }
         }
         let users: Vec<&Member> = members.iter().filter(|m| m.kind == ObjectKind::User).collect();

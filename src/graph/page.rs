@@ -100,6 +100,20 @@ impl Member {
     }
 }
 
+/// Only the `@odata.nextLink` of a page (the `value` array must be there, and is skipped).
+#[derive(Deserialize)]
+struct NextOnly {
+    #[serde(rename = "@odata.nextLink")]
+    next_link: Option<String>,
+    #[serde(rename = "value")]
+    _value: serde::de::IgnoredAny,
+}
+
+/// The page's `@odata.nextLink`, found without building the members.
+pub fn next_link(body: &[u8]) -> Result<Option<String>, serde_json::Error> {
+    serde_json::from_slice::<NextOnly>(body).map(|p| p.next_link)
+}
+
 #[derive(Deserialize)]
 struct RawPage<'a> {
     #[serde(rename = "@odata.context")]
@@ -114,9 +128,10 @@ struct RawPage<'a> {
 /// with an undecodable value is skipped alone instead of failing the page.
 #[derive(Deserialize)]
 struct RawMember<'a> {
-    #[serde(rename = "@odata.type")]
-    odata_type: Option<String>,
-    id: Option<String>,
+    #[serde(rename = "@odata.type", borrow)]
+    odata_type: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    id: Option<std::borrow::Cow<'a, str>>,
     #[serde(borrow)]
     mail: Option<&'a RawValue>,
     #[serde(rename = "mobilePhone", borrow)]
@@ -142,7 +157,7 @@ pub fn parse(body: &[u8]) -> Result<Page, serde_json::Error> {
         .value
         .into_iter()
         .map(|m| Member {
-            id: m.id.unwrap_or_default(),
+            id: m.id.map(std::borrow::Cow::into_owned).unwrap_or_default(),
             kind: m.odata_type.as_deref().map_or(default_kind, ObjectKind::from_type),
             mail: m.mail.and_then(text),
             mobile_phone: m.mobile_phone.and_then(text),

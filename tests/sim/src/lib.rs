@@ -570,6 +570,44 @@ pub fn device(id: &str) -> Value {
     json!({"@odata.type": "#microsoft.graph.device", "id": id, "accountEnabled": true})
 }
 
+/// A directory of `groups` generated groups (ids from `group_id(k)`) of `members`
+/// enabled users each, with mail and phone, for benchmarks; the app is `bench_app()`.
+#[must_use]
+pub fn generated(groups: usize, members: usize) -> Directory {
+    let mut d = Directory { apps: vec![bench_app()], groups: BTreeMap::new() };
+    for g in 0..groups {
+        let users = (0..members)
+            .map(|i| {
+                user(
+                    &format!("{g:04}-{i:08}"),
+                    Some(&format!("User.{g}.{i:08}@Example.com")),
+                    Some(&format!("+358 40 {i:08}")),
+                    true,
+                )
+            })
+            .collect();
+        d.groups.insert(group_id(g), users);
+    }
+    d
+}
+
+/// The id of generated group `k`.
+#[must_use]
+pub fn group_id(k: usize) -> String {
+    format!("00000000-0000-4000-8000-{k:012}")
+}
+
+/// The app generated directories accept.
+#[must_use]
+pub fn bench_app() -> App {
+    App {
+        tenant: "11111111-2222-3333-4444-555555555555".into(),
+        client_id: "66666666-7777-8888-9999-000000000000".into(),
+        client_secret: "bench-secret".into(),
+        limited: false,
+    }
+}
+
 /// Waits until `f` holds or `timeout` passes; for tests that poll the request log.
 pub fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + timeout;
