@@ -9,11 +9,7 @@ const SMTP_PASSWORD: &str = "smtp-Pa55word!";
 /// A failing sync (the group answers 503 once, no retries) of instance `gw`.
 fn failing() -> Run {
     let r = one_conf();
-    r.sim.state().page_faults.push(PageFault {
-        page: 0,
-        times: 1,
-        fault: Fault::Status { status: 503, retry_after: None, body: String::new() },
-    });
+    r.fail_once(503);
     r
 }
 
@@ -172,11 +168,7 @@ fn a_failure_that_goes_on_is_not_repeated_and_recovery_is_sent_once() {
     let mut r = r.global(&cfg).expect_exit(1);
     r.run();
     assert_eq!(smtp.messages().len(), 1);
-    r.sim.state().page_faults.push(PageFault {
-        page: 0,
-        times: 1,
-        fault: Fault::Status { status: 503, retry_after: None, body: String::new() },
-    });
+    r.fail_once(503);
     r = r.expect_exit(1);
     r.run();
     assert_eq!(smtp.messages().len(), 1, "inside repeat_hours: no second alert");

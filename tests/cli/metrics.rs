@@ -53,11 +53,7 @@ fn a_successful_run_then_a_failed_one() {
     let success = m["usersync_last_success_timestamp_seconds{instance=gw}"];
     assert!((success - m["usersync_last_run_timestamp_seconds{}"]).abs() < 2.0);
 
-    r.sim.state().page_faults.push(PageFault {
-        page: 0,
-        times: 1,
-        fault: Fault::Status { status: 503, retry_after: None, body: String::new() },
-    });
+    r.fail_once(503);
     r = r.expect_exit(1);
     r.run();
     let m = scrape(&r);

@@ -193,6 +193,15 @@ impl Run {
         o
     }
 
+    /// The next members request answers `status` once (no `Retry-After`).
+    pub fn fail_once(&self, status: u16) {
+        self.sim.state().page_faults.push(PageFault {
+            page: 0,
+            times: 1,
+            fault: Fault::Status { status, retry_after: None, body: String::new() },
+        });
+    }
+
     /// Members requests the simulator saw, in order.
     pub fn member_requests(&self) -> Vec<usersync_sim::Request> {
         self.sim.requests().into_iter().filter(|r| r.method == "GET").collect()
