@@ -64,17 +64,17 @@ pub struct OutputReport {
 }
 
 impl OutputReport {
-    /// From a plan and the action taken.
+    /// From a plan (consumed: its entries move here, its content is dropped) and the action taken.
     #[must_use]
-    pub fn planned(p: &OutputPlan, action: Action) -> Self {
+    pub fn planned(p: OutputPlan, action: Action) -> Self {
         Self {
             output: p.output,
-            path: p.path.clone(),
+            path: p.path,
             before: Some(p.before),
             after: Some(p.after),
-            added: p.added.clone(),
-            removed: p.removed.clone(),
-            skipped: p.skipped.clone(),
+            added: p.added,
+            removed: p.removed,
+            skipped: p.skipped,
             action,
         }
     }

@@ -235,13 +235,18 @@ impl Run<'_> {
         }
 
         // 4. Fetch every group once, a few at a time.
-        let fetches = fetch_all(&client, &runnable, &self.config.http).await;
+        let mut fetches = fetch_all(&client, &runnable, &self.config.http).await;
+        // How many instances still need each group: its members are dropped after the last one.
+        let mut uses: HashMap<FetchKey, usize> = HashMap::new();
+        for c in runnable.iter().flat_map(|i| &i.configs) {
+            *uses.entry(FetchKey::of(c)).or_default() += 1;
+        }
         report.graph_requests = client.stats.requests();
         report.graph_retries = client.stats.retries();
 
         // 5-7. Per instance: plan, guard, write.
         for inst in &runnable {
-            let (ir, o) = self.sync_instance(inst, &fetches).await;
+            let (ir, o) = self.sync_instance(inst, &mut fetches, &mut uses).await;
             print_errors(&ir.errors);
             outcome = outcome.max(o);
             report.instances.push(ir);
@@ -276,13 +281,28 @@ impl Run<'_> {
         }
     }
 
-    async fn sync_instance(&self, inst: &Instance, fetches: &Fetches) -> (InstanceReport, Outcome) {
+    async fn sync_instance(
+        &self,
+        inst: &Instance,
+        fetches: &mut Fetches,
+        uses: &mut HashMap<FetchKey, usize>,
+    ) -> (InstanceReport, Outcome) {
         let name = &inst.name;
-        let (members, current) = match gather(inst, fetches) {
-            Ok(x) => x,
+        let planned = gather(inst, fetches).map(|(members, current)| plan(&current, &members, inst));
+        // Members no later instance needs are freed before the write.
+        for c in &inst.configs {
+            let key = FetchKey::of(c);
+            if let Some(n) = uses.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    fetches.remove(&key);
+                }
+            }
+        }
+        let p = match planned {
+            Ok(p) => p,
             Err(errors) => return (failed_instance(inst, "failed", errors), Outcome::Failed),
         };
-        let p = plan(&current, &members, inst);
         for s in &p.skips {
             let (config, id, reason, value) = (s.config.display(), &s.id, s.reason, &s.value);
             if matches!(reason, SkipReason::InvalidMail | SkipReason::InvalidPhone) {
@@ -299,31 +319,35 @@ impl Run<'_> {
         } else if !refusals.is_empty() {
             let errors = refusals.iter().map(|r| error_report(&r.to_string(), r.hint())).collect();
             let action = if self.cli.dry_run { Action::DryRun } else { Action::Refused };
-            return (planned_instance(inst, &p, "refused", action, errors), Outcome::Refused);
+            return (planned_instance(inst, p, "refused", action, errors), Outcome::Refused);
         }
         if self.cli.dry_run {
-            return (planned_instance(inst, &p, "ok", Action::DryRun, vec![]), Outcome::Success);
+            return (planned_instance(inst, p, "ok", Action::DryRun, vec![]), Outcome::Success);
         }
         if p.outputs.iter().any(|o| o.changed) {
-            if let Some(r) = self.recheck_node(inst, &p).await {
-                return r;
+            match self.recheck_node(inst).await {
+                None => {}
+                Some((outcome, label, action, errors)) => {
+                    return (planned_instance(inst, p, label, action, errors), outcome)
+                }
             }
         }
-        write_outputs(inst, &p)
+        write_outputs(inst, p)
     }
 
-    /// The node check again, right before an instance's first write; `Some` stops the write.
-    async fn recheck_node(&self, inst: &Instance, p: &Plan) -> Option<(InstanceReport, Outcome)> {
+    /// The node check again, right before an instance's first write; `Some` stops the
+    /// write and says how the instance ends.
+    async fn recheck_node(&self, inst: &Instance) -> Option<(Outcome, &'static str, Action, Vec<ErrorReport>)> {
         let n = self.node_config()?;
         match node::check(n).await {
             Ok(NodeState::Active(_)) => None,
             Ok(NodeState::Passive(s)) => {
                 tracing::info!(instance = %inst.name, state = %s.escape_debug(), "node turned passive before the write: nothing written");
-                Some((planned_instance(inst, p, "skipped-passive", Action::SkippedPassive, vec![]), Outcome::Success))
+                Some((Outcome::Success, "skipped-passive", Action::SkippedPassive, vec![]))
             }
             Err(e) => {
                 let errors = vec![error_report(&format!("instance `{}`: {e}", inst.name), e.hint())];
-                Some((planned_instance(inst, p, "failed", Action::Failed, errors), Outcome::Failed))
+                Some((Outcome::Failed, "failed", Action::Failed, errors))
             }
         }
     }
@@ -365,10 +389,11 @@ fn gather<'f>(inst: &Instance, fetches: &'f Fetches) -> Result<(Vec<&'f [Member]
 }
 
 /// Writes every changed output of `p`; each write is atomic on its own.
-fn write_outputs(inst: &Instance, p: &Plan) -> (InstanceReport, Outcome) {
+fn write_outputs(inst: &Instance, p: Plan) -> (InstanceReport, Outcome) {
     let mut outputs = Vec::new();
     let mut errors = Vec::new();
-    for o in &p.outputs {
+    let skipped = p.skip_counts();
+    for o in p.outputs {
         match write::clean_stale_temps(&o.path) {
             Ok(0) => {}
             Ok(n) => {
@@ -390,23 +415,27 @@ fn write_outputs(inst: &Instance, p: &Plan) -> (InstanceReport, Outcome) {
         outputs.push(OutputReport::planned(o, action));
     }
     let (label, outcome) = if errors.is_empty() { ("ok", Outcome::Success) } else { ("failed", Outcome::Failed) };
-    (InstanceReport { name: inst.name.clone(), outcome: label, outputs, skipped: p.skip_counts(), errors }, outcome)
+    (InstanceReport { name: inst.name.clone(), outcome: label, outputs, skipped, errors }, outcome)
 }
 
 /// A report of `p` where changed outputs got `action` and the others were unchanged.
 fn planned_instance(
     inst: &Instance,
-    p: &Plan,
+    p: Plan,
     outcome: &'static str,
     action: Action,
     errors: Vec<ErrorReport>,
 ) -> InstanceReport {
+    let skipped = p.skip_counts();
     let outputs = p
         .outputs
-        .iter()
-        .map(|o| OutputReport::planned(o, if o.changed { action } else { Action::Unchanged }))
+        .into_iter()
+        .map(|o| {
+            let a = if o.changed { action } else { Action::Unchanged };
+            OutputReport::planned(o, a)
+        })
         .collect();
-    InstanceReport { name: inst.name.clone(), outcome, outputs, skipped: p.skip_counts(), errors }
+    InstanceReport { name: inst.name.clone(), outcome, outputs, skipped, errors }
 }
 
 /// Fetches every distinct group of `instances`, at most `[http] max_concurrency` at once.
