@@ -107,11 +107,6 @@ impl GraphClient {
         Ok(Self { http, max_retries: cfg.max_retries, tokens: Mutex::default(), stats: Stats::default() })
     }
 
-    /// Gets a token for `cred` (used by `usersync test` and the fetch below).
-    pub async fn access_token(&self, cred: &Credentials) -> Result<(), FetchError> {
-        self.token(cred, None).await.map(|_| ())
-    }
-
     /// Every member of the group, following `@odata.nextLink` to the end.
     /// Any page that is not a 200 with a `value` array fails the whole fetch.
     pub async fn members(&self, cred: &Credentials, q: &GroupQuery) -> Result<Vec<Member>, FetchError> {
