@@ -119,18 +119,25 @@ pub fn plan(current: &CurrentFiles, fetched: &[&[Member]], instance: &Instance) 
             new.sort_unstable();
             new.dedup();
             let cur = current.get(&output).and_then(Option::as_deref);
-            let old = cur.map(render::current_entries).unwrap_or_default();
             let content = render::file_content(&new);
-            let (added, removed) = difference(&new, &old);
+            let changed = cur != Some(content.as_slice());
+            // The hourly common case: the file is already exactly right, so there is no diff to make.
+            let (before, added, removed) = if changed {
+                let old = cur.map(render::current_entries).unwrap_or_default();
+                let (added, removed) = difference(&new, &old);
+                (old.len(), added, removed)
+            } else {
+                (new.len(), Vec::new(), Vec::new())
+            };
             Some(OutputPlan {
                 output,
                 path,
-                before: old.len(),
+                before,
                 after: new.len(),
                 added,
                 removed,
                 skipped: skipped.remove(&output).unwrap_or_default(),
-                changed: cur != Some(content.as_slice()),
+                changed,
                 content,
             })
         })
