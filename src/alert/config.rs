@@ -198,6 +198,12 @@ impl AlertConfig {
             let endpoint = |key: &str, v: &Option<String>, default: &str| {
                 parse_endpoint(v.as_deref().unwrap_or(default)).map_err(|m| pbad(key, m, "use an https:// host"))
             };
+            // A provider's secret, with the provider named in any error.
+            let secret = |key: &str, inline: &Option<Secret>, f: &Option<std::path::PathBuf>, cred: &Option<String>| {
+                resolve(key, inline.clone(), f.clone(), cred.clone(), file, &env)
+                    .map(|(s, _)| s)
+                    .map_err(|e| ConfigError { message: format!("[[alert.provider]] {n}: {}", e.message), ..e })
+            };
             let app = |scope: Option<&str>| -> Result<(Credentials, String), ConfigError> {
                 let tenant = p.tenant_id.as_deref().and_then(TenantId::parse).ok_or_else(|| {
                     pbad("tenant_id", "is missing or not a GUID/domain".into(), "the Directory (tenant) ID of the app")
@@ -205,15 +211,8 @@ impl AlertConfig {
                 let client = p.client_id.as_deref().and_then(ClientId::parse).ok_or_else(|| {
                     pbad("client_id", "is missing or not a GUID".into(), "the Application (client) ID of the app")
                 })?;
-                let (secret, _) = resolve(
-                    "client_secret",
-                    p.client_secret.clone(),
-                    p.client_secret_file.clone(),
-                    p.client_secret_credential.clone(),
-                    file,
-                    &env,
-                )
-                .map_err(|e| ConfigError { message: format!("[[alert.provider]] {n}: {}", e.message), ..e })?;
+                let secret =
+                    secret("client_secret", &p.client_secret, &p.client_secret_file, &p.client_secret_credential)?;
                 let endpoints = Endpoints {
                     authority: endpoint("authority_host", &p.authority_host, cloud.authority_host())?,
                     graph: endpoint("graph_endpoint", &p.graph_endpoint, cloud.graph_endpoint())?,
@@ -240,18 +239,7 @@ impl AlertConfig {
                                     "use \"starttls\" or \"tls\", or drop the username for a trusted relay",
                                 ));
                             }
-                            let (pw, _) = resolve(
-                                "password",
-                                p.password.clone(),
-                                p.password_file.clone(),
-                                p.password_credential.clone(),
-                                file,
-                                &env,
-                            )
-                            .map_err(|e| ConfigError {
-                                message: format!("[[alert.provider]] {n}: {}", e.message),
-                                ..e
-                            })?;
+                            let pw = secret("password", &p.password, &p.password_file, &p.password_credential)?;
                             Some((u, pw))
                         }
                     };
