@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use crate::config::GuardConfig;
 use crate::error::Hint;
-use crate::plan::Plan;
+use crate::plan::OutputPlan;
 
 /// A write the guards refuse.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,12 +52,12 @@ impl Hint for Refusal {
 
 /// Every guard a changed output of `plan` trips.
 #[must_use]
-pub fn check(instance: &str, plan: &Plan, cfg: &GuardConfig) -> Vec<Refusal> {
-    plan.outputs
+pub fn check(instance: &str, outputs: &[OutputPlan], cfg: &GuardConfig) -> Vec<Refusal> {
+    outputs
         .iter()
         .filter(|o| o.changed)
         .filter_map(|o| {
-            let removed = o.removed.len();
+            let removed = o.removed;
             let limit = if o.after == 0 && o.before > 0 {
                 "which would empty it".to_owned()
             } else if removed as u64 > cfg.max_removed {
@@ -83,24 +83,21 @@ pub fn check(instance: &str, plan: &Plan, cfg: &GuardConfig) -> Vec<Refusal> {
 mod tests {
     use super::*;
     use crate::output::Output;
-    use crate::plan::OutputPlan;
 
-    fn plan_removing(before: usize, removed: usize) -> Plan {
+    fn plan_removing(before: usize, removed: usize) -> Vec<OutputPlan> {
         let after = before - removed;
-        Plan {
-            outputs: vec![OutputPlan {
-                output: Output::AllowedSenders,
-                path: "/f".into(),
-                before,
-                after,
-                added: vec![],
-                removed: (0..removed).map(|i| i.to_string()).collect(),
-                skipped: std::collections::BTreeMap::default(),
-                content: vec![],
-                changed: removed > 0,
-            }],
-            skips: vec![],
-        }
+        vec![OutputPlan {
+            output: Output::AllowedSenders,
+            path: "/f".into(),
+            before,
+            after,
+            added: 0,
+            removed,
+            changes: crate::plan::Changes::default(),
+            skipped: std::collections::BTreeMap::default(),
+            changed: removed > 0,
+            own_order: None,
+        }]
     }
 
     #[test]

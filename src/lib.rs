@@ -24,6 +24,7 @@ pub mod output;
 pub mod plan;
 pub mod render;
 pub mod report;
+pub mod roster;
 mod run;
 pub mod secret;
 pub mod state;

@@ -125,8 +125,8 @@ pub fn render(f: &RunFacts<'_>) -> String {
                         o.before
                     }
                 }
-                1 if written => Some(o.added.len()),
-                2 if written => Some(o.removed.len()),
+                1 if written => Some(o.added_count),
+                2 if written => Some(o.removed_count),
                 _ => Some(0),
             };
             if let Some(v) = v {

@@ -67,17 +67,50 @@ pub struct Email(String);
 /// Characters that may never appear in an address we write.
 const FORBIDDEN: &str = "<>*\"(),;:[]\\";
 
+/// The ASCII bytes an address may hold: printable, not a space, not `FORBIDDEN`.
+const PLAIN: [bool; 128] = {
+    let mut t = [false; 128];
+    let mut b = b'!';
+    while b <= b'~' {
+        t[b as usize] = true;
+        b += 1;
+    }
+    let f = FORBIDDEN.as_bytes();
+    let mut i = 0;
+    while i < f.len() {
+        t[f[i] as usize] = false;
+        i += 1;
+    }
+    t
+};
+
+fn plain(b: u8) -> bool {
+    PLAIN.get(usize::from(b)).copied().unwrap_or(false)
+}
+
 impl Email {
     /// Trims and checks: one `@` with text on both sides, no whitespace,
     /// control characters or any of `<>*"(),;:[]\`. The local part must be
     /// ASCII; a non-ASCII domain is converted to punycode (IDNA). The result
     /// is lower-cased and at most 254 bytes.
     pub fn parse(raw: &str) -> Result<Self, SkipReason> {
+        let mut out = Vec::new();
+        Self::parse_into(raw, &mut out)?;
+        // Only ASCII was appended.
+        String::from_utf8(out).map(Self).map_err(|_| SkipReason::InvalidMail)
+    }
+
+    /// As [`Email::parse`], appending the address to `out` (nothing on an error),
+    /// without allocating for the common ASCII address.
+    pub fn parse_into(raw: &str, out: &mut Vec<u8>) -> Result<(), SkipReason> {
         let s = raw.trim();
         if s.is_empty() {
             return Err(SkipReason::NoMail);
         }
-        if s.len() > 1024 || s.chars().any(|c| c.is_whitespace() || c.is_control() || FORBIDDEN.contains(c)) {
+        if s.len() > 1024 || (!s.is_ascii() && s.chars().any(|c| c.is_whitespace() || c.is_control())) {
+            return Err(SkipReason::InvalidMail);
+        }
+        if s.bytes().any(|b| b.is_ascii() && !plain(b)) {
             return Err(SkipReason::InvalidMail);
         }
         let Some((local, domain)) = s.split_once('@') else { return Err(SkipReason::InvalidMail) };
@@ -87,21 +120,24 @@ impl Email {
         if !local.is_ascii() {
             return Err(SkipReason::NonAsciiLocalPart);
         }
-        let domain: std::borrow::Cow<'_, str> = if !domain.is_ascii() {
-            idna::domain_to_ascii_strict(domain).map_err(|_| SkipReason::InvalidMail)?.into()
-        } else if domain.bytes().any(|b| b.is_ascii_uppercase()) {
-            domain.to_ascii_lowercase().into()
+        let start = out.len();
+        out.extend(local.bytes().map(|b| b.to_ascii_lowercase()));
+        out.push(b'@');
+        if domain.is_ascii() {
+            out.extend(domain.bytes().map(|b| b.to_ascii_lowercase()));
         } else {
-            domain.into()
-        };
-        let mut address = String::with_capacity(local.len() + 1 + domain.len());
-        address.extend(local.chars().map(|c| c.to_ascii_lowercase()));
-        address.push('@');
-        address.push_str(&domain);
-        let printable = address.bytes().all(|b| b.is_ascii_graphic() && !FORBIDDEN.as_bytes().contains(&b));
-        if address.len() <= 254 && printable {
-            Ok(Self(address))
+            let Ok(d) = idna::domain_to_ascii_strict(domain) else {
+                out.truncate(start);
+                return Err(SkipReason::InvalidMail);
+            };
+            out.extend_from_slice(d.as_bytes());
+        }
+        // The local part was checked above; an IDNA domain may not be plain.
+        let address = &out[start..];
+        if address.len() <= 254 && (domain.is_ascii() || address.iter().all(|b| plain(*b))) {
+            Ok(())
         } else {
+            out.truncate(start);
             Err(SkipReason::InvalidMail)
         }
     }
@@ -121,17 +157,39 @@ impl Phone {
     /// Drops a `(0)` trunk digit after a `+country` code, removes spaces,
     /// `-`, `.`, `(`, `)` and `/`, then checks the result.
     pub fn parse(raw: &str) -> Result<Self, SkipReason> {
+        let mut out = Vec::new();
+        Self::parse_into(raw, &mut out)?;
+        String::from_utf8(out).map(Self).map_err(|_| SkipReason::InvalidPhone)
+    }
+
+    /// As [`Phone::parse`], appending the number to `out` (nothing on an error).
+    pub fn parse_into(raw: &str, out: &mut Vec<u8>) -> Result<(), SkipReason> {
         let s = raw.trim();
         if s.is_empty() {
             return Err(SkipReason::NoPhone);
         }
-        let without_trunk = if s.starts_with('+') { s.replacen("(0)", "", 1) } else { s.to_owned() };
-        let n: String =
-            without_trunk.chars().filter(|c| !matches!(c, ' ' | '\u{a0}' | '-' | '.' | '(' | ')' | '/')).collect();
-        let digits = n.strip_prefix('+').unwrap_or(&n);
-        if (5..=20).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) {
-            Ok(Self(n))
+        let trunk = if s.starts_with('+') { s.find("(0)") } else { None };
+        let start = out.len();
+        for (i, c) in s.char_indices() {
+            if trunk.is_some_and(|t| (t..t + 3).contains(&i))
+                || matches!(c, ' ' | '\u{a0}' | '-' | '.' | '(' | ')' | '/')
+            {
+                continue;
+            }
+            match u8::try_from(c) {
+                Ok(b) if b.is_ascii() && out.len() - start <= 21 => out.push(b),
+                _ => {
+                    out.truncate(start);
+                    return Err(SkipReason::InvalidPhone);
+                }
+            }
+        }
+        let n = &out[start..];
+        let digits = n.strip_prefix(b"+").unwrap_or(n);
+        if (5..=20).contains(&digits.len()) && digits.iter().all(u8::is_ascii_digit) {
+            Ok(())
         } else {
+            out.truncate(start);
             Err(SkipReason::InvalidPhone)
         }
     }

@@ -1,14 +1,20 @@
-//! The pure core: from the current files and the fetched members, what each output should become.
+//! The pure core: from the fetched members and the current files, what each output should become.
+//!
+//! A plan keeps no lines. It holds the instance's entries (a user of a roster, as a config
+//! renders it) sorted once, and renders each output's lines from them when it compares
+//! them with the current file and when it writes.
 
+use std::cmp::Ordering;
 use std::collections::BTreeMap;
+use std::io;
 use std::path::PathBuf;
 
 use crate::entraidconf::EntraConf;
-use crate::graph::{Member, ObjectKind, Text};
 use crate::instance::Instance;
-use crate::normalize::{escape_for_log, Email, Phone, SkipReason};
-use crate::output::Output;
+use crate::normalize::SkipReason;
+use crate::output::{AccessRule, Output};
 use crate::render;
+use crate::roster::{Roster, When};
 
 /// The bytes of each output file as it is now; `None` where the file does not exist.
 pub type CurrentFiles = BTreeMap<Output, Option<Vec<u8>>>;
@@ -24,16 +30,28 @@ pub struct OutputPlan {
     pub before: usize,
     /// Entries after the write.
     pub after: usize,
-    /// New entries, sorted.
-    pub added: Vec<String>,
-    /// Entries that go, sorted.
-    pub removed: Vec<String>,
+    /// How many entries are new.
+    pub added: usize,
+    /// How many entries go.
+    pub removed: usize,
+    /// The new and the gone entries themselves, when the comparison was asked for them.
+    pub changes: Changes,
     /// Members that gave no entry here, by reason.
     pub skipped: BTreeMap<SkipReason, u64>,
-    /// The new file's bytes.
-    pub content: Vec<u8>,
     /// The new bytes differ from the current ones (or there is no file yet).
     pub changed: bool,
+    /// This output's entries in line order, when that is not the plan's common order
+    /// (`access_rules` fed in both rule styles).
+    pub(crate) own_order: Option<Vec<Entry>>,
+}
+
+/// The entries an output gains and loses, sorted.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Changes {
+    /// New entries.
+    pub added: Vec<String>,
+    /// Entries that go.
+    pub removed: Vec<String>,
 }
 
 /// A member that gave no entry to some output, for the log (values already escaped).
@@ -49,16 +67,88 @@ pub struct Skip {
     pub value: String,
 }
 
+/// One line of some output: user `user` of the roster of config `config`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Entry {
+    config: u16,
+    user: u32,
+}
+
 /// Everything one instance's write would do.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Plan {
-    /// One entry per output some config feeds, in `Output` order.
+#[derive(Debug, Clone)]
+pub struct Plan<'a> {
+    /// One entry per output of the instance, in `Output` order.
     pub outputs: Vec<OutputPlan>,
     /// Every skip, in directory order.
     pub skips: Vec<Skip>,
+    rosters: Vec<&'a Roster>,
+    configs: &'a [EntraConf],
+    /// Every kept (config, user), sorted by mail, then phone.
+    entries: Vec<Entry>,
 }
 
-impl Plan {
+/// Builds the plan and compares every output with `current`, keeping the changed entries.
+/// `fetched[i]` holds the members fetched for `instance.configs[i]`.
+#[must_use]
+pub fn plan<'a>(current: &CurrentFiles, fetched: &[&'a Roster], instance: &'a Instance) -> Plan<'a> {
+    let mut p = Plan::new(fetched, instance);
+    for i in 0..p.outputs.len() {
+        let cur = current.get(&p.outputs[i].output).and_then(Option::as_deref);
+        p.compare(i, cur, true);
+    }
+    p
+}
+
+impl<'a> Plan<'a> {
+    /// The entries of every output, sorted, before any comparison: each output's counts
+    /// are set by [`Plan::compare`], and until then it counts as changed.
+    /// `fetched[i]` holds the members fetched for `instance.configs[i]`.
+    #[must_use]
+    pub fn new(fetched: &[&'a Roster], instance: &'a Instance) -> Self {
+        let configs = instance.configs.as_slice();
+        let rosters: Vec<&Roster> = fetched.iter().copied().take(configs.len()).collect();
+        let mut entries = Vec::new();
+        for (config, (c, r)) in configs.iter().zip(&rosters).enumerate() {
+            // An instance has a handful of configs.
+            let config = u16::try_from(config).unwrap_or(u16::MAX);
+            let users = (0..r.len()).filter_map(|u| u32::try_from(u).ok());
+            entries.extend(users.filter(|u| c.include_disabled || !r.disabled(*u)).map(|user| Entry { config, user }));
+        }
+        let mut p = Self { outputs: Vec::new(), skips: Vec::new(), rosters, configs, entries };
+        // Each roster is sorted already (`Roster::finish`): one config needs no sort, and
+        // several are merged as runs by the stable sort.
+        let mut entries = std::mem::take(&mut p.entries);
+        if !entries.is_sorted_by(|a, b| p.key_cmp(*a, *b).is_le()) {
+            entries.sort_by(|a, b| p.key_cmp(*a, *b));
+        }
+        p.entries = entries;
+        let mut skipped = p.skip_notes();
+        for (output, path) in &instance.outputs {
+            let styles = |o: &&EntraConf| o.feeds.contains(output);
+            let mixed = *output == Output::AccessRules
+                && configs.iter().filter(styles).any(|c| c.access_rule != AccessRule::Registration)
+                && configs.iter().filter(styles).any(|c| c.access_rule == AccessRule::Registration);
+            let own_order = mixed.then(|| {
+                let mut own: Vec<Entry> = p.entries.iter().copied().filter(|e| p.feeds(*e, *output)).collect();
+                own.sort_by(|a, b| p.line_cmp(*output, *a, *b));
+                own
+            });
+            p.outputs.push(OutputPlan {
+                output: *output,
+                path: path.clone(),
+                before: 0,
+                after: 0,
+                added: 0,
+                removed: 0,
+                changes: Changes::default(),
+                skipped: skipped.remove(output).unwrap_or_default(),
+                changed: true,
+                own_order,
+            });
+        }
+        p
+    }
+
     /// Skips by reason; a member skipped for `gsm_list` only (no phone) counts too.
     #[must_use]
     pub fn skip_counts(&self) -> BTreeMap<SkipReason, u64> {
@@ -68,155 +158,187 @@ impl Plan {
         }
         counts
     }
-}
 
-/// Builds the plan. `fetched[i]` holds the members fetched for `instance.configs[i]`.
-#[must_use]
-pub fn plan(current: &CurrentFiles, fetched: &[&[Member]], instance: &Instance) -> Plan {
-    let mut lines: BTreeMap<Output, Vec<String>> = instance.outputs.keys().map(|o| (*o, Vec::new())).collect();
-    let mut skipped: BTreeMap<Output, BTreeMap<SkipReason, u64>> = BTreeMap::new();
-    let mut skips = Vec::new();
-
-    for (config, members) in instance.configs.iter().zip(fetched) {
-        for m in *members {
-            let entry = match classify(m, config) {
-                Ok(e) => e,
-                Err(reason) => {
-                    skips.push(skip(config, m, reason, m.mail.as_ref().map(Text::as_str)));
-                    for o in &config.feeds {
-                        *skipped.entry(*o).or_default().entry(reason).or_default() += 1;
-                    }
-                    continue;
+    /// Compares output `i` with the current bytes of its file (`None`: no file): sets
+    /// `before`, `after`, `added`, `removed` and `changed`, and with `detail` the changed
+    /// entries.
+    pub fn compare(&mut self, i: usize, current: Option<&[u8]>, detail: bool) {
+        // The hourly common case: the file is already exactly right, so there is no diff to make.
+        if let Some(after) = current.and_then(|cur| self.exact_lines(i, cur)) {
+            let o = &mut self.outputs[i];
+            (o.before, o.after, o.added, o.removed, o.changes, o.changed) =
+                (after, after, 0, 0, Changes::default(), false);
+            return;
+        }
+        let old = current.map(render::current_entries).unwrap_or_default();
+        let (mut added, mut removed, mut after, mut changes) = (0, 0, 0, Changes::default());
+        let mut lines = self.lines(i);
+        let mut new = lines.next();
+        let mut old_iter = old.iter().peekable();
+        loop {
+            let ord = match (new, old_iter.peek()) {
+                (None, None) => break,
+                (Some(_), None) => Ordering::Less,
+                (None, Some(_)) => Ordering::Greater,
+                (Some(n), Some(o)) => n.cmp(*o),
+            };
+            match (ord, new) {
+                (Ordering::Equal, _) => {
+                    old_iter.next();
+                    after += 1;
+                    new = lines.next();
                 }
-            };
-            for o in &config.feeds {
-                let line = match o {
-                    Output::AllowedSenders => render::allowed_sender(&entry.mail),
-                    Output::AccessRules => render::access_rule(&entry.mail, config.access_rule),
-                    Output::GsmList => match &entry.phone {
-                        Some(Ok(p)) => render::gsm_entry(&entry.mail, p),
-                        other => {
-                            let reason = match other {
-                                Some(Err(r)) => *r,
-                                _ => SkipReason::NoPhone,
-                            };
-                            skips.push(skip(config, m, reason, m.mobile_phone.as_ref().map(Text::as_str)));
-                            *skipped.entry(*o).or_default().entry(reason).or_default() += 1;
-                            continue;
-                        }
-                    },
+                (Ordering::Less, Some(n)) => {
+                    added += 1;
+                    after += 1;
+                    if detail {
+                        changes.added.push(String::from_utf8_lossy(n).into_owned());
+                    }
+                    new = lines.next();
+                }
+                _ => {
+                    removed += 1;
+                    if let (Some(o), true) = (old_iter.next(), detail) {
+                        changes.removed.push(String::from_utf8_lossy(o).into_owned());
+                    }
+                }
+            }
+        }
+        let o = &mut self.outputs[i];
+        (o.before, o.after, o.added, o.removed, o.changes, o.changed) =
+            (old.len(), after, added, removed, changes, true);
+    }
+
+    /// Writes output `i`'s content: its lines, `\n` after each.
+    pub fn write_to(&self, i: usize, w: &mut impl io::Write) -> io::Result<()> {
+        let mut lines = self.lines(i);
+        while let Some(l) = lines.next() {
+            w.write_all(l)?;
+            w.write_all(b"\n")?;
+        }
+        Ok(())
+    }
+
+    /// Output `i`'s content, in memory.
+    #[must_use]
+    pub fn content(&self, i: usize) -> Vec<u8> {
+        let mut v = Vec::new();
+        // Writing to a Vec cannot fail.
+        let _ = self.write_to(i, &mut v);
+        v
+    }
+
+    /// How many lines output `i` has, if `cur` holds exactly them.
+    fn exact_lines(&self, i: usize, cur: &[u8]) -> Option<usize> {
+        let mut rest = cur;
+        let mut lines = self.lines(i);
+        let mut n = 0;
+        while let Some(l) = lines.next() {
+            rest = rest.strip_prefix(l).and_then(|r| r.strip_prefix(b"\n"))?;
+            n += 1;
+        }
+        rest.is_empty().then_some(n)
+    }
+
+    /// Output `i`'s lines in order, without duplicates.
+    fn lines(&self, i: usize) -> Lines<'_, 'a> {
+        let o = &self.outputs[i];
+        let order = o.own_order.as_deref().unwrap_or(&self.entries);
+        Lines { plan: self, output: o.output, order, line: Vec::new(), next: Vec::new(), started: false }
+    }
+
+    fn mail(&self, e: Entry) -> &[u8] {
+        self.rosters[usize::from(e.config)].mail(e.user)
+    }
+
+    fn phone(&self, e: Entry) -> &[u8] {
+        self.rosters[usize::from(e.config)].phone(e.user)
+    }
+
+    /// The common order: by mail, then phone. For any output whose configs share one
+    /// rule style it is the order of the lines, as no address byte sorts below the space
+    /// that ends an address on a line.
+    fn key_cmp(&self, a: Entry, b: Entry) -> Ordering {
+        self.mail(a).cmp(self.mail(b)).then_with(|| self.phone(a).cmp(self.phone(b))).then(a.config.cmp(&b.config))
+    }
+
+    fn line_cmp(&self, output: Output, a: Entry, b: Entry) -> Ordering {
+        let (mut x, mut y) = (Vec::new(), Vec::new());
+        self.render(output, a, &mut x);
+        self.render(output, b, &mut y);
+        x.cmp(&y)
+    }
+
+    fn render(&self, output: Output, e: Entry, out: &mut Vec<u8>) {
+        let style = self.configs[usize::from(e.config)].access_rule;
+        render::line(out, output, style, self.mail(e), self.phone(e));
+    }
+
+    /// Entry `e` gives a line of `output`.
+    fn feeds(&self, e: Entry, output: Output) -> bool {
+        self.configs[usize::from(e.config)].feeds.contains(&output)
+            && (output != Output::GsmList || !self.phone(e).is_empty())
+    }
+
+    /// Every note of every roster that applies to its config, as skips and counts per output.
+    fn skip_notes(&mut self) -> BTreeMap<Output, BTreeMap<SkipReason, u64>> {
+        let mut skipped: BTreeMap<Output, BTreeMap<SkipReason, u64>> = BTreeMap::new();
+        for (c, r) in self.configs.iter().zip(&self.rosters) {
+            for n in r.notes() {
+                let gsm_only = match n.when {
+                    When::Always => false,
+                    When::ExcludingDisabled if !c.include_disabled => false,
+                    When::IncludingDisabled if c.include_disabled => false,
+                    When::Phone { disabled }
+                        if (!disabled || c.include_disabled) && c.feeds.contains(&Output::GsmList) =>
+                    {
+                        true
+                    }
+                    _ => continue,
                 };
-                lines.entry(*o).or_default().push(line);
+                self.skips.push(Skip {
+                    config: c.path.clone(),
+                    id: n.id.to_string(),
+                    reason: n.reason,
+                    value: n.value.to_string(),
+                });
+                for o in c.feeds.iter().filter(|o| !gsm_only || **o == Output::GsmList) {
+                    *skipped.entry(*o).or_default().entry(n.reason).or_default() += 1;
+                }
             }
         }
+        skipped
     }
-
-    let outputs = lines
-        .into_iter()
-        .filter_map(|(output, mut new)| {
-            let path = instance.outputs.get(&output)?.clone();
-            // Sort and deduplicate once per output (byte order is `str` order).
-            new.sort_unstable();
-            new.dedup();
-            let cur = current.get(&output).and_then(Option::as_deref);
-            let content = render::file_content(&new);
-            let changed = cur != Some(content.as_slice());
-            // The hourly common case: the file is already exactly right, so there is no diff to make.
-            let (before, added, removed) = if changed {
-                let old = cur.map(render::current_entries).unwrap_or_default();
-                let (added, removed) = difference(&new, &old);
-                (old.len(), added, removed)
-            } else {
-                (new.len(), Vec::new(), Vec::new())
-            };
-            Some(OutputPlan {
-                output,
-                path,
-                before,
-                after: new.len(),
-                added,
-                removed,
-                skipped: skipped.remove(&output).unwrap_or_default(),
-                changed,
-                content,
-            })
-        })
-        .collect();
-    Plan { outputs, skips }
 }
 
-/// The addresses of `members` that `config` keeps (for `usersync test`).
-#[must_use]
-pub fn kept(config: &EntraConf, members: &[Member]) -> Vec<Email> {
-    members.iter().filter_map(|m| classify(m, config).ok()).map(|e| e.mail).collect()
+/// A cursor over one output's lines, rendered one at a time into a reused buffer.
+struct Lines<'p, 'a> {
+    plan: &'p Plan<'a>,
+    output: Output,
+    order: &'p [Entry],
+    line: Vec<u8>,
+    next: Vec<u8>,
+    started: bool,
 }
 
-/// Entries only in `new` and entries only in `old`; both sorted and deduplicated.
-fn difference(new: &[String], old: &[std::borrow::Cow<'_, str>]) -> (Vec<String>, Vec<String>) {
-    let (mut added, mut removed) = (Vec::new(), Vec::new());
-    let (mut i, mut j) = (0, 0);
-    while i < new.len() || j < old.len() {
-        match (new.get(i), old.get(j)) {
-            (Some(n), Some(o)) if n.as_str() == o.as_ref() => {
-                i += 1;
-                j += 1;
+impl Lines<'_, '_> {
+    fn next(&mut self) -> Option<&[u8]> {
+        while let Some((e, rest)) = self.order.split_first() {
+            self.order = rest;
+            if !self.plan.feeds(*e, self.output) {
+                continue;
             }
-            (Some(n), Some(o)) if n.as_str() < o.as_ref() => {
-                added.push(n.clone());
-                i += 1;
+            self.next.clear();
+            self.plan.render(self.output, *e, &mut self.next);
+            // Equal lines are neighbours in line order.
+            if self.started && self.next == self.line {
+                continue;
             }
-            (Some(n), None) => {
-                added.push(n.clone());
-                i += 1;
-            }
-            (_, Some(o)) => {
-                removed.push(o.clone().into_owned());
-                j += 1;
-            }
-            (None, None) => break,
+            std::mem::swap(&mut self.line, &mut self.next);
+            self.started = true;
+            return Some(&self.line);
         }
-    }
-    (added, removed)
-}
-
-struct Entry {
-    mail: Email,
-    phone: Option<Result<Phone, SkipReason>>,
-}
-
-/// A member's mail (and phone), or why it gives no entry at all.
-fn classify(m: &Member, config: &EntraConf) -> Result<Entry, SkipReason> {
-    match m.kind {
-        ObjectKind::User => {}
-        ObjectKind::Group => return Err(SkipReason::Group),
-        ObjectKind::Device => return Err(SkipReason::Device),
-        ObjectKind::Contact => return Err(SkipReason::Contact),
-        ObjectKind::ServicePrincipal => return Err(SkipReason::ServicePrincipal),
-        ObjectKind::Other => return Err(SkipReason::OtherObject),
-        ObjectKind::Untyped => return Err(SkipReason::UntypedObject),
-    }
-    if m.account_enabled == Some(false) && !config.include_disabled {
-        return Err(SkipReason::Disabled);
-    }
-    let mail = match &m.mail {
-        None => return Err(SkipReason::NoMail),
-        Some(Text::Undecodable(_)) => return Err(SkipReason::InvalidMail),
-        Some(Text::Str(s)) => Email::parse(s)?,
-    };
-    let phone = config.mobile_phone.then(|| match &m.mobile_phone {
-        None => Err(SkipReason::NoPhone),
-        Some(Text::Undecodable(_)) => Err(SkipReason::InvalidPhone),
-        Some(Text::Str(s)) => Phone::parse(s),
-    });
-    Ok(Entry { mail, phone })
-}
-
-fn skip(config: &EntraConf, m: &Member, reason: SkipReason, value: Option<&str>) -> Skip {
-    Skip {
-        config: config.path.clone(),
-        id: escape_for_log(&m.id),
-        reason,
-        value: escape_for_log(value.unwrap_or_default()),
+        None
     }
 }
 
@@ -224,12 +346,16 @@ fn skip(config: &EntraConf, m: &Member, reason: SkipReason, value: Option<&str>)
 mod tests {
     use super::*;
     use crate::entraidconf::Env;
-    use crate::graph::parse_page;
+    use crate::graph::{parse_page, Member, MemberView, ObjectKind};
     use std::path::Path;
 
-    fn sample(name: &str) -> Vec<Member> {
+    fn sample(name: &str) -> Roster {
         let body = std::fs::read(format!("{}/../shared/graph-samples/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap();
-        parse_page(&body).unwrap().members
+        roster(&parse_page(&body).unwrap().members)
+    }
+
+    fn roster(members: &[Member]) -> Roster {
+        Roster::of(true, members.iter().map(MemberView::from))
     }
 
     fn conf(name: &str, extra: &str) -> EntraConf {
@@ -249,8 +375,8 @@ mod tests {
         Instance { name: "gw".into(), dir: PathBuf::from("/server/gw"), configs, outputs }
     }
 
-    fn text(p: &OutputPlan) -> &str {
-        std::str::from_utf8(&p.content).unwrap()
+    fn text(p: &Plan, i: usize) -> String {
+        String::from_utf8(p.content(i)).unwrap()
     }
 
     #[test]
@@ -259,8 +385,8 @@ mod tests {
         let members = sample("users_list_app_only.json");
         let p = plan(&CurrentFiles::new(), &[&members], &i);
         assert_eq!(p.outputs.len(), 2);
-        assert_eq!(text(&p.outputs[0]), "adams@contoso.com\nadelev@contoso.com\n");
-        assert_eq!(text(&p.outputs[1]), "* adams@contoso.com <reg> - 0\n* adelev@contoso.com <reg> - 0\n");
+        assert_eq!(text(&p, 0), "adams@contoso.com\nadelev@contoso.com\n");
+        assert_eq!(text(&p, 1), "* adams@contoso.com <reg> - 0\n* adelev@contoso.com <reg> - 0\n");
         assert!(p.outputs.iter().all(|o| o.changed && o.before == 0 && o.after == 2));
     }
 
@@ -281,19 +407,20 @@ mod tests {
     fn union_of_configs_with_both_rule_styles_and_phones() {
         let a = conf("a", "feeds = [\"access_rules\", \"gsm_list\"]\nquery_filter = \"mail,mobilePhone\"\n");
         let b = conf("b", "feeds = [\"access_rules\"]\naccess_rule = \"sms\"\ninclude_disabled = true\n");
-        let ma = vec![
+        let ma = roster(&[
             user("1", Some("Zed@X.com"), Some("+44 (0)20 7946 0958"), Some(true)),
             user("2", Some("amy@x.com"), None, None),
             user("3", Some("off@x.com"), Some("040-123 1234"), Some(false)),
             user("4", Some("bad\n* evil@x <reg> - 0"), Some("12345"), Some(true)),
             user("5", Some("ph@x.com"), Some("call me"), Some(true)),
-        ];
-        let mb = vec![user("3", Some("off@x.com"), None, Some(false)), user("1", Some("zed@x.com"), None, Some(true))];
+        ]);
+        let mb =
+            roster(&[user("3", Some("off@x.com"), None, Some(false)), user("1", Some("zed@x.com"), None, Some(true))]);
         let i = instance(vec![a, b]);
         let p = plan(&CurrentFiles::new(), &[&ma, &mb], &i);
         let gsm = &p.outputs[0];
         assert_eq!(gsm.output, Output::GsmList);
-        assert_eq!(text(gsm), "zed@x.com +442079460958\n");
+        assert_eq!(text(&p, 0), "zed@x.com +442079460958\n");
         assert_eq!(
             gsm.skipped,
             BTreeMap::from([
@@ -303,9 +430,9 @@ mod tests {
                 (SkipReason::InvalidPhone, 1)
             ])
         );
-        let rules = &p.outputs[1];
+        assert_eq!(p.outputs[1].output, Output::AccessRules);
         assert_eq!(
-            text(rules),
+            text(&p, 1),
             "* amy@x.com <reg> - 0\n* ph@x.com <reg> - 0\n* zed@x.com <reg> - 0\noff@x.com * <sms> - 0\nzed@x.com * <sms> - 0\n"
         );
         let invalid: Vec<&Skip> =
@@ -325,8 +452,9 @@ mod tests {
         let p = plan(&cur, &[&members], &i);
         let o = &p.outputs[0];
         assert_eq!((o.before, o.after), (1, 1));
-        assert_eq!(o.added, ["group1@contoso.com"]);
-        assert_eq!(o.removed, ["old@contoso.com"]);
+        assert_eq!((o.added, o.removed), (1, 1));
+        assert_eq!(o.changes.added, ["group1@contoso.com"]);
+        assert_eq!(o.changes.removed, ["old@contoso.com"]);
         cur.insert(Output::AllowedSenders, Some(b"group1@contoso.com\n".to_vec()));
         assert!(!plan(&cur, &[&members], &i).outputs[0].changed);
     }
@@ -348,6 +476,7 @@ mod proptests {
     //! output line matches its strict format, and no other line changes.
     use super::*;
     use crate::entraidconf::Env;
+    use crate::graph::{Member, MemberView, ObjectKind, Text};
     use proptest::prelude::*;
     use std::path::Path;
     use std::sync::LazyLock;
@@ -405,10 +534,13 @@ mod proptests {
         Instance { name: "gw".into(), dir: PathBuf::from("/server/gw"), configs: vec![c], outputs }
     }
 
-    fn lines(p: &Plan) -> Vec<(Output, Vec<String>)> {
+    fn lines(members: &[Member], inst: &Instance) -> Vec<(Output, Vec<String>)> {
+        let r = Roster::of(true, members.iter().map(MemberView::from));
+        let p = plan(&CurrentFiles::new(), &[&r], inst);
         p.outputs
             .iter()
-            .map(|o| (o.output, String::from_utf8(o.content.clone()).unwrap().lines().map(str::to_owned).collect()))
+            .enumerate()
+            .map(|(i, o)| (o.output, String::from_utf8(p.content(i)).unwrap().lines().map(str::to_owned).collect()))
             .collect()
     }
 
@@ -429,8 +561,8 @@ mod proptests {
                 .collect();
             let mut all = good.clone();
             all.push(member("hostile", mail, phone));
-            let before = lines(&plan(&CurrentFiles::new(), &[&good], &inst));
-            let after = lines(&plan(&CurrentFiles::new(), &[&all], &inst));
+            let before = lines(&good, &inst);
+            let after = lines(&all, &inst);
             for ((output, old), (_, new)) in before.iter().zip(&after) {
                 for l in new {
                     let re = match output {

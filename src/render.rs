@@ -1,53 +1,44 @@
 //! The line formats of the three outputs (contract §1), and reading a current file back.
 
-use std::borrow::Cow;
+use crate::output::{AccessRule, Output};
 
-use crate::normalize::{Email, Phone};
-use crate::output::AccessRule;
-
-/// `allowed_senders`: `user@example.com`
-#[must_use]
-pub fn allowed_sender(mail: &Email) -> String {
-    mail.as_str().to_owned()
-}
-
-/// `gsm_list`: `user@example.com +358401234567`
-#[must_use]
-pub fn gsm_entry(mail: &Email, phone: &Phone) -> String {
-    format!("{} {}", mail.as_str(), phone.as_str())
-}
-
-/// `access_rules`: `* user@example.com <reg> - 0` or `user@example.com * <sms> - 0`
-#[must_use]
-pub fn access_rule(mail: &Email, style: AccessRule) -> String {
-    match style {
-        AccessRule::Registration => format!("* {} <reg> - 0", mail.as_str()),
-        AccessRule::Sms => format!("{} * <sms> - 0", mail.as_str()),
+/// Appends the line of `output` for a checked address and phone (no `\n`):
+/// - `allowed_senders`: `user@example.com`
+/// - `gsm_list`: `user@example.com +358401234567`
+/// - `access_rules`: `* user@example.com <reg> - 0` or `user@example.com * <sms> - 0`
+pub fn line(out: &mut Vec<u8>, output: Output, style: AccessRule, mail: &[u8], phone: &[u8]) {
+    match (output, style) {
+        (Output::AllowedSenders, _) => out.extend_from_slice(mail),
+        (Output::GsmList, _) => {
+            out.extend_from_slice(mail);
+            out.push(b' ');
+            out.extend_from_slice(phone);
+        }
+        (Output::AccessRules, AccessRule::Registration) => {
+            out.extend_from_slice(b"* ");
+            out.extend_from_slice(mail);
+            out.extend_from_slice(b" <reg> - 0");
+        }
+        (Output::AccessRules, AccessRule::Sms) => {
+            out.extend_from_slice(mail);
+            out.extend_from_slice(b" * <sms> - 0");
+        }
     }
-}
-
-/// The bytes of an output from sorted, deduplicated lines: one a line, `\n` after each.
-#[must_use]
-pub fn file_content(lines: &[String]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
-    for l in lines {
-        out.extend_from_slice(l.as_bytes());
-        out.push(b'\n');
-    }
-    out
 }
 
 /// The entries of a current file, sorted and deduplicated: its non-empty lines
-/// (a trailing `\r` dropped), borrowed from `bytes` where they are UTF-8.
+/// (a trailing `\r` dropped), borrowed from `bytes`.
 #[must_use]
-pub fn current_entries(bytes: &[u8]) -> Vec<Cow<'_, str>> {
-    let mut v: Vec<Cow<'_, str>> = bytes
+pub fn current_entries(bytes: &[u8]) -> Vec<&[u8]> {
+    let mut v: Vec<&[u8]> = bytes
         .split(|b| *b == b'\n')
         .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
         .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
-        .map(String::from_utf8_lossy)
         .collect();
-    v.sort_unstable();
+    // Files usersync wrote are sorted already.
+    if !v.is_sorted() {
+        v.sort_unstable();
+    }
     v.dedup();
     v
 }
@@ -55,24 +46,31 @@ pub fn current_entries(bytes: &[u8]) -> Vec<Cow<'_, str>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::normalize::{Email, Phone};
 
-    #[test]
-    fn formats() {
+    fn render(output: Output, style: AccessRule) -> String {
         let m = Email::parse("User@Example.com").unwrap();
         let p = Phone::parse("+358 40 1234567").unwrap();
-        assert_eq!(allowed_sender(&m), "user@example.com");
-        assert_eq!(gsm_entry(&m, &p), "user@example.com +358401234567");
-        assert_eq!(access_rule(&m, AccessRule::Registration), "* user@example.com <reg> - 0");
-        assert_eq!(access_rule(&m, AccessRule::Sms), "user@example.com * <sms> - 0");
+        let mut out = Vec::new();
+        line(&mut out, output, style, m.as_str().as_bytes(), p.as_str().as_bytes());
+        String::from_utf8(out).unwrap()
     }
 
     #[test]
-    fn content_round_trips() {
-        let lines: Vec<String> = ["B@x", "a@x", "b@x"].iter().map(|s| (*s).to_owned()).collect();
-        let c = file_content(&lines);
-        assert_eq!(c, b"B@x\na@x\nb@x\n");
-        assert_eq!(current_entries(&c), lines);
-        assert_eq!(current_entries(b"b@x\r\n\n  \na@x\nb@x"), ["a@x", "b@x"]);
-        assert!(file_content(&[]).is_empty());
+    fn formats() {
+        assert_eq!(render(Output::AllowedSenders, AccessRule::Registration), "user@example.com");
+        assert_eq!(render(Output::GsmList, AccessRule::Sms), "user@example.com +358401234567");
+        assert_eq!(render(Output::AccessRules, AccessRule::Registration), "* user@example.com <reg> - 0");
+        assert_eq!(render(Output::AccessRules, AccessRule::Sms), "user@example.com * <sms> - 0");
+    }
+
+    #[test]
+    fn current_entries_are_sorted_unique_and_non_blank() {
+        fn e<'a>(v: &[&'a str]) -> Vec<&'a [u8]> {
+            v.iter().map(|s| s.as_bytes()).collect()
+        }
+        assert_eq!(current_entries(b"B@x\na@x\nb@x\n"), e(&["B@x", "a@x", "b@x"]));
+        assert_eq!(current_entries(b"b@x\r\n\n  \na@x\nb@x"), e(&["a@x", "b@x"]));
+        assert!(current_entries(b"").is_empty());
     }
 }

@@ -53,9 +53,13 @@ pub struct OutputReport {
     pub before: Option<usize>,
     /// Entries after (absent if nothing was planned).
     pub after: Option<usize>,
-    /// Entries added.
+    /// How many entries were (or would be) added.
+    pub added_count: usize,
+    /// How many entries were (or would be) removed.
+    pub removed_count: usize,
+    /// The entries added; listed in a dry run and in JSON only.
     pub added: Vec<String>,
-    /// Entries removed.
+    /// The entries removed; listed in a dry run and in JSON only.
     pub removed: Vec<String>,
     /// Members skipped, by reason.
     pub skipped: BTreeMap<SkipReason, u64>,
@@ -72,8 +76,10 @@ impl OutputReport {
             path: p.path,
             before: Some(p.before),
             after: Some(p.after),
-            added: p.added,
-            removed: p.removed,
+            added_count: p.added,
+            removed_count: p.removed,
+            added: p.changes.added,
+            removed: p.changes.removed,
             skipped: p.skipped,
             action,
         }
@@ -87,6 +93,8 @@ impl OutputReport {
             path,
             before: None,
             after: None,
+            added_count: 0,
+            removed_count: 0,
             added: vec![],
             removed: vec![],
             skipped: BTreeMap::new(),
@@ -176,7 +184,7 @@ impl Report {
             for o in &i.outputs {
                 let _ = write!(s, "{}: {} {}: {}", i.name, o.output, o.path.display(), o.action.word());
                 if let (Some(b), Some(a)) = (o.before, o.after) {
-                    let _ = write!(s, " ({b} -> {a} entries, +{} -{}", o.added.len(), o.removed.len());
+                    let _ = write!(s, " ({b} -> {a} entries, +{} -{}", o.added_count, o.removed_count);
                     if !o.skipped.is_empty() {
                         let parts: Vec<String> = o.skipped.iter().map(|(r, n)| format!("{n} {r}")).collect();
                         let _ = write!(s, "; skipped: {}", parts.join(", "));

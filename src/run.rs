@@ -15,13 +15,14 @@ use crate::cli::{Cli, Command, Format};
 use crate::config::Config;
 use crate::entraidconf::{EntraConf, Env};
 use crate::error::{render_error, ConfigError, Error, Hint, Outcome};
-use crate::graph::{Credentials, FetchError, GraphClient, GroupQuery, Member};
+use crate::graph::{Credentials, FetchError, GraphClient, GroupQuery};
 use crate::instance::{self, Instance};
 use crate::metrics::{self, RunFacts};
 use crate::node::{self, NodeState};
 use crate::normalize::SkipReason;
-use crate::plan::{plan, CurrentFiles, Plan};
+use crate::plan::Plan;
 use crate::report::{Action, ErrorReport, InstanceReport, NodeReport, OutputReport, Report};
+use crate::roster::Roster;
 use crate::state::State;
 use crate::{guard, lock, write};
 
@@ -148,7 +149,7 @@ struct Run<'a> {
 }
 
 /// The members fetched per group query, or why not.
-type Fetches = HashMap<FetchKey, Result<Arc<Vec<Member>>, Arc<FetchError>>>;
+type Fetches = HashMap<FetchKey, Result<Arc<Roster>, Arc<FetchError>>>;
 
 /// A group as one run fetches it: the same group of the same tenant and
 /// Graph endpoint is fetched once, whatever configs name it.
@@ -288,8 +289,8 @@ impl Run<'_> {
         uses: &mut HashMap<FetchKey, usize>,
     ) -> (InstanceReport, Outcome) {
         let name = &inst.name;
-        let planned = gather(inst, fetches).map(|(members, current)| plan(&current, &members, inst));
-        // Members no later instance needs are freed before the write.
+        let rosters = gather(inst, fetches);
+        // Members no later instance needs are freed once this one is done.
         for c in &inst.configs {
             let key = FetchKey::of(c);
             if let Some(n) = uses.get_mut(&key) {
@@ -299,10 +300,24 @@ impl Run<'_> {
                 }
             }
         }
-        let p = match planned {
-            Ok(p) => p,
+        let rosters = match rosters {
+            Ok(r) => r,
             Err(errors) => return (failed_instance(inst, "failed", errors), Outcome::Failed),
         };
+        let rosters: Vec<&Roster> = rosters.iter().map(AsRef::as_ref).collect();
+        let mut p = Plan::new(&rosters, inst);
+        // Each current file is read, compared and dropped before the next one.
+        let detail = self.cli.dry_run || self.cli.format == Format::Json;
+        let mut errors = Vec::new();
+        for i in 0..p.outputs.len() {
+            match write::read_current(&p.outputs[i].path) {
+                Ok(current) => p.compare(i, current.as_deref(), detail),
+                Err(e) => errors.push(error_report(&format!("instance `{name}`: {e}"), e.hint())),
+            }
+        }
+        if !errors.is_empty() {
+            return (failed_instance(inst, "failed", errors), Outcome::Failed);
+        }
         for s in &p.skips {
             let (config, id, reason, value) = (s.config.display(), &s.id, s.reason, &s.value);
             if matches!(reason, SkipReason::InvalidMail | SkipReason::InvalidPhone) {
@@ -311,7 +326,7 @@ impl Run<'_> {
                 tracing::debug!(instance = %name, %config, %id, %reason, %value, "skipped a member");
             }
         }
-        let refusals = guard::check(name, &p, &self.config.guard);
+        let refusals = guard::check(name, &p.outputs, &self.config.guard);
         if self.cli.force {
             for r in &refusals {
                 tracing::warn!(instance = %name, "--force: writing despite the guard: {r}");
@@ -353,14 +368,14 @@ impl Run<'_> {
     }
 }
 
-/// The members of every config of `inst` and its current files, or every reason why not.
-fn gather<'f>(inst: &Instance, fetches: &'f Fetches) -> Result<(Vec<&'f [Member]>, CurrentFiles), Vec<ErrorReport>> {
+/// The members of every config of `inst`, or every reason why not.
+fn gather(inst: &Instance, fetches: &Fetches) -> Result<Vec<Arc<Roster>>, Vec<ErrorReport>> {
     let name = &inst.name;
-    let mut members: Vec<&[Member]> = Vec::new();
+    let mut members = Vec::new();
     let mut errors = Vec::new();
     for c in &inst.configs {
         match fetches.get(&FetchKey::of(c)) {
-            Some(Ok(m)) => members.push(m.as_slice()),
+            Some(Ok(m)) => members.push(Arc::clone(m)),
             Some(Err(e)) => {
                 errors.push(error_report(&format!("instance `{name}`, config {}: {e}", c.path.display()), e.hint()));
             }
@@ -370,30 +385,18 @@ fn gather<'f>(inst: &Instance, fetches: &'f Fetches) -> Result<(Vec<&'f [Member]
             )),
         }
     }
-    let mut current = CurrentFiles::new();
     if errors.is_empty() {
-        for (o, path) in &inst.outputs {
-            match write::read_current(path) {
-                Ok(b) => {
-                    current.insert(*o, b);
-                }
-                Err(e) => errors.push(error_report(&format!("instance `{name}`: {e}"), e.hint())),
-            }
-        }
-    }
-    if errors.is_empty() {
-        Ok((members, current))
+        Ok(members)
     } else {
         Err(errors)
     }
 }
 
 /// Writes every changed output of `p`; each write is atomic on its own.
-fn write_outputs(inst: &Instance, p: Plan) -> (InstanceReport, Outcome) {
-    let mut outputs = Vec::new();
+fn write_outputs(inst: &Instance, p: Plan<'_>) -> (InstanceReport, Outcome) {
+    let mut actions = Vec::new();
     let mut errors = Vec::new();
-    let skipped = p.skip_counts();
-    for o in p.outputs {
+    for (i, o) in p.outputs.iter().enumerate() {
         match write::clean_stale_temps(&o.path) {
             Ok(0) => {}
             Ok(n) => {
@@ -403,17 +406,18 @@ fn write_outputs(inst: &Instance, p: Plan) -> (InstanceReport, Outcome) {
                 tracing::warn!(instance = %inst.name, path = %o.path.display(), error = %e, "cannot remove stale temp files");
             }
         }
-        let action = if !o.changed {
+        actions.push(if !o.changed {
             Action::Unchanged
-        } else if let Err(e) = write::write_atomic(&o.path, &o.content) {
+        } else if let Err(e) = write::write_atomic_with(&o.path, |w| p.write_to(i, w)) {
             errors.push(error_report(&format!("instance `{}`: {e}", inst.name), e.hint()));
             Action::Failed
         } else {
-            tracing::info!(instance = %inst.name, output = %o.output, path = %o.path.display(), before = o.before, after = o.after, added = o.added.len(), removed = o.removed.len(), "written");
+            tracing::info!(instance = %inst.name, output = %o.output, path = %o.path.display(), before = o.before, after = o.after, added = o.added, removed = o.removed, "written");
             Action::Written
-        };
-        outputs.push(OutputReport::planned(o, action));
+        });
     }
+    let skipped = p.skip_counts();
+    let outputs = p.outputs.into_iter().zip(actions).map(|(o, a)| OutputReport::planned(o, a)).collect();
     let (label, outcome) = if errors.is_empty() { ("ok", Outcome::Success) } else { ("failed", Outcome::Failed) };
     (InstanceReport { name: inst.name.clone(), outcome: label, outputs, skipped, errors }, outcome)
 }
@@ -421,7 +425,7 @@ fn write_outputs(inst: &Instance, p: Plan) -> (InstanceReport, Outcome) {
 /// A report of `p` where changed outputs got `action` and the others were unchanged.
 fn planned_instance(
     inst: &Instance,
-    p: Plan,
+    p: Plan<'_>,
     outcome: &'static str,
     action: Action,
     errors: Vec<ErrorReport>,

@@ -6,9 +6,8 @@ use std::fmt::Write as _;
 use crate::cli::Cli;
 use crate::entraidconf::{EntraConf, Env};
 use crate::error::{ConfigError, Error, Hint, Outcome};
-use crate::graph::{GraphClient, ObjectKind};
+use crate::graph::GraphClient;
 use crate::instance;
-use crate::plan::kept;
 
 /// Runs the test query; returns the exit code (0: every config answered, 1: one did not).
 pub fn run(cli: &Cli, name: &str, entraid: Option<&str>, show: bool) -> Result<u8, Error> {
@@ -41,18 +40,20 @@ pub fn run(cli: &Cli, name: &str, entraid: Option<&str>, show: bool) -> Result<u
         let mut out = format!("instance `{name}`, config {}\n", c.path.display());
         let _ = writeln!(out, "  tenant {}, group {} ({relation}) at {}", c.tenant, c.group, q.graph);
         match rt.block_on(client.first_page(&c.credentials(), &q)) {
-            Ok(page) => {
-                let users = page.members.iter().filter(|m| m.kind == ObjectKind::User).count();
-                let keep = kept(c, &page.members);
-                let more = if page.next_link.is_some() { "; more pages follow" } else { "" };
+            Ok((roster, more)) => {
+                let more = if more { "; more pages follow" } else { "" };
                 let _ = writeln!(
                     out,
-                    "  token: ok\n  first page: {} objects, {users} users, {} would be kept{more}",
-                    page.members.len(),
-                    keep.len()
+                    "  token: ok\n  first page: {} objects, {} users, {} would be kept{more}",
+                    roster.objects(),
+                    roster.user_objects(),
+                    roster.kept(c.include_disabled).count()
                 );
-                let samples: Vec<String> =
-                    keep.iter().take(3).map(|e| if show { e.as_str().to_owned() } else { mask(e.as_str()) }).collect();
+                let samples: Vec<String> = roster
+                    .kept(c.include_disabled)
+                    .take(3)
+                    .map(|e| if show { e.to_owned() } else { mask(e) })
+                    .collect();
                 if !samples.is_empty() {
                     let _ = writeln!(out, "  sample: {}", samples.join(", "));
                 }

@@ -96,6 +96,14 @@ pub fn read_current(path: &Path) -> Result<Option<Vec<u8>>, WriteError> {
 /// the old file or the new one, never a mix. A new file gets mode 0666 less
 /// the umask and, when written by root, its directory's owner and group.
 pub fn write_atomic(path: &Path, content: &[u8]) -> Result<(), WriteError> {
+    write_atomic_with(path, |w| w.write_all(content))
+}
+
+/// As [`write_atomic`], with the content streamed by `fill` through a buffer.
+pub fn write_atomic_with(
+    path: &Path,
+    fill: impl FnOnce(&mut io::BufWriter<&mut File>) -> io::Result<()>,
+) -> Result<(), WriteError> {
     let dir = dir_of(path);
     let old = match std::fs::metadata(path) {
         Ok(m) => Some(m),
@@ -112,7 +120,7 @@ pub fn write_atomic(path: &Path, content: &[u8]) -> Result<(), WriteError> {
         .map_err(err(path, "create a temporary file next to"))?;
     {
         let mut w = io::BufWriter::with_capacity(1 << 16, tmp.as_file_mut());
-        w.write_all(content).map_err(err(path, "write the new"))?;
+        fill(&mut w).map_err(err(path, "write the new"))?;
         w.flush().map_err(err(path, "write the new"))?;
     }
     let f = tmp.as_file();

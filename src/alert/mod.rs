@@ -107,7 +107,7 @@ pub fn compose(decision: Decision, report: &Report, host: &str, repeat: Duration
         }
         for o in &i.outputs {
             let counts = match (o.before, o.after) {
-                (Some(b), Some(a)) => format!(" ({b} -> {a} entries, +{} -{})", o.added.len(), o.removed.len()),
+                (Some(b), Some(a)) => format!(" ({b} -> {a} entries, +{} -{})", o.added_count, o.removed_count),
                 _ => String::new(),
             };
             let _ = writeln!(body, "  {} {}: {:?}{counts}", o.output, clean(&o.path.display().to_string()), o.action);

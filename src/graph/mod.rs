@@ -14,12 +14,13 @@ use serde::Deserialize;
 use url::Url;
 
 pub use error::FetchError;
-pub use page::{parse as parse_page, Member, ObjectKind, Page, Text};
+pub use page::{parse as parse_page, visit as visit_page, Member, MemberView, ObjectKind, Page, Text, TextRef};
 pub use retry::{backoff, retry_after, MAX_RETRY_AFTER};
 pub use token::Credentials;
 
 use crate::config::HttpConfig;
 use crate::ids::GroupId;
+use crate::roster::Roster;
 
 /// Request counters for the run's report.
 #[derive(Debug, Default)]
@@ -107,13 +108,13 @@ impl GraphClient {
         Ok(Self { http, max_retries: cfg.max_retries, tokens: Mutex::default(), stats: Stats::default() })
     }
 
-    /// Every member of the group, following `@odata.nextLink` to the end.
-    /// Any page that is not a 200 with a `value` array fails the whole fetch.
-    pub async fn members(&self, cred: &Credentials, q: &GroupQuery) -> Result<Vec<Member>, FetchError> {
+    /// Every member of the group, following `@odata.nextLink` to the end, normalised
+    /// page by page. Any page that is not a 200 with a `value` array fails the whole fetch.
+    pub async fn members(&self, cred: &Credentials, q: &GroupQuery) -> Result<Roster, FetchError> {
         let origin = Url::parse(&q.graph).map_err(|e| FetchError::Client(e.to_string()))?;
         let mut url = q.first_url();
         let mut seen = HashSet::from([url.clone()]);
-        let mut members = Vec::new();
+        let mut roster = Roster::new(q.mobile_phone);
         let mut pages = 0u32;
         let mut body = self.page(cred, &url).await?;
         loop {
@@ -129,16 +130,22 @@ impl GraphClient {
                     return Err(FetchError::PageLoop { url });
                 }
             }
+            // Parsing runs on a blocking thread while this task fetches the next page.
+            let parse = tokio::task::spawn_blocking(move || {
+                let r = visit_page(&body, |m| roster.push(&m)).map(|_| ());
+                (roster, r)
+            });
             let (parsed, next_body) = match &next {
                 Some(n) => {
-                    let (b, p) = tokio::join!(self.page(cred, n), async { parse_page(&body) });
+                    let (p, b) = tokio::join!(parse, self.page(cred, n));
                     (p, Some(b))
                 }
-                None => (parse_page(&body), None),
+                None => (parse.await, None),
             };
-            let page = parsed.map_err(bad)?;
+            let (r, parsed) = parsed.map_err(|e| FetchError::Client(format!("the page parser stopped: {e}")))?;
+            roster = r;
+            parsed.map_err(bad)?;
             pages += 1;
-            members.extend(page.members);
             match (next, next_body) {
                 (Some(n), Some(b)) => {
                     url = n;
@@ -147,12 +154,12 @@ impl GraphClient {
                 _ => break,
             }
         }
-        let users: Vec<&Member> = members.iter().filter(|m| m.kind == ObjectKind::User).collect();
-        if !users.is_empty() && !users.iter().any(|m| m.has_selected_attribute()) {
-            return Err(FetchError::LimitedInformation { group: q.group.to_string(), users: users.len() });
+        if roster.is_limited() {
+            return Err(FetchError::LimitedInformation { group: q.group.to_string(), users: roster.user_objects() });
         }
-        tracing::info!(group = %q.group, nested = q.nested, pages, objects = members.len(), "fetched group members");
-        Ok(members)
+        roster.finish();
+        tracing::info!(group = %q.group, nested = q.nested, pages, objects = roster.objects(), "fetched group members");
+        Ok(roster)
     }
 
     /// An app-only access token for `cred` (for SMTP XOAUTH2).
@@ -193,11 +200,14 @@ impl GraphClient {
         Err(FetchError::Graph { url, status: a.status.as_u16(), code, message })
     }
 
-    /// Only the first page of the group (for `usersync test`).
-    pub async fn first_page(&self, cred: &Credentials, q: &GroupQuery) -> Result<Page, FetchError> {
+    /// Only the first page of the group (for `usersync test`), and whether more follow.
+    pub async fn first_page(&self, cred: &Credentials, q: &GroupQuery) -> Result<(Roster, bool), FetchError> {
         let url = q.first_url();
         let body = self.page(cred, &url).await?;
-        parse_page(&body).map_err(|e| FetchError::BadPage { url, detail: e.to_string() })
+        let mut roster = Roster::new(q.mobile_phone);
+        let next =
+            visit_page(&body, |m| roster.push(&m)).map_err(|e| FetchError::BadPage { url, detail: e.to_string() })?;
+        Ok((roster, next.is_some()))
     }
 
     /// One page's body; renews the token once if Graph says it is invalid.

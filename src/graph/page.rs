@@ -1,5 +1,7 @@
 //! One page of `/members`: the directory objects it holds and its `@odata.nextLink`.
 
+use std::borrow::Cow;
+
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -109,15 +111,59 @@ struct NextOnly {
     _value: serde::de::IgnoredAny,
 }
 
-/// The page's `@odata.nextLink`, found without building the members.
+/// The page's `@odata.nextLink`, found without building the members. Graph sends it
+/// before `value`: then only the leading keys are read (the full parse that follows
+/// checks the rest); otherwise the whole body is scanned.
 pub fn next_link(body: &[u8]) -> Result<Option<String>, serde_json::Error> {
-    serde_json::from_slice::<NextOnly>(body).map(|p| p.next_link)
+    match leading_next_link(body) {
+        Some(link) => Ok(Some(link)),
+        None => serde_json::from_slice::<NextOnly>(body).map(|p| p.next_link),
+    }
+}
+
+/// `@odata.nextLink` if it is among the top-level string members before `value`.
+fn leading_next_link(body: &[u8]) -> Option<String> {
+    let ws = |mut i: usize| {
+        while body.get(i).is_some_and(u8::is_ascii_whitespace) {
+            i += 1;
+        }
+        i
+    };
+    // The end (exclusive) of the JSON string starting at `i`.
+    let string_end = |i: usize| {
+        let mut j = i + 1;
+        loop {
+            match body.get(j)? {
+                b'\\' => j += 2,
+                b'"' => return Some(j + 1),
+                _ => j += 1,
+            }
+        }
+    };
+    let mut i = ws(0);
+    (body.get(i) == Some(&b'{')).then_some(())?;
+    loop {
+        i = ws(i + 1);
+        (body.get(i) == Some(&b'"')).then_some(())?;
+        let key_end = string_end(i)?;
+        let key = &body[i..key_end];
+        i = ws(key_end);
+        (body.get(i) == Some(&b':')).then_some(())?;
+        i = ws(i + 1);
+        (body.get(i) == Some(&b'"')).then_some(())?;
+        let end = string_end(i)?;
+        if key == b"\"@odata.nextLink\"" {
+            return serde_json::from_slice(&body[i..end]).ok();
+        }
+        i = ws(end);
+        (body.get(i) == Some(&b',')).then_some(())?;
+    }
 }
 
 #[derive(Deserialize)]
 struct RawPage<'a> {
-    #[serde(rename = "@odata.context")]
-    context: Option<String>,
+    #[serde(rename = "@odata.context", borrow)]
+    context: Option<Cow<'a, str>>,
     #[serde(rename = "@odata.nextLink")]
     next_link: Option<String>,
     #[serde(borrow)]
@@ -129,15 +175,75 @@ struct RawPage<'a> {
 #[derive(Deserialize)]
 struct RawMember<'a> {
     #[serde(rename = "@odata.type", borrow)]
-    odata_type: Option<std::borrow::Cow<'a, str>>,
+    odata_type: Option<Cow<'a, str>>,
     #[serde(borrow)]
-    id: Option<std::borrow::Cow<'a, str>>,
+    id: Option<Cow<'a, str>>,
     #[serde(borrow)]
     mail: Option<&'a RawValue>,
     #[serde(rename = "mobilePhone", borrow)]
     mobile_phone: Option<&'a RawValue>,
     #[serde(rename = "accountEnabled")]
     account_enabled: Option<bool>,
+}
+
+/// A string attribute as the page holds it, borrowed from the body where it can be.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TextRef<'a> {
+    /// A JSON string, decoded.
+    Str(Cow<'a, str>),
+    /// Its JSON text, when it does not decode to a string.
+    Undecodable(&'a str),
+}
+
+/// A directory object on a page, borrowed from the page's body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberView<'a> {
+    /// Object id; empty if Graph sent none.
+    pub id: Cow<'a, str>,
+    /// User, group, device, …
+    pub kind: ObjectKind,
+    /// `mail`, raw.
+    pub mail: Option<TextRef<'a>>,
+    /// `mobilePhone`, raw.
+    pub mobile_phone: Option<TextRef<'a>>,
+    /// `accountEnabled`.
+    pub account_enabled: Option<bool>,
+}
+
+impl<'a> From<&'a Member> for MemberView<'a> {
+    fn from(m: &'a Member) -> Self {
+        let text = |t: &'a Option<Text>| {
+            t.as_ref().map(|t| match t {
+                Text::Str(s) => TextRef::Str(Cow::Borrowed(s)),
+                Text::Undecodable(s) => TextRef::Undecodable(s),
+            })
+        };
+        Self {
+            id: Cow::Borrowed(&m.id),
+            kind: m.kind,
+            mail: text(&m.mail),
+            mobile_phone: text(&m.mobile_phone),
+            account_enabled: m.account_enabled,
+        }
+    }
+}
+
+impl From<MemberView<'_>> for Member {
+    fn from(m: MemberView<'_>) -> Self {
+        let text = |t: Option<TextRef<'_>>| {
+            t.map(|t| match t {
+                TextRef::Str(s) => Text::Str(s.into_owned()),
+                TextRef::Undecodable(s) => Text::Undecodable(s.to_owned()),
+            })
+        };
+        Self {
+            id: m.id.into_owned(),
+            kind: m.kind,
+            mail: text(m.mail),
+            mobile_phone: text(m.mobile_phone),
+            account_enabled: m.account_enabled,
+        }
+    }
 }
 
 /// A parsed page.
@@ -151,26 +257,43 @@ pub struct Page {
 
 /// Parses a page body; a body without a `value` array is an error.
 pub fn parse(body: &[u8]) -> Result<Page, serde_json::Error> {
+    let mut members = Vec::new();
+    let next_link = visit(body, |m| members.push(Member::from(m)))?;
+    Ok(Page { members, next_link })
+}
+
+/// Hands every object of a page to `f`, borrowed from `body`; returns the next page's link.
+/// A body without a `value` array is an error.
+pub fn visit(body: &[u8], mut f: impl FnMut(MemberView<'_>)) -> Result<Option<String>, serde_json::Error> {
     let raw: RawPage = serde_json::from_slice(body)?;
     let default_kind = ObjectKind::from_context(raw.context.as_deref());
-    let members = raw
-        .value
-        .into_iter()
-        .map(|m| Member {
-            id: m.id.map(std::borrow::Cow::into_owned).unwrap_or_default(),
+    for m in raw.value {
+        f(MemberView {
+            id: m.id.unwrap_or_default(),
             kind: m.odata_type.as_deref().map_or(default_kind, ObjectKind::from_type),
             mail: m.mail.and_then(text),
             mobile_phone: m.mobile_phone.and_then(text),
             account_enabled: m.account_enabled,
-        })
-        .collect();
-    Ok(Page { members, next_link: raw.next_link })
+        });
+    }
+    Ok(raw.next_link)
 }
 
-fn text(raw: &RawValue) -> Option<Text> {
-    match serde_json::from_str::<Option<String>>(raw.get()) {
-        Ok(s) => s.map(Text::Str),
-        Err(_) => Some(Text::Undecodable(raw.get().to_owned())),
+fn text(raw: &RawValue) -> Option<TextRef<'_>> {
+    let json = raw.get();
+    // The common case: a string without escapes is its own text.
+    if let Some(s) = json.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
+        if !s.contains('\\') {
+            return Some(TextRef::Str(Cow::Borrowed(s)));
+        }
+    }
+    match serde_json::from_str::<Option<&str>>(json) {
+        Ok(s) => s.map(|s| TextRef::Str(Cow::Borrowed(s))),
+        // A string with escapes cannot be borrowed.
+        Err(_) => match serde_json::from_str::<String>(json) {
+            Ok(s) => Some(TextRef::Str(Cow::Owned(s))),
+            Err(_) => Some(TextRef::Undecodable(json)),
+        },
     }
 }
 
@@ -206,6 +329,17 @@ mod tests {
         assert_eq!(p.members[0].mobile_phone, Some(Text::Undecodable("5".into())));
         assert_eq!(p.members[1].mail, Some(Text::Str("ok@x".into())));
         assert_eq!(p.members[1].mobile_phone, None);
+    }
+
+    #[test]
+    fn next_link_before_or_after_value() {
+        let before = br#" { "@odata.context" : "c\"x", "@odata.nextLink":"https://g/v1.0/n\/1", "value": [] }"#;
+        assert_eq!(next_link(before).unwrap().as_deref(), Some("https://g/v1.0/n/1"));
+        let after = br#"{"value":[{"@odata.nextLink":"https://evil/"}],"@odata.nextLink":"https://g/2"}"#;
+        assert_eq!(next_link(after).unwrap().as_deref(), Some("https://g/2"));
+        assert_eq!(next_link(br#"{"@odata.context":"c","value":[]}"#).unwrap(), None);
+        assert!(next_link(br#"{"@odata.nextLink":"https://g/2"}"#).is_ok_and(|l| l.is_some()));
+        assert!(parse(br#"{"@odata.nextLink":"https://g/2"}"#).is_err(), "no value: the full parse fails");
     }
 
     #[test]

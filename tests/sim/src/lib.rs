@@ -576,12 +576,16 @@ pub fn device(id: &str) -> Value {
 pub fn generated(groups: usize, members: usize) -> Directory {
     let mut d = Directory { apps: vec![bench_app()], groups: BTreeMap::new() };
     for g in 0..groups {
+        // Graph pages in object-id order, which is no order of the addresses:
+        // number the addresses by a permutation of the page order.
+        let n = members.max(1) as u64;
         let users = (0..members)
             .map(|i| {
+                let k = (i as u64).wrapping_mul(2_654_435_761) % n;
                 user(
                     &format!("{g:04}-{i:08}"),
-                    Some(&format!("User.{g}.{i:08}@Example.com")),
-                    Some(&format!("+358 40 {i:08}")),
+                    Some(&format!("User.{g}.{k:08}@Example.com")),
+                    Some(&format!("+358 40 {k:08}")),
                     true,
                 )
             })
