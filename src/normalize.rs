@@ -168,7 +168,7 @@ impl Phone {
         if s.is_empty() {
             return Err(SkipReason::NoPhone);
         }
-        let trunk = if s.starts_with('+') { s.find("(0)") } else { None };
+        let trunk = if s.starts_with('+') { s.as_bytes().windows(3).position(|w| w == b"(0)") } else { None };
         let start = out.len();
         for (i, c) in s.char_indices() {
             if trunk.is_some_and(|t| (t..t + 3).contains(&i))
