@@ -4,11 +4,13 @@
 use std::fmt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use rustix::fs::Access;
 
 use crate::cli::Cli;
-use crate::entraidconf::Env;
+use crate::credential::ClientAuth;
+use crate::entraidconf::{EntraConf, Env};
 use crate::error::{Hint, Outcome};
 use crate::instance::{self, Instance};
 
@@ -54,6 +56,34 @@ fn warning(message: String, hint: &str) -> Finding {
     Finding { level: Level::Warning, message, hint: Some(hint.to_owned()) }
 }
 
+/// Warn this many days before a credential expires.
+pub const EXPIRY_WARNING_DAYS: i64 = 30;
+
+/// An expired credential (an error), or one that expires within [`EXPIRY_WARNING_DAYS`].
+fn expiry(who: &str, c: &EntraConf, now: i64) -> Option<Finding> {
+    let expires = c.expires?;
+    let (what, hint) = match &c.auth {
+        ClientAuth::Certificate(cert) => (
+            format!("the certificate `{}`", cert.subject),
+            "create a new certificate, upload it under App registrations > the app > Certificates & secrets, and point client_certificate at it (keep the old one until the new one works)",
+        ),
+        ClientAuth::Secret(_) => (
+            "the client secret (client_secret_expires)".to_owned(),
+            "create a new client secret under App registrations > the app > Certificates & secrets, put it in the config, and update client_secret_expires",
+        ),
+    };
+    let at = format!("{who}, config {}: {what}", c.path.display());
+    let date = crate::date::format(expires);
+    let days = (expires - now).div_euclid(86_400);
+    if expires <= now {
+        Some(error(format!("{at} expired on {date}"), Some(hint.to_owned())))
+    } else if days < EXPIRY_WARNING_DAYS {
+        Some(warning(format!("{at} expires on {date}, in {days} days"), hint))
+    } else {
+        None
+    }
+}
+
 /// Runs the check, prints the findings, and returns the outcome (exit 0 or 2).
 #[must_use]
 pub fn run(cli: &Cli, names: &[String]) -> Outcome {
@@ -92,18 +122,25 @@ fn findings(cli: &Cli, names: &[String]) -> Vec<Finding> {
 
 fn check_instance(inst: &Instance, out: &mut Vec<Finding>) {
     let who = format!("instance `{}`", inst.name);
+    let now =
+        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
     for c in &inst.configs {
-        if let Ok(m) = std::fs::metadata(&c.secret_file) {
+        let holds = if matches!(c.auth, ClientAuth::Certificate(_)) { "a private key" } else { "a client secret" };
+        for f in &c.secret_files {
+            let Ok(m) = std::fs::metadata(f) else { continue };
             let mode = m.permissions().mode() & 0o777;
             if mode & 0o077 != 0 {
                 out.push(warning(
                     format!(
-                        "{who}: {} holds a client secret and is readable by group or others (mode {mode:04o})",
-                        c.secret_file.display()
+                        "{who}: {} holds {holds} and is readable by group or others (mode {mode:04o})",
+                        f.display()
                     ),
-                    &format!("chmod 600 {}", c.secret_file.display()),
+                    &format!("chmod 600 {}", f.display()),
                 ));
             }
+        }
+        if let Some(finding) = expiry(&who, c, now) {
+            out.push(finding);
         }
     }
     let entraid = inst.entraid_dir();

@@ -130,6 +130,34 @@ mod tests {
         assert_eq!(e(Cloud::China), ("https://login.chinacloudapi.cn", "https://microsoftgraph.chinacloudapi.cn"));
     }
 
+    /// Token endpoint and `.default` scope per cloud, as in Microsoft's "national cloud
+    /// deployments" page (learn.microsoft.com/graph/deployments): the scope must use the
+    /// cloud's own Graph host.
+    #[test]
+    fn clouds_give_their_token_url_and_scope() {
+        for (name, token, scope) in [
+            ("global", "https://login.microsoftonline.com/t/oauth2/v2.0/token", "https://graph.microsoft.com/.default"),
+            ("usgov", "https://login.microsoftonline.us/t/oauth2/v2.0/token", "https://graph.microsoft.us/.default"),
+            (
+                "usgov-dod",
+                "https://login.microsoftonline.us/t/oauth2/v2.0/token",
+                "https://dod-graph.microsoft.us/.default",
+            ),
+            (
+                "china",
+                "https://login.chinacloudapi.cn/t/oauth2/v2.0/token",
+                "https://microsoftgraph.chinacloudapi.cn/.default",
+            ),
+        ] {
+            let c = Cloud::from_name(name).unwrap_or_else(|| unreachable!("{name}"));
+            let e = Endpoints {
+                authority: parse_endpoint(c.authority_host()).unwrap_or_else(|e| unreachable!("{e}")),
+                graph: parse_endpoint(c.graph_endpoint()).unwrap_or_else(|e| unreachable!("{e}")),
+            };
+            assert_eq!((e.token_url("t").as_str(), e.scope().as_str()), (token, scope), "{name}");
+        }
+    }
+
     #[test]
     fn http_only_on_loopback() {
         assert!(parse_endpoint("http://127.0.0.1:8080").is_ok());

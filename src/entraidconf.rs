@@ -5,13 +5,16 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::credential::{AssertionAlgorithm, Certificate, ClientAuth};
 use crate::endpoints::{parse_endpoint, Cloud, Endpoints};
 use crate::error::ConfigError;
-use crate::graph::{Credentials, GroupQuery};
+use crate::error::Hint as _;
+use crate::graph::{Credentials, FetchError, GroupQuery};
 use crate::ids::{ClientId, GroupId, TenantId};
 use crate::output::{AccessRule, Output};
 pub use crate::secret::Env;
-use crate::secret::{resolve, Secret};
+use crate::secret::{read_source, resolve, Secret};
+use std::sync::Arc;
 
 const HINT_REFERENCE: &str = "see the `.entraidconf` table in the README, or config/example.entraidconf";
 
@@ -24,6 +27,12 @@ struct RawEntraConf {
     client_secret: Option<Secret>,
     client_secret_file: Option<PathBuf>,
     client_secret_credential: Option<String>,
+    client_secret_expires: Option<String>,
+    client_certificate: Option<PathBuf>,
+    client_certificate_credential: Option<String>,
+    client_key: Option<PathBuf>,
+    client_key_credential: Option<String>,
+    assertion_algorithm: Option<String>,
     group_id: Option<String>,
     query_filter: Option<String>,
     feeds: Option<Vec<String>>,
@@ -44,10 +53,14 @@ pub struct EntraConf {
     pub tenant: TenantId,
     /// Application (client) id.
     pub client: ClientId,
-    /// The client secret, already read from wherever it lives.
-    pub secret: Secret,
-    /// The file the secret was read from (this config itself for `client_secret`).
-    pub secret_file: PathBuf,
+    /// The client secret or certificate, already read from wherever it lives.
+    pub auth: ClientAuth,
+    /// The files holding the secret or the private key (this config itself for an
+    /// inline `client_secret`).
+    pub secret_files: Vec<PathBuf>,
+    /// When the credential expires (Unix seconds): the certificate's end of validity, or
+    /// `client_secret_expires` when the admin recorded it.
+    pub expires: Option<i64>,
     /// The group whose members are synced.
     pub group: GroupId,
     /// `query_filter` includes `mobilePhone`.
@@ -60,6 +73,8 @@ pub struct EntraConf {
     pub access_rule: AccessRule,
     /// Keep accounts whose `accountEnabled` is false.
     pub include_disabled: bool,
+    /// The `cloud` key.
+    pub cloud: Cloud,
     /// Login and Graph hosts.
     pub endpoints: Endpoints,
 }
@@ -71,7 +86,7 @@ impl EntraConf {
         Credentials {
             token_url: self.endpoints.token_url(self.tenant.as_str()),
             client_id: self.client.to_string(),
-            secret: self.secret.clone(),
+            auth: self.auth.clone(),
             scope: self.endpoints.scope(),
         }
     }
@@ -85,6 +100,19 @@ impl EntraConf {
             nested: self.nested,
             mobile_phone: self.mobile_phone,
         }
+    }
+
+    /// How to fix `e`, a fetch for this config: the error's own hint, and for an
+    /// unknown tenant while `cloud` is global, the likely reason.
+    #[must_use]
+    pub fn hint_for(&self, e: &FetchError) -> Option<String> {
+        let hint = e.hint();
+        if self.cloud == Cloud::Global && e.is_unknown_tenant() {
+            let national =
+                "this tenant may be in a national cloud: set `cloud` (\"usgov\", \"usgov-dod\" or \"china\")";
+            return Some(hint.map_or_else(|| national.to_owned(), |h| format!("{h}; {national}")));
+        }
+        hint
     }
 
     /// Reads and checks one file.
@@ -150,14 +178,61 @@ impl EntraConf {
             )
         })?;
 
-        let (secret, secret_file) = resolve(
-            "client_secret",
-            raw.client_secret,
-            raw.client_secret_file,
-            raw.client_secret_credential,
-            path,
-            env,
-        )?;
+        let certificate_keys = [
+            raw.client_certificate.is_some(),
+            raw.client_certificate_credential.is_some(),
+            raw.client_key.is_some(),
+            raw.client_key_credential.is_some(),
+            raw.assertion_algorithm.is_some(),
+        ];
+        let secret_keys = [
+            raw.client_secret.is_some(),
+            raw.client_secret_file.is_some(),
+            raw.client_secret_credential.is_some(),
+            raw.client_secret_expires.is_some(),
+        ];
+        let (auth, secret_files, expires) = if certificate_keys.contains(&true) {
+            if secret_keys.contains(&true) {
+                return Err(ConfigError::new(
+                    path,
+                    "both a client secret and a certificate are configured",
+                    "keep either the client_secret* keys or the client_certificate / client_key keys",
+                ));
+            }
+            let keys = CertificateKeys {
+                certificate: raw.client_certificate,
+                certificate_credential: raw.client_certificate_credential,
+                key: raw.client_key,
+                key_credential: raw.client_key_credential,
+                algorithm: raw.assertion_algorithm,
+            };
+            let (cert, files) = certificate(keys, path, env)?;
+            let expires = cert.not_after;
+            (ClientAuth::Certificate(Arc::new(cert)), files, Some(expires))
+        } else {
+            let (secret, secret_file) = resolve(
+                "client_secret",
+                raw.client_secret,
+                raw.client_secret_file,
+                raw.client_secret_credential,
+                path,
+                env,
+            )
+            .map_err(|e| {
+                if e.message.starts_with("no client_secret") {
+                    ConfigError::new(path, "no client credential is configured", "set client_certificate (recommended) or client_secret, client_secret_file or client_secret_credential")
+                } else {
+                    e
+                }
+            })?;
+            let expires = match raw.client_secret_expires {
+                None => None,
+                Some(d) => Some(crate::date::parse(&d).ok_or_else(|| {
+                    bad("client_secret_expires", format!("`{d}` is not a date like 2027-05-01"), "copy the Expires date of the secret from App registrations > the app > Certificates & secrets, as YYYY-MM-DD")
+                })?),
+            };
+            (ClientAuth::Secret(secret), vec![secret_file], expires)
+        };
 
         let query_filter = raw.query_filter.unwrap_or_else(|| "mail".into());
         let mut mail = false;
@@ -235,17 +310,58 @@ impl EntraConf {
             path: path.to_owned(),
             tenant,
             client,
-            secret,
-            secret_file,
+            auth,
+            secret_files,
+            expires,
             group,
             mobile_phone,
             feeds,
             nested: raw.nested.unwrap_or(false),
             access_rule,
             include_disabled: raw.include_disabled.unwrap_or(false),
+            cloud,
             endpoints,
         })
     }
+}
+
+/// The certificate keys of a raw config.
+struct CertificateKeys {
+    certificate: Option<PathBuf>,
+    certificate_credential: Option<String>,
+    key: Option<PathBuf>,
+    key_credential: Option<String>,
+    algorithm: Option<String>,
+}
+
+/// The certificate and key a config names, and the file holding the private key.
+fn certificate(raw: CertificateKeys, path: &Path, env: &Env) -> Result<(Certificate, Vec<PathBuf>), ConfigError> {
+    let algorithm = match raw.algorithm.as_deref() {
+        None => AssertionAlgorithm::default(),
+        Some(a) => AssertionAlgorithm::from_name(a).ok_or_else(|| {
+            ConfigError::new(
+                path,
+                format!("key `assertion_algorithm`: unknown algorithm `{a}`"),
+                "use \"PS256\" (the default) or \"RS256\"",
+            )
+        })?,
+    };
+    let cert =
+        read_source("client_certificate", raw.certificate, raw.certificate_credential, path, env)?
+            .ok_or_else(|| {
+                ConfigError::new(
+                    path,
+                    "client_key is set but no certificate",
+                    "set client_certificate (or client_certificate_credential) to the PEM file of the certificate uploaded to the app registration",
+                )
+            })?;
+    let key = read_source("client_key", raw.key, raw.key_credential, path, env)?;
+    let files = vec![key.as_ref().map_or_else(|| cert.1.clone(), |(_, f)| f.clone())];
+    let c = Certificate::from_pem(&cert.0, key.as_ref().map(|(k, _)| k.as_slice()), algorithm).map_err(|e| {
+        let from = key.as_ref().filter(|_| e.message.contains("key")).map_or(&cert.1, |(_, f)| f);
+        ConfigError::new(path, format!("{}: {}", from.display(), e.message), e.hint)
+    })?;
+    Ok((c, files))
 }
 
 #[cfg(test)]
@@ -270,7 +386,7 @@ group_id = "02bd9fd6-8f93-4758-87c3-1fb73740a315"
         assert!(!c.mobile_phone && !c.nested && !c.include_disabled);
         assert_eq!(c.access_rule, AccessRule::Registration);
         assert_eq!(c.endpoints.graph.as_str(), "https://graph.microsoft.com/");
-        assert_eq!(c.secret.expose(), "s3cret");
+        assert!(matches!(&c.auth, ClientAuth::Secret(s) if s.expose() == "s3cret"));
         assert!(!format!("{c:?}").contains("s3cret"));
     }
 

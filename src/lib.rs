@@ -7,6 +7,8 @@ pub mod cfgfile;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod credential;
+pub mod date;
 pub mod endpoints;
 pub mod entraidconf;
 pub mod error;

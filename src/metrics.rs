@@ -43,6 +43,24 @@ fn escape(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
+/// When each credential of a known expiry expires.
+#[allow(clippy::cast_precision_loss)] // Unix times far below 2^52
+fn credentials(m: &mut Family<'_>, r: &Report) {
+    m.head(
+        "usersync_credential_expiry_timestamp_seconds",
+        "gauge",
+        "Unix time the config's client certificate (or recorded client secret) expires.",
+    );
+    for c in &r.credentials {
+        let config = c.config.display().to_string();
+        m.sample(
+            "usersync_credential_expiry_timestamp_seconds",
+            &[("instance", &c.instance), ("config", &config)],
+            c.expires as f64,
+        );
+    }
+}
+
 /// The textfile's content.
 #[must_use]
 #[allow(clippy::cast_precision_loss)] // counts far below 2^52
@@ -134,6 +152,7 @@ pub fn render(f: &RunFacts<'_>) -> String {
             }
         }
     }
+    credentials(&mut m, r);
     m.head("usersync_skipped_entries", "gauge", "Members the last run skipped, by reason.");
     for i in &r.instances {
         for (reason, n) in &i.skipped {

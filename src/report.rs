@@ -127,6 +127,19 @@ pub struct InstanceReport {
     pub errors: Vec<ErrorReport>,
 }
 
+/// A client credential whose expiry is known.
+#[derive(Debug, Clone, Serialize)]
+pub struct CredentialReport {
+    /// The instance.
+    pub instance: String,
+    /// The `.entraidconf` file.
+    pub config: PathBuf,
+    /// `certificate` or `secret`.
+    pub kind: &'static str,
+    /// Unix time it expires.
+    pub expires: i64,
+}
+
 /// The node check.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct NodeReport {
@@ -153,6 +166,8 @@ pub struct Report {
     pub graph_retries: u64,
     /// Per instance.
     pub instances: Vec<InstanceReport>,
+    /// Client credentials with a known expiry.
+    pub credentials: Vec<CredentialReport>,
     /// Errors that stopped the run before any instance (configuration, node check).
     pub errors: Vec<ErrorReport>,
 }

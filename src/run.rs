@@ -13,6 +13,7 @@ use std::io::Write as _;
 
 use crate::cli::{Cli, Command, Format};
 use crate::config::Config;
+use crate::credential::ClientAuth;
 use crate::entraidconf::{EntraConf, Env};
 use crate::error::{render_error, ConfigError, Error, Hint, Outcome};
 use crate::graph::{Credentials, FetchError, GraphClient, GroupQuery};
@@ -21,7 +22,7 @@ use crate::metrics::{self, RunFacts};
 use crate::node::{self, NodeState};
 use crate::normalize::SkipReason;
 use crate::plan::Plan;
-use crate::report::{Action, ErrorReport, InstanceReport, NodeReport, OutputReport, Report};
+use crate::report::{Action, CredentialReport, ErrorReport, InstanceReport, NodeReport, OutputReport, Report};
 use crate::roster::Roster;
 use crate::state::State;
 use crate::{guard, lock, write};
@@ -202,6 +203,18 @@ impl Run<'_> {
 
         // 2. Every instance's configuration, all checked before anything is contacted.
         let instances = self.load_instances()?;
+        for i in &instances {
+            for c in &i.configs {
+                let Some(expires) = c.expires else { continue };
+                let kind = if matches!(c.auth, ClientAuth::Certificate(_)) { "certificate" } else { "secret" };
+                report.credentials.push(CredentialReport {
+                    instance: i.name.clone(),
+                    config: c.path.clone(),
+                    kind,
+                    expires,
+                });
+            }
+        }
         let client = Arc::new(GraphClient::new(&self.config.http).map_err(|e| {
             Error::from(ConfigError::new(
                 self.config.http.ca_bundle.as_ref().map_or(PathBuf::from("[http]"), |(p, _)| p.clone()),
@@ -377,7 +390,8 @@ fn gather(inst: &Instance, fetches: &Fetches) -> Result<Vec<Arc<Roster>>, Vec<Er
         match fetches.get(&FetchKey::of(c)) {
             Some(Ok(m)) => members.push(Arc::clone(m)),
             Some(Err(e)) => {
-                errors.push(error_report(&format!("instance `{name}`, config {}: {e}", c.path.display()), e.hint()));
+                errors
+                    .push(error_report(&format!("instance `{name}`, config {}: {e}", c.path.display()), c.hint_for(e)));
             }
             None => errors.push(error_report(
                 &format!("instance `{name}`, config {}: the fetch did not finish", c.path.display()),

@@ -80,34 +80,17 @@ pub fn resolve(
     let (value, source) = if let Some(s) = inline {
         warn_if_world_readable(path);
         (s.expose().to_owned(), path.to_owned())
-    } else if let Some(f) = file {
-        let f = if f.is_relative() { path.parent().unwrap_or(Path::new(".")).join(f) } else { f };
-        let text = std::fs::read_to_string(&f).map_err(|e| {
-            ConfigError::new(path, format!("key `{key}_file`: cannot read {}: {e}", f.display()), "check the path (relative paths are taken from the config's directory) and that usersync's user can read it")
-        })?;
-        warn_if_world_readable(&f);
-        (text, f)
     } else {
-        let name = credential.unwrap_or_default();
-        if name.is_empty() || name.contains('/') || name == "." || name == ".." {
-            return Err(ConfigError::new(
-                path,
-                format!("key `{key}_credential`: `{name}` is not a credential name"),
-                "give the name used in the unit's LoadCredential=NAME:PATH",
-            ));
-        }
-        let Some(dir) = &env.credentials_directory else {
-            return Err(ConfigError::new(path, format!("key `{key}_credential`: `{name}` is set but $CREDENTIALS_DIRECTORY is not"), format!("run usersync from its systemd unit with LoadCredential={name}:/etc/usersync/credentials/{name}, or use {key}_file")));
-        };
-        let f = dir.join(&name);
-        let text = std::fs::read_to_string(&f).map_err(|e| {
+        let file_key = format!("{key}_file");
+        let (bytes, source) = read_source(&file_key, file, credential, path, env)?.unwrap_or_default();
+        let text = String::from_utf8(bytes).map_err(|_| {
             ConfigError::new(
                 path,
-                format!("key `{key}_credential`: cannot read {}: {e}", f.display()),
-                format!("add LoadCredential={name}:/path/to/secret to the unit"),
+                format!("the {key} in {} is not UTF-8 text", source.display()),
+                "put the secret itself in the file, as text",
             )
         })?;
-        (text, f)
+        (text, source)
     };
     let value = value.trim();
     if value.is_empty() {
@@ -118,6 +101,57 @@ pub fn resolve(
         ));
     }
     Ok((Secret::new(value.to_owned()), source))
+}
+
+/// Reads what the config at `path` names with `file_key` (a path, relative to the config's
+/// directory) or with the `_credential` key next to it (a systemd credential name): its
+/// bytes and the file they came from. `None` when neither is set; both set is an error.
+pub fn read_source(
+    file_key: &str,
+    file: Option<PathBuf>,
+    credential: Option<String>,
+    path: &Path,
+    env: &Env,
+) -> Result<Option<(Vec<u8>, PathBuf)>, ConfigError> {
+    let base = file_key.strip_suffix("_file").unwrap_or(file_key);
+    let credential_key = format!("{base}_credential");
+    match (file, credential) {
+        (None, None) => Ok(None),
+        (Some(_), Some(_)) => Err(ConfigError::new(
+            path,
+            format!("both {file_key} and {credential_key} are set"),
+            format!("keep one of {file_key} and {credential_key}"),
+        )),
+        (Some(f), None) => {
+            let f = if f.is_relative() { path.parent().unwrap_or(Path::new(".")).join(f) } else { f };
+            let bytes = std::fs::read(&f).map_err(|e| {
+                ConfigError::new(path, format!("key `{file_key}`: cannot read {}: {e}", f.display()), "check the path (relative paths are taken from the config's directory) and that usersync's user can read it")
+            })?;
+            warn_if_world_readable(&f);
+            Ok(Some((bytes, f)))
+        }
+        (None, Some(name)) => {
+            if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+                return Err(ConfigError::new(
+                    path,
+                    format!("key `{credential_key}`: `{name}` is not a credential name"),
+                    "give the name used in the unit's LoadCredential=NAME:PATH",
+                ));
+            }
+            let Some(dir) = &env.credentials_directory else {
+                return Err(ConfigError::new(path, format!("key `{credential_key}`: `{name}` is set but $CREDENTIALS_DIRECTORY is not"), format!("run usersync from its systemd unit with LoadCredential={name}:/etc/usersync/credentials/{name}, or use {file_key}")));
+            };
+            let f = dir.join(&name);
+            let bytes = std::fs::read(&f).map_err(|e| {
+                ConfigError::new(
+                    path,
+                    format!("key `{credential_key}`: cannot read {}: {e}", f.display()),
+                    format!("add LoadCredential={name}:/path/to/file to the unit"),
+                )
+            })?;
+            Ok(Some((bytes, f)))
+        }
+    }
 }
 
 fn warn_if_world_readable(path: &Path) {

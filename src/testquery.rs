@@ -62,7 +62,11 @@ pub fn run(cli: &Cli, name: &str, entraid: Option<&str>, show: bool) -> Result<u
             Err(e) => {
                 print!("{out}");
                 println!("  failed: see the error on stderr");
-                crate::error::print_error(&Prefixed(format!("instance `{name}`, config {}", c.path.display()), &e));
+                crate::error::print_error(&Prefixed(
+                    format!("instance `{name}`, config {}", c.path.display()),
+                    &e,
+                    c.hint_for(&e),
+                ));
                 outcome = Outcome::Failed;
             }
         }
@@ -78,9 +82,9 @@ fn mask(address: &str) -> String {
     }
 }
 
-/// An error with the instance and config in front.
+/// An error with the instance and config in front, and its hint.
 #[derive(Debug)]
-struct Prefixed<'a, E>(String, &'a E);
+struct Prefixed<'a, E>(String, &'a E, Option<String>);
 
 impl<E: std::fmt::Display> std::fmt::Display for Prefixed<'_, E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -90,9 +94,9 @@ impl<E: std::fmt::Display> std::fmt::Display for Prefixed<'_, E> {
 
 impl<E: std::error::Error> std::error::Error for Prefixed<'_, E> {}
 
-impl<E: Hint> Hint for Prefixed<'_, E> {
+impl<E> Hint for Prefixed<'_, E> {
     fn hint(&self) -> Option<String> {
-        self.1.hint()
+        self.2.clone()
     }
 }
 

@@ -220,7 +220,7 @@ impl AlertConfig {
                 let credentials = Credentials {
                     token_url: endpoints.token_url(tenant.as_str()),
                     client_id: client.to_string(),
-                    secret,
+                    auth: crate::credential::ClientAuth::Secret(secret),
                     scope: scope.map_or_else(|| endpoints.scope(), str::to_owned),
                 };
                 Ok((credentials, endpoints.graph_base()))

@@ -114,19 +114,29 @@ pub enum FetchError {
 
 const PERMISSIONS: &str = "in the Entra admin center, open App registrations > the app > API permissions, add the Microsoft Graph application permissions GroupMember.Read.All and User.Read.All, then click \"Grant admin consent\"";
 
+impl FetchError {
+    /// Entra ID does not know the tenant (AADSTS90002, or 90038: it is in another cloud).
+    #[must_use]
+    pub fn is_unknown_tenant(&self) -> bool {
+        matches!(self, Self::Token { aadsts: Some(90_002 | 90_038), .. })
+    }
+}
+
 impl Hint for FetchError {
     fn hint(&self) -> Option<String> {
         let h = match self {
             Self::Token { aadsts: Some(code), .. } => match code {
                 7_000_215 => "the client secret is wrong: paste the secret's Value (not its Secret ID) from App registrations > the app > Certificates & secrets".into(),
                 7_000_222 => "the client secret has expired: create a new one under App registrations > the app > Certificates & secrets and put its Value in the config".into(),
+                700_027 => "Entra ID did not accept the client assertion's signature: upload this certificate (the public part, a .cer or .pem) under App registrations > the app > Certificates & secrets, and check that client_key belongs to it".into(),
+                700_024 => "the client assertion is outside its valid time range: check this host's clock (timedatectl; NTP must be synchronised)".into(),
                 700_016 => "the application (client_id) is not found in this tenant: check client_id and tenant_id, and that the app is registered (or consented) in that tenant".into(),
-                90_002 | 90_038 => "the tenant is unknown: check tenant_id, and set `cloud` if the tenant is in a national cloud (usgov, usgov-dod, china)".into(),
+                90_002 | 90_038 => "the tenant is unknown here: check tenant_id".into(),
                 70_011 => "the scope was refused: check graph_endpoint / cloud; the scope is <graph endpoint>/.default".into(),
                 7_000_112 => "the application is disabled: enable it under Enterprise applications > the app > Properties".into(),
                 _ => format!("look up AADSTS{code} at https://login.microsoftonline.com/error?code={code}"),
             },
-            Self::Token { .. } => "check tenant_id, client_id and the client secret in the config".into(),
+            Self::Token { .. } => "check tenant_id, client_id and the client secret or certificate in the config".into(),
             Self::Graph { status: 403, .. } => PERMISSIONS.into(),
             Self::Graph { status: 404, .. } => "the group was not found: check group_id (the group's Object ID under Groups > the group > Overview) and tenant_id".into(),
             Self::Graph { status: 400, .. } => "Graph refused the request; check group_id and query_filter".into(),

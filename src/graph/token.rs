@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 
 use super::{FetchError, GraphClient};
+use crate::credential::ClientAuth;
 use crate::secret::Secret;
 
 /// Renew a cached token this long before it expires.
@@ -18,8 +19,8 @@ pub struct Credentials {
     pub token_url: String,
     /// Application (client) id.
     pub client_id: String,
-    /// Client secret.
-    pub secret: Secret,
+    /// The client secret or certificate.
+    pub auth: ClientAuth,
     /// `{graph}/.default`
     pub scope: String,
 }
@@ -82,13 +83,36 @@ impl GraphClient {
     async fn request_token(&self, cred: &Credentials) -> Result<AccessToken, FetchError> {
         let url = &cred.token_url;
         tracing::debug!(token_url = %url, client_id = %cred.client_id, "requesting an access token");
-        let form = [
-            ("grant_type", "client_credentials"),
-            ("client_id", cred.client_id.as_str()),
-            ("client_secret", cred.secret.expose()),
-            ("scope", cred.scope.as_str()),
-        ];
-        let answer = self.send(url, || self.http.post(url).form(&form)).await?;
+        // A certificate signs a new assertion for every request, retries included.
+        let proof = || match &cred.auth {
+            ClientAuth::Secret(s) => Ok(("client_secret", s.clone())),
+            ClientAuth::Certificate(c) => c
+                .assertion(&cred.client_id, url)
+                .map(|a| ("client_assertion", a))
+                .map_err(|e| FetchError::Client(format!("cannot sign the client assertion: {e}"))),
+        };
+        let form = |(name, value): (&'static str, Secret)| {
+            let mut f = vec![
+                ("grant_type", "client_credentials".to_owned()),
+                ("client_id", cred.client_id.clone()),
+                (name, value.expose().to_owned()),
+                ("scope", cred.scope.clone()),
+            ];
+            if name == "client_assertion" {
+                f.push(("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".into()));
+            }
+            f
+        };
+        // Fail here, with the reason, if the key cannot sign at all.
+        proof()?;
+        let answer = self
+            .send(url, || match proof() {
+                Ok(p) => self.http.post(url).form(&form(p)),
+                // Signing worked a moment ago; should it fail now, the request goes without
+                // a proof and Entra's refusal is reported.
+                Err(_) => self.http.post(url).form(&form(("client_assertion", Secret::new(String::new())))),
+            })
+            .await?;
         let started = Instant::now();
         if !answer.status.is_success() {
             let e: AadError = serde_json::from_slice(&answer.body).unwrap_or_default();

@@ -25,6 +25,7 @@ fn directory() -> Directory {
             client_id: CLIENT.into(),
             client_secret: SECRET.into(),
             limited: false,
+            certificate: None,
         }],
         ..Directory::default()
     }
@@ -108,8 +109,16 @@ impl Run {
             ("authority_host", self.sim.url()),
             ("graph_endpoint", self.sim.url()),
         ] {
-            let set = body.lines().any(|l| l.trim_start().starts_with(k));
-            let secret_set = k == "client_secret" && body.contains("client_secret");
+            let set = body.lines().any(|l| l.split('=').next().unwrap_or_default().trim() == k);
+            let credential_keys = [
+                "client_secret",
+                "client_secret_file",
+                "client_secret_credential",
+                "client_certificate",
+                "client_certificate_credential",
+            ];
+            let secret_set = k == "client_secret"
+                && body.lines().any(|l| credential_keys.contains(&l.split('=').next().unwrap_or_default().trim()));
             if !set && !secret_set {
                 let _ = writeln!(text, "{k} = \"{v}\"");
             }

@@ -34,6 +34,9 @@ pub struct App {
     /// Graph hides user attributes (no `User.Read.All`).
     #[serde(default)]
     pub limited: bool,
+    /// A registered certificate (PEM): client assertions signed with its key are accepted.
+    #[serde(default)]
+    pub certificate: Option<String>,
 }
 
 /// The simulated directory: apps and groups.
@@ -121,6 +124,10 @@ pub struct State {
     pub sent_mail: Vec<(String, Value)>,
     /// Requests that came before the `Retry-After` of an earlier answer for the same page.
     pub early_retries: usize,
+    /// Seconds the token endpoint's clock is ahead of this host's (judging assertions).
+    pub clock_ahead: i64,
+    /// `jti`s of the client assertions accepted so far.
+    pub assertion_ids: Vec<String>,
     not_before: HashMap<(String, usize), Instant>,
     /// Tokens issued and still valid, with their app.
     tokens: HashMap<String, App>,
@@ -238,6 +245,16 @@ fn graph_error(status: u16, code: &str, message: &str) -> Response {
 }
 
 /// A token-endpoint error in Entra ID's shape.
+impl Fault {
+    /// The HTTP status it answers with.
+    fn status(&self) -> u16 {
+        match self {
+            Self::Status { status, .. } => *status,
+            _ => 200,
+        }
+    }
+}
+
 pub fn aad_error(status: u16, error: &str, code: u64, text: &str) -> Fault {
     Fault::Status {
         status,
@@ -296,7 +313,15 @@ async fn token(
         } else if !known_tenant {
             (400, fault_response(&aad_error(400, "invalid_request", 90002, &format!("Tenant '{tenant}' not found."))))
         } else if let Some(app) = app {
-            if app.client_secret != field("client_secret") {
+            let assertion = if form.contains_key("client_assertion") || form.contains_key("client_assertion_type") {
+                let url = format!("{}/{tenant}/oauth2/v2.0/token", s.base);
+                Some(verify_assertion(&app, &form, &url, s.clock_ahead, &s.assertion_ids))
+            } else {
+                None
+            };
+            if let Some(Err(f)) = assertion {
+                (f.status(), fault_response(&f))
+            } else if assertion.is_none() && app.client_secret != field("client_secret") {
                 (401, fault_response(&aad_error(401, "invalid_client", 7_000_215, "Invalid client secret provided.")))
             } else if !field("scope").ends_with("/.default") {
                 (
@@ -309,6 +334,9 @@ async fn token(
                     )),
                 )
             } else {
+                if let Some(Ok(jti)) = assertion {
+                    s.assertion_ids.push(jti);
+                }
                 s.issued += 1;
                 let t =
                     format!("sim-access-token-{}-{:x}", s.issued, Instant::now().elapsed().as_nanos() ^ 0x5eed_cafe);
@@ -351,6 +379,92 @@ async fn token(
         page: None,
     });
     resp
+}
+
+/// Checks a JWT-bearer client assertion as Entra ID does: the key (`x5t#S256` of the
+/// registered certificate), the signature, `aud` (the exact token URL), `iss` = `sub` =
+/// the client id, the time range (at most 10 minutes) and a fresh `jti`. Gives the `jti`,
+/// or the error Entra ID answers.
+fn verify_assertion(
+    app: &App,
+    form: &HashMap<String, String>,
+    token_url: &str,
+    clock_ahead: i64,
+    seen: &[String],
+) -> Result<String, Fault> {
+    use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+    let invalid = |why: &str| {
+        aad_error(400, "invalid_client", 50027, &format!("JWT token is invalid or malformed. [Reason - {why}]"))
+    };
+    let bad_signature = |why: &str| {
+        aad_error(
+            401,
+            "invalid_client",
+            700_027,
+            &format!("Client assertion failed signature validation. [Reason - {why}]"),
+        )
+    };
+    if form.get("client_assertion_type").map(String::as_str)
+        != Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+    {
+        return Err(invalid("client_assertion_type is not jwt-bearer"));
+    }
+    if form.contains_key("client_secret") {
+        return Err(invalid("both client_secret and client_assertion were sent"));
+    }
+    let jwt = form.get("client_assertion").map(String::as_str).unwrap_or_default();
+    let header = jsonwebtoken::decode_header(jwt).map_err(|e| invalid(&format!("the assertion is not a JWT: {e}")))?;
+    if !matches!(header.alg, Algorithm::PS256 | Algorithm::RS256) || header.typ.as_deref() != Some("JWT") {
+        return Err(invalid("alg must be PS256 or RS256 and typ JWT"));
+    }
+    let Some(pem) = &app.certificate else { return Err(bad_signature("The key was not found.")) };
+    let (_, cert) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).map_err(|_| bad_signature("bad certificate"))?;
+    let thumbprint = base64::Engine::encode(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        ring::digest::digest(&ring::digest::SHA256, &cert.contents),
+    );
+    if header.x5t_s256.as_deref() != Some(thumbprint.as_str()) {
+        return Err(bad_signature(&format!(
+            "The key was not found., Thumbprint of key used by client: '{}'",
+            header.x5t_s256.unwrap_or_default()
+        )));
+    }
+    let x509 = cert.parse_x509().map_err(|_| bad_signature("bad certificate"))?;
+    let key = DecodingKey::from_rsa_der(&x509.public_key().subject_public_key.data);
+    let mut v = Validation::new(header.alg);
+    v.validate_exp = false;
+    v.validate_nbf = false;
+    v.validate_aud = false;
+    v.required_spec_claims.clear();
+    let claims = jsonwebtoken::decode::<Value>(jwt, &key, &v)
+        .map_err(|_| bad_signature("The signature does not match the registered certificate."))?
+        .claims;
+    let number = |k: &str| claims.get(k).and_then(Value::as_i64);
+    let text = |k: &str| claims.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
+    if text("aud") != token_url {
+        return Err(invalid(&format!("aud '{}' is not the token endpoint '{token_url}'", text("aud"))));
+    }
+    if text("iss") != app.client_id || text("sub") != app.client_id {
+        return Err(invalid("iss and sub must be the client id"));
+    }
+    let now =
+        i64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs())
+            .unwrap_or(i64::MAX)
+            + clock_ahead;
+    let (Some(exp), Some(nbf)) = (number("exp"), number("nbf").or(number("iat"))) else {
+        return Err(invalid("exp and nbf are required"));
+    };
+    if exp <= now || nbf > now + 60 {
+        return Err(aad_error(401, "invalid_client", 700_024, "Client assertion is not within its valid time range."));
+    }
+    if exp - nbf > 600 {
+        return Err(invalid("the assertion is valid for more than 10 minutes"));
+    }
+    let jti = text("jti");
+    if jti.is_empty() || seen.contains(&jti) {
+        return Err(invalid("jti is missing or was used before"));
+    }
+    Ok(jti)
 }
 
 /// `GET /_sim/token?t=TOKEN`: 200 if the simulator issued TOKEN and it is still valid
@@ -609,6 +723,7 @@ pub fn bench_app() -> App {
         client_id: "66666666-7777-8888-9999-000000000000".into(),
         client_secret: "bench-secret".into(),
         limited: false,
+        certificate: None,
     }
 }
 

@@ -1,0 +1,281 @@
+//! Certificate credentials against the verifying simulator: the token request carries a
+//! JWT-bearer client assertion the simulator checks against the registered certificate.
+//! Certificates are made here with rcgen, from the throwaway keys in `tests/fixtures/pki/`.
+
+use std::os::unix::fs::PermissionsExt;
+
+use base64::Engine as _;
+
+use crate::util::*;
+
+const SYNCED: &str = "alice@example.com\ncarol@example.com\n";
+const DAY: i64 = 86_400;
+
+fn fixture(name: &str) -> String {
+    std::fs::read_to_string(format!("{}/tests/fixtures/pki/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
+
+fn now() -> i64 {
+    i64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()).unwrap()
+}
+
+/// A self-signed certificate for the fixture key `key`, valid until `not_after` (Unix time,
+/// rounded down to the day).
+fn certificate(key: &str, not_after: i64) -> String {
+    let kp = rcgen::KeyPair::from_pem_and_sign_algo(&fixture(key), &rcgen::PKCS_RSA_SHA256).unwrap();
+    let mut p = rcgen::CertificateParams::new(vec!["usersync-test".into()]).unwrap();
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    p.distinguished_name.push(rcgen::DnType::CommonName, "usersync-test");
+    let ymd = |t: i64| {
+        let d = usersync::date::format(t);
+        let n = |r: std::ops::Range<usize>| d[r].parse::<u8>().unwrap();
+        rcgen::date_time_ymd(d[..4].parse().unwrap(), n(5..7), n(8..10))
+    };
+    p.not_before = ymd(now() - 30 * DAY);
+    p.not_after = ymd(not_after);
+    p.self_signed(&kp).unwrap().pem()
+}
+
+/// The SHA-256 thumbprint Entra calls `x5t#S256`.
+fn thumbprint(cert_pem: &str) -> String {
+    let (_, der) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).unwrap();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(ring::digest::digest(&ring::digest::SHA256, &der.contents))
+}
+
+/// `gw` with one config using `app.pem` (certificate + key) from its entraid directory; the
+/// simulator has `registered` on the app.
+fn cert_run(registered: &str, file: &str, extra: &str) -> Run {
+    let r = Run::new().group(STAFF, staff_members());
+    r.sim.state().directory.apps[0].certificate = Some(registered.to_owned());
+    let r = r.file("gw/config/entraid/app.pem", file);
+    std::fs::set_permissions(r.root().join("gw/config/entraid/app.pem"), std::fs::Permissions::from_mode(0o600))
+        .unwrap();
+    r.conf("gw", "staff", &format!("group_id = \"{STAFF}\"\nclient_certificate = \"app.pem\"\n{extra}"))
+}
+
+/// The client assertions of every token request the simulator saw.
+fn assertions(r: &Run) -> Vec<(std::collections::HashMap<String, String>, String)> {
+    r.sim
+        .requests()
+        .into_iter()
+        .filter(|q| q.method == "POST")
+        .map(|q| {
+            let a = q.form.get("client_assertion").cloned().unwrap_or_default();
+            (q.form, a)
+        })
+        .collect()
+}
+
+#[test]
+fn a_certificate_signs_a_valid_jwt_bearer_assertion() {
+    let cert = certificate("app-key.pem", now() + 365 * DAY);
+    let mut r = cert_run(&cert, &format!("{cert}{}", fixture("app-key.pem")), "")
+        .args(&["-vvv"])
+        .expect_exit(0)
+        .expect_file(SENDERS, Some(SYNCED));
+    let out = r.run();
+    let sent = assertions(&r);
+    assert_eq!(sent.len(), 1);
+    let (form, jwt) = &sent[0];
+    assert_eq!(form["client_assertion_type"], "urn:ietf:params:oauth:client-assertion-type:jwt-bearer");
+    assert_eq!(form["grant_type"], "client_credentials");
+    assert!(!form.contains_key("client_secret"));
+    // It parses as a JWT-bearer assertion, with the signature of the certificate's key.
+    let header = jsonwebtoken::decode_header(jwt).unwrap();
+    assert_eq!(header.alg, jsonwebtoken::Algorithm::PS256);
+    assert_eq!(header.typ.as_deref(), Some("JWT"));
+    assert_eq!(header.x5t_s256.as_deref(), Some(thumbprint(&cert).as_str()));
+    let (_, der) = x509_parser::pem::parse_x509_pem(cert.as_bytes()).unwrap();
+    let x509 = der.parse_x509().unwrap();
+    let key = jsonwebtoken::DecodingKey::from_rsa_der(&x509.public_key().subject_public_key.data);
+    let token_url = format!("{}/{TENANT}/oauth2/v2.0/token", r.sim.url());
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::PS256);
+    v.set_audience(&[&token_url]);
+    v.set_required_spec_claims(&["exp", "nbf", "aud", "iss", "sub"]);
+    let claims = jsonwebtoken::decode::<Value>(jwt, &key, &v).unwrap().claims;
+    assert_eq!((claims["iss"].as_str(), claims["sub"].as_str()), (Some(CLIENT), Some(CLIENT)));
+    let (iat, nbf, exp) =
+        (claims["iat"].as_i64().unwrap(), claims["nbf"].as_i64().unwrap(), claims["exp"].as_i64().unwrap());
+    assert!((now() - iat).abs() < 60 && nbf <= iat && exp > now() && exp - iat <= 600, "{claims}");
+    assert_eq!(claims["jti"].as_str().map(str::len), Some(36));
+    // Neither the key nor the assertion is logged, even at -vvv.
+    assert!(!out.stderr.contains(jwt.as_str()) && !out.stderr.contains("PRIVATE KEY"), "{}", out.stderr);
+}
+
+#[test]
+fn a_separate_pkcs1_key_rs256_and_a_fresh_assertion_for_every_request() {
+    let cert = certificate("app-key.pem", now() + 365 * DAY);
+    let mut r = cert_run(&cert, &cert, "client_key = \"app-key-pkcs1.pem\"\nassertion_algorithm = \"RS256\"\n")
+        .file("gw/config/entraid/app-key-pkcs1.pem", &fixture("app-key-pkcs1.pem"));
+    // The first token request meets a 503; the retry must sign anew.
+    r.sim.state().token_faults.push(Fault::Status { status: 503, retry_after: Some("0".into()), body: String::new() });
+    r = r.expect_exit(0).expect_file(SENDERS, Some(SYNCED));
+    r.run();
+    let sent: Vec<String> = assertions(&r).into_iter().map(|(_, a)| a).collect();
+    assert_eq!(sent.len(), 2);
+    assert_ne!(sent[0], sent[1], "an assertion is never reused");
+    let jti = |a: &str| {
+        let claims = a.split('.').nth(1).unwrap();
+        let claims: Value =
+            serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(claims).unwrap()).unwrap();
+        claims["jti"].as_str().unwrap().to_owned()
+    };
+    assert_ne!(jti(&sent[0]), jti(&sent[1]));
+    assert_eq!(jsonwebtoken::decode_header(&sent[1]).unwrap().alg, jsonwebtoken::Algorithm::RS256);
+}
+
+#[test]
+fn an_unregistered_key_is_aadsts700027_with_a_hint() {
+    let registered = certificate("app-key.pem", now() + 365 * DAY);
+    let ours = certificate("other-key.pem", now() + 365 * DAY);
+    let mut r = cert_run(&registered, &ours, "client_key = \"other.pem\"\n")
+        .file("gw/config/entraid/other.pem", &fixture("other-key.pem"))
+        .file(SENDERS, "old@example.com\n")
+        .expect_exit(1)
+        .expect_file(SENDERS, Some("old@example.com\n"));
+    let out = r.run();
+    assert!(out.stderr.contains("AADSTS700027"), "{}", out.stderr);
+    assert!(out.stderr.contains("staff.entraidconf"), "names the config: {}", out.stderr);
+    assert!(out.stderr.contains("hint: Entra ID did not accept the client assertion's signature"), "{}", out.stderr);
+}
+
+#[test]
+fn a_host_clock_far_behind_is_aadsts700024() {
+    let cert = certificate("app-key.pem", now() + 365 * DAY);
+    let mut r =
+        cert_run(&cert, &format!("{cert}{}", fixture("app-key.pem")), "").expect_exit(1).expect_file(SENDERS, None);
+    r.sim.state().clock_ahead = 3600;
+    let out = r.run();
+    assert!(
+        out.stderr.contains("AADSTS700024") && out.stderr.contains("not within its valid time range"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("clock"), "{}", out.stderr);
+}
+
+#[test]
+fn certificate_configuration_errors_stop_the_run() {
+    let cert = certificate("app-key.pem", now() + 365 * DAY);
+    for (extra, key_file, want) in [
+        ("client_secret = \"x\"\n", None, "both a client secret and a certificate"),
+        ("client_key = \"k.pem\"\n", Some(fixture("other-key.pem")), "does not belong to the certificate"),
+        ("", None, "no private key was found"),
+        ("assertion_algorithm = \"HS256\"\n", None, "unknown algorithm `HS256`"),
+        (
+            "client_key = \"k.pem\"\n",
+            Some("-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n".into()),
+            "encrypted key",
+        ),
+    ] {
+        let mut r = cert_run(&cert, &cert, extra);
+        if let Some(k) = &key_file {
+            r = r.file("gw/config/entraid/k.pem", k);
+        }
+        r = r.expect_exit(2).expect_file(SENDERS, None);
+        let out = r.run();
+        assert!(out.stderr.contains(want), "{want}: {}", out.stderr);
+        assert!(out.stderr.contains("staff.entraidconf") && out.stderr.contains("hint:"), "{}", out.stderr);
+        assert_eq!(r.token_requests(), 0, "nothing contacted");
+    }
+}
+
+#[test]
+fn a_certificate_from_a_systemd_credential() {
+    let cert = certificate("app-key.pem", now() + 365 * DAY);
+    let r = Run::new().group(STAFF, staff_members());
+    r.sim.state().directory.apps[0].certificate = Some(cert.clone());
+    let creds = r.path().join("creds");
+    std::fs::create_dir_all(&creds).unwrap();
+    std::fs::write(creds.join("gw-cert"), format!("{cert}{}", fixture("app-key.pem"))).unwrap();
+    let mut r = r
+        .conf("gw", "staff", &format!("group_id = \"{STAFF}\"\nclient_certificate_credential = \"gw-cert\"\n"))
+        .env("CREDENTIALS_DIRECTORY", &creds.display().to_string())
+        .expect_exit(0)
+        .expect_file(SENDERS, Some(SYNCED));
+    r.run();
+}
+
+#[test]
+fn check_warns_before_a_certificate_expires_and_fails_after() {
+    let soon = certificate("app-key.pem", now() + 10 * DAY);
+    let mut r = cert_run(&soon, &format!("{soon}{}", fixture("app-key.pem")), "").args(&["check"]).expect_exit(0);
+    let out = r.run();
+    let line = out.stdout.lines().chain(out.stderr.lines()).find(|l| l.contains("expires on")).unwrap_or_else(|| {
+        panic!("no expiry warning\n{}\n{}", out.stdout, out.stderr);
+    });
+    assert!(
+        line.contains("warning") && line.contains("usersync-test") && line.contains("in 9 days")
+            || line.contains("in 10 days"),
+        "{line}"
+    );
+
+    let later = certificate("app-key.pem", now() + 90 * DAY);
+    let mut r = cert_run(&later, &format!("{later}{}", fixture("app-key.pem")), "").args(&["check"]).expect_exit(0);
+    let out = r.run();
+    assert!(!out.stdout.contains("expires") && !out.stderr.contains("expires"), "{}{}", out.stdout, out.stderr);
+
+    let past = certificate("app-key.pem", now() - 2 * DAY);
+    let mut r = cert_run(&past, &format!("{past}{}", fixture("app-key.pem")), "").args(&["check"]).expect_exit(2);
+    let out = r.run();
+    assert!(format!("{}{}", out.stdout, out.stderr).contains("expired on"), "{}{}", out.stdout, out.stderr);
+
+    // A secret's expiry, when the admin records it.
+    let date = usersync::date::format(now() + 5 * DAY);
+    let mut r = one_conf()
+        .conf("gw", "staff", &format!("group_id = \"{STAFF}\"\nclient_secret_expires = \"{date}\"\n"))
+        .args(&["check"])
+        .expect_exit(0);
+    let out = r.run();
+    assert!(
+        format!("{}{}", out.stdout, out.stderr)
+            .contains(&format!("the client secret (client_secret_expires) expires on {date}")),
+        "{}{}",
+        out.stdout,
+        out.stderr
+    );
+}
+
+#[test]
+fn the_textfile_exports_credential_expiry() {
+    let not_after = now() + 200 * DAY;
+    let cert = certificate("app-key.pem", not_after);
+    let prom = "usersync.prom";
+    let r = cert_run(&cert, &format!("{cert}{}", fixture("app-key.pem")), "");
+    let textfile = r.path().join(prom);
+    let mut r = r
+        .conf("gw", "sales", &format!("group_id = \"{SALES}\"\nclient_secret_expires = \"2027-05-01\"\n"))
+        .group(SALES, vec![])
+        .global(&format!("[metrics]\ntextfile = \"{}\"\n", textfile.display()))
+        .args(&["--force"])
+        .expect_exit(0);
+    r.run();
+    let text = std::fs::read_to_string(textfile).unwrap();
+    let line = |config: &str| {
+        text.lines()
+            .find(|l| l.starts_with("usersync_credential_expiry_timestamp_seconds{") && l.contains(config))
+            .unwrap_or_else(|| panic!("no expiry for {config}:\n{text}"))
+            .to_owned()
+    };
+    let cert_line = line("staff.entraidconf");
+    assert!(cert_line.contains("instance=\"gw\""), "{cert_line}");
+    let value: i64 = cert_line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert_eq!(value, not_after - not_after.rem_euclid(DAY), "midnight UTC of the certificate's last day");
+    assert!(line("sales.entraidconf").ends_with(" 1809129600"), "{text}");
+}
+
+#[test]
+fn an_unknown_tenant_in_the_global_cloud_suggests_a_national_cloud() {
+    let unknown = "contoso.onmicrosoft.us";
+    let mut r =
+        one_conf().conf("gw", "staff", &format!("group_id = \"{STAFF}\"\ntenant_id = \"{unknown}\"\n")).expect_exit(1);
+    let out = r.run();
+    assert!(out.stderr.contains("AADSTS90002"), "{}", out.stderr);
+    assert!(out.stderr.contains("this tenant may be in a national cloud: set `cloud`"), "{}", out.stderr);
+
+    let mut r = one_conf()
+        .conf("gw", "staff", &format!("group_id = \"{STAFF}\"\ntenant_id = \"{unknown}\"\ncloud = \"usgov\"\n"))
+        .expect_exit(1);
+    let out = r.run();
+    assert!(out.stderr.contains("AADSTS90002") && !out.stderr.contains("national cloud"), "{}", out.stderr);
+}
