@@ -391,6 +391,23 @@ group_id = "02bd9fd6-8f93-4758-87c3-1fb73740a315"
     }
 
     #[test]
+    fn an_unknown_tenant_in_the_global_cloud_hints_at_national_clouds() {
+        let token = |code| FetchError::Token {
+            url: "https://login.microsoftonline.com/t/oauth2/v2.0/token".into(),
+            status: 400,
+            aadsts: Some(code),
+            error: "invalid_request".into(),
+            description: String::new(),
+        };
+        let national = "this tenant may be in a national cloud: set `cloud`";
+        for code in [90_002, 90_038] {
+            assert!(parse("").unwrap().hint_for(&token(code)).unwrap().contains(national), "{code}");
+            assert!(!parse("cloud = \"china\"\n").unwrap().hint_for(&token(code)).unwrap().contains(national));
+        }
+        assert!(!parse("").unwrap().hint_for(&token(7_000_215)).unwrap().contains(national));
+    }
+
+    #[test]
     fn unknown_key_is_named() {
         let e = parse("colour = 1\n").unwrap_err();
         assert!(e.message.contains("unknown key `colour`"), "{e}");

@@ -214,6 +214,11 @@ fn check_warns_before_a_certificate_expires_and_fails_after() {
     let mut r = cert_run(&later, &format!("{later}{}", fixture("app-key.pem")), "").args(&["check"]).expect_exit(0);
     let out = r.run();
     assert!(!out.stdout.contains("expires") && !out.stderr.contains("expires"), "{}{}", out.stdout, out.stderr);
+    // A key others can read is a warning, as a secret is.
+    std::fs::set_permissions(r.root().join("gw/config/entraid/app.pem"), std::fs::Permissions::from_mode(0o644))
+        .unwrap();
+    let out = r.expect_exit(0).run();
+    assert!(out.stdout.contains("app.pem holds a private key and is readable by group or others"), "{}", out.stdout);
 
     let past = certificate("app-key.pem", now() - 2 * DAY);
     let mut r = cert_run(&past, &format!("{past}{}", fixture("app-key.pem")), "").args(&["check"]).expect_exit(2);

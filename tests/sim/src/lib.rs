@@ -738,3 +738,85 @@ pub fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
     f()
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    const URL: &str = "http://127.0.0.1:1/t/oauth2/v2.0/token";
+
+    fn key(name: &str) -> String {
+        std::fs::read_to_string(format!("{}/../fixtures/pki/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    }
+
+    fn app() -> App {
+        let kp = rcgen::KeyPair::from_pem_and_sign_algo(&key("app-key.pem"), &rcgen::PKCS_RSA_SHA256).unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["t".into()]).unwrap().self_signed(&kp).unwrap();
+        App {
+            tenant: "t".into(),
+            client_id: "c".into(),
+            client_secret: String::new(),
+            limited: false,
+            certificate: Some(cert.pem()),
+        }
+    }
+
+    /// An assertion with the registered certificate's thumbprint, signed by `signer`.
+    fn assertion(app: &App, signer: &str, aud: &str) -> HashMap<String, String> {
+        let (_, der) = x509_parser::pem::parse_x509_pem(app.certificate.as_ref().unwrap().as_bytes()).unwrap();
+        let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::PS256);
+        h.typ = Some("JWT".into());
+        h.x5t_s256 = Some(base64::Engine::encode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            ring::digest::digest(&ring::digest::SHA256, &der.contents),
+        ));
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let claims = json!({"aud": aud, "iss": "c", "sub": "c", "jti": "j1", "nbf": now, "iat": now, "exp": now + 600});
+        let jwt = jsonwebtoken::encode(
+            &h,
+            &claims,
+            &jsonwebtoken::EncodingKey::from_rsa_pem(key(signer).as_bytes()).unwrap(),
+        )
+        .unwrap();
+        HashMap::from([
+            ("client_assertion_type".into(), "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".into()),
+            ("client_assertion".into(), jwt),
+        ])
+    }
+
+    fn code(r: Result<String, Fault>) -> u64 {
+        match r {
+            Ok(_) => 0,
+            Err(Fault::Status { body, .. }) => {
+                serde_json::from_str::<Value>(&body).unwrap()["error_codes"][0].as_u64().unwrap()
+            }
+            Err(_) => u64::MAX,
+        }
+    }
+
+    #[test]
+    fn verifying_mode_checks_signature_audience_time_and_replay() {
+        let app = app();
+        assert_eq!(code(verify_assertion(&app, &assertion(&app, "app-key.pem", URL), URL, 0, &[])), 0);
+        assert_eq!(
+            code(verify_assertion(&app, &assertion(&app, "other-key.pem", URL), URL, 0, &[])),
+            700_027,
+            "bad signature"
+        );
+        assert_eq!(
+            code(verify_assertion(&app, &assertion(&app, "app-key.pem", "https://elsewhere/"), URL, 0, &[])),
+            50027
+        );
+        assert_eq!(
+            code(verify_assertion(&app, &assertion(&app, "app-key.pem", URL), URL, 601, &[])),
+            700_024,
+            "expired"
+        );
+        assert_eq!(
+            code(verify_assertion(&app, &assertion(&app, "app-key.pem", URL), URL, 0, &["j1".into()])),
+            50027,
+            "replayed"
+        );
+    }
+}
