@@ -43,11 +43,179 @@ pub struct Note {
     pub value: Box<str>,
 }
 
+/// Records in chunks of [`CHUNK`] bytes, one after the other: a merge reads its inputs
+/// front to back and frees each chunk once read, so sorting never holds two copies of the
+/// members, and every allocation has the same size (the allocator reuses freed chunks).
+///
+/// A record: mail length, phone length, disabled (one byte each), the mail, the phone.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Run {
+    chunks: Vec<Vec<u8>>,
+    count: usize,
+}
+
+/// Bytes in one chunk of a [`Run`].
+const CHUNK: usize = 1 << 20;
+
+/// Where a record starts: chunk and offset.
+#[derive(Clone, Copy, Debug, Default)]
+struct Pos {
+    chunk: usize,
+    offset: usize,
+}
+
+/// One record, borrowed.
+#[derive(Clone, Copy)]
+struct Rec<'a> {
+    bytes: &'a [u8],
+    mail: &'a [u8],
+    phone: &'a [u8],
+    disabled: bool,
+}
+
+impl<'a> Rec<'a> {
+    /// The record at the start of `b`.
+    fn parse(b: &'a [u8]) -> Option<Self> {
+        let (&[m, p, d], rest) = b.split_first_chunk::<3>()?;
+        let (m, p) = (usize::from(m), usize::from(p));
+        let (mail, rest) = rest.split_at_checked(m)?;
+        let phone = rest.get(..p)?;
+        Some(Self { bytes: &b[..3 + m + p], mail, phone, disabled: d != 0 })
+    }
+
+    fn key(&self) -> (&'a [u8], &'a [u8]) {
+        (self.mail, self.phone)
+    }
+}
+
+impl Run {
+    /// Appends a record (at most 278 bytes), never across two chunks.
+    fn push(&mut self, mail: &[u8], phone: &[u8], disabled: bool) {
+        let len = 3 + mail.len() + phone.len();
+        if self.chunks.last().is_none_or(|c| c.len() + len > CHUNK) {
+            self.chunks.push(Vec::with_capacity(CHUNK));
+        }
+        if let Some(c) = self.chunks.last_mut() {
+            // Addresses are at most 254 bytes and numbers 21.
+            let byte = |n: usize| u8::try_from(n).unwrap_or(u8::MAX);
+            c.extend_from_slice(&[byte(mail.len()), byte(phone.len()), u8::from(disabled)]);
+            c.extend_from_slice(mail);
+            c.extend_from_slice(phone);
+        }
+        self.count += 1;
+    }
+
+    fn push_record(&mut self, r: &Rec<'_>) {
+        if self.chunks.last().is_none_or(|c| c.len() + r.bytes.len() > CHUNK) {
+            self.chunks.push(Vec::with_capacity(CHUNK));
+        }
+        if let Some(c) = self.chunks.last_mut() {
+            c.extend_from_slice(r.bytes);
+        }
+        self.count += 1;
+    }
+
+    /// The record at `p` (moved past the end of a chunk to the next one), if any.
+    fn peek(&self, p: &mut Pos) -> Option<Rec<'_>> {
+        loop {
+            let c = self.chunks.get(p.chunk)?;
+            if p.offset < c.len() {
+                return Rec::parse(&c[p.offset..]);
+            }
+            (p.chunk, p.offset) = (p.chunk + 1, 0);
+        }
+    }
+
+    /// Frees the chunks before `chunk`.
+    fn release_before(&mut self, chunk: usize) {
+        for c in self.chunks.iter_mut().take(chunk).rev().take_while(|c| c.capacity() > 0) {
+            *c = Vec::new();
+        }
+    }
+
+    /// Where each record starts (as `chunk * CHUNK + offset`), in order.
+    fn index(&self) -> Vec<u32> {
+        let mut out = Vec::with_capacity(self.count);
+        let mut p = Pos::default();
+        while let Some(r) = self.peek(&mut p) {
+            // Rosters stay far below 4 GiB.
+            out.push(u32::try_from(p.chunk * CHUNK + p.offset).unwrap_or(u32::MAX));
+            p.offset += r.bytes.len();
+        }
+        out
+    }
+
+    fn at(&self, at: u32) -> Option<Rec<'_>> {
+        let (chunk, offset) = (at as usize / CHUNK, at as usize % CHUNK);
+        self.chunks.get(chunk).and_then(|c| c.get(offset..)).and_then(Rec::parse)
+    }
+
+    /// The users of one page (`text` holds their bytes at `at`), sorted.
+    fn of_page(text: &[u8], mut users: Vec<User>) -> Self {
+        let part = |u: &User| {
+            let at = u.at as usize;
+            let mail = &text[at..at + usize::from(u.mail_len)];
+            let phone = &text[at + mail.len()..at + mail.len() + usize::from(u.phone_len)];
+            (mail, phone)
+        };
+        users.sort_by(|a, b| part(a).cmp(&part(b)));
+        let mut out = Self::default();
+        for u in &users {
+            let (mail, phone) = part(u);
+            out.push(mail, phone, u.disabled);
+        }
+        out
+    }
+
+    /// Two sorted runs as one; on equal keys `self`'s record comes first. Each input
+    /// chunk is freed once read.
+    fn merge(mut self, mut other: Self) -> Self {
+        let mut out = Self::default();
+        let (mut pa, mut pb) = (Pos::default(), Pos::default());
+        let mut steps = 0u32;
+        loop {
+            let mine = match (self.peek(&mut pa), other.peek(&mut pb)) {
+                (Some(a), Some(b)) if a.key() <= b.key() => {
+                    out.push_record(&a);
+                    pa.offset += a.bytes.len();
+                    true
+                }
+                (_, Some(b)) => {
+                    out.push_record(&b);
+                    pb.offset += b.bytes.len();
+                    false
+                }
+                (Some(a), None) => {
+                    out.push_record(&a);
+                    pa.offset += a.bytes.len();
+                    true
+                }
+                (None, None) => break,
+            };
+            steps = steps.wrapping_add(1);
+            if steps % 1024 == 0 {
+                if mine {
+                    self.release_before(pa.chunk);
+                } else {
+                    other.release_before(pb.chunk);
+                }
+            }
+        }
+        out
+    }
+}
+
 /// One group's members, normalised.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Roster {
+    /// The page being read: its users' bytes and records (`at` is into `text`).
     text: Vec<u8>,
     users: Vec<User>,
+    /// Sorted runs of earlier pages, each at most half the size of the one below it;
+    /// after `finish`, at most one, holding every user.
+    runs: Vec<Run>,
+    /// After `finish`: where each user's record starts in `runs[0]`.
+    index: Vec<u32>,
     notes: Vec<Note>,
     phones: bool,
     objects: usize,
@@ -63,13 +231,14 @@ impl Roster {
         Self { phones, ..Self::default() }
     }
 
-    /// A roster of `members` (for tests and the first page of `usersync test`).
+    /// A finished roster of `members` (for tests).
     #[must_use]
     pub fn of<'a>(phones: bool, members: impl IntoIterator<Item = MemberView<'a>>) -> Self {
         let mut r = Self::new(phones);
         for m in members {
             r.push(&m);
         }
+        r.finish();
         r
     }
 
@@ -139,43 +308,35 @@ impl Roster {
         });
     }
 
-    /// Sorts the users by mail, then phone, and lays their text out in that order, so
-    /// that rendering the sorted lines reads memory front to back. Call it once, after
-    /// the last page; notes keep directory order.
-    pub fn finish(&mut self) {
-        // The first 16 bytes of the address, zero-padded, decide most comparisons
-        // without touching the text.
-        let mut keys: Vec<(u64, u64, u32)> = (0..self.users.len())
-            .filter_map(|i| u32::try_from(i).ok())
-            .map(|i| {
-                let mut k = [0u8; 16];
-                let m = self.mail(i);
-                let n = m.len().min(16);
-                k[..n].copy_from_slice(&m[..n]);
-                let (hi, lo) = k.split_at(8);
-                let word = |b: &[u8]| b.try_into().map(u64::from_be_bytes).unwrap_or_default();
-                (word(hi), word(lo), i)
-            })
-            .collect();
-        keys.sort_unstable_by(|(ha, la, a), (hb, lb, b)| {
-            (ha, la).cmp(&(hb, lb)).then_with(|| {
-                let (ma, mb) = (self.mail(*a), self.mail(*b));
-                let (ra, rb): (&[u8], &[u8]) = (ma.get(16..).unwrap_or_default(), mb.get(16..).unwrap_or_default());
-                ra.cmp(rb).then_with(|| self.phone(*a).cmp(self.phone(*b)))
-            })
-        });
-        let mut sorted: Vec<User> = keys.iter().map(|(_, _, i)| self.users[*i as usize]).collect();
-        drop(keys);
-        self.users = Vec::new();
-        let mut text = Vec::with_capacity(self.text.len());
-        for u in &mut sorted {
-            let start = u.at as usize;
-            // The text was under 4 GiB before, so it is now.
-            u.at = u32::try_from(text.len()).unwrap_or(u32::MAX);
-            text.extend_from_slice(&self.text[start..start + usize::from(u.mail_len) + usize::from(u.phone_len)]);
+    /// Ends a page: its users become a sorted run, and runs of similar size are merged,
+    /// so that most of the sorting happens while the next page is on its way.
+    pub fn end_page(&mut self) {
+        if self.users.is_empty() {
+            return;
         }
-        self.text = text;
-        self.users = sorted;
+        self.runs.push(Run::of_page(&self.text, std::mem::take(&mut self.users)));
+        self.text.clear();
+        while self.runs.len() >= 2 && self.runs[self.runs.len() - 1].count * 2 > self.runs[self.runs.len() - 2].count {
+            self.merge_top();
+        }
+    }
+
+    /// After the last page: every user in one run, sorted by mail then phone, its text laid
+    /// out in that order, so that rendering the sorted lines reads memory front to back.
+    /// Notes keep directory order.
+    pub fn finish(&mut self) {
+        self.end_page();
+        while self.runs.len() >= 2 {
+            self.merge_top();
+        }
+        self.text = Vec::new();
+        self.index = self.runs.first().map(Run::index).unwrap_or_default();
+    }
+
+    fn merge_top(&mut self) {
+        if let (Some(newer), Some(older)) = (self.runs.pop(), self.runs.pop()) {
+            self.runs.push(older.merge(newer));
+        }
     }
 
     /// Objects of every kind.
@@ -196,38 +357,39 @@ impl Roster {
         self.user_objects > 0 && self.users_with_attributes == 0
     }
 
-    /// Users with a valid address (in directory order until [`Roster::finish`]).
+    /// Users with a valid address, once [`Roster::finish`] ran.
     #[must_use]
     pub fn len(&self) -> usize {
-        self.users.len()
+        self.index.len()
     }
 
     /// No user with a valid address.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.users.is_empty()
+        self.index.is_empty()
+    }
+
+    fn user(&self, i: u32) -> Option<Rec<'_>> {
+        let at = *self.index.get(i as usize)?;
+        self.runs.first()?.at(at)
     }
 
     /// User `i` is disabled.
     #[must_use]
     pub fn disabled(&self, i: u32) -> bool {
-        self.users[i as usize].disabled
+        self.user(i).is_some_and(|u| u.disabled)
     }
 
     /// The normalised address of user `i`.
     #[must_use]
     pub fn mail(&self, i: u32) -> &[u8] {
-        let u = self.users[i as usize];
-        let at = u.at as usize;
-        &self.text[at..at + usize::from(u.mail_len)]
+        self.user(i).map_or(&[], |u| u.mail)
     }
 
     /// The normalised phone of user `i`; empty when it has none that is usable.
     #[must_use]
     pub fn phone(&self, i: u32) -> &[u8] {
-        let u = self.users[i as usize];
-        let at = u.at as usize + usize::from(u.mail_len);
-        &self.text[at..at + usize::from(u.phone_len)]
+        self.user(i).map_or(&[], |u| u.phone)
     }
 
     /// Members that give no entry somewhere, in directory order.
@@ -238,7 +400,7 @@ impl Roster {
 
     /// Mails of the users a config with `include_disabled` as given keeps.
     pub fn kept(&self, include_disabled: bool) -> impl Iterator<Item = &str> {
-        (0..self.users.len())
+        (0..self.len())
             .filter_map(|i| u32::try_from(i).ok())
             .filter(move |i| include_disabled || !self.disabled(*i))
             .map(|i| std::str::from_utf8(self.mail(i)).unwrap_or_default())
@@ -255,7 +417,7 @@ fn text_of<'a>(t: &'a TextRef<'_>) -> &'a str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::graph::{parse_page, Member};
+    use crate::graph::{parse_page, Member, ObjectKind};
 
     #[test]
     fn packs_users_and_notes_the_rest() {
@@ -323,5 +485,34 @@ mod tests {
             ("zed@x.com".into(), "+155555".into(), false),
         ];
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn pages_merge_into_one_sorted_roster_across_chunks() {
+        // 60,000 users of about 40 bytes: several 1 MiB chunks, 60 pages in scrambled order.
+        let n: u64 = 60_000;
+        let mut r = Roster::new(true);
+        for page in 0..60 {
+            for i in 0..1000 {
+                let k = (page * 1000 + i) * 7919 % n;
+                let mail = format!("user.{k:08}@example.com");
+                let phone = format!("+358 40 {k:07}");
+                r.push(&MemberView {
+                    id: "x".into(),
+                    kind: ObjectKind::User,
+                    mail: Some(TextRef::Str(mail.as_str().into())),
+                    mobile_phone: Some(TextRef::Str(phone.as_str().into())),
+                    account_enabled: Some(k % 3 != 0),
+                });
+            }
+            r.end_page();
+        }
+        r.finish();
+        assert_eq!(r.len(), 60_000);
+        for i in 0..60_000u32 {
+            assert_eq!(r.mail(i), format!("user.{i:08}@example.com").as_bytes());
+            assert_eq!(r.phone(i), format!("+35840{i:07}").as_bytes());
+            assert_eq!(r.disabled(i), i % 3 == 0);
+        }
     }
 }

@@ -132,7 +132,7 @@ impl GraphClient {
             }
             // Parsing runs on a blocking thread while this task fetches the next page.
             let parse = tokio::task::spawn_blocking(move || {
-                let r = visit_page(&body, |m| roster.push(&m)).map(|_| ());
+                let r = visit_page(&body, |m| roster.push(&m)).map(|_| roster.end_page());
                 (roster, r)
             });
             let (parsed, next_body) = match &next {
@@ -207,6 +207,7 @@ impl GraphClient {
         let mut roster = Roster::new(q.mobile_phone);
         let next =
             visit_page(&body, |m| roster.push(&m)).map_err(|e| FetchError::BadPage { url, detail: e.to_string() })?;
+        roster.finish();
         Ok((roster, next.is_some()))
     }
 
