@@ -172,34 +172,36 @@ impl Run {
     fn merge(mut self, mut other: Self) -> Self {
         let mut out = Self::default();
         let (mut pa, mut pb) = (Pos::default(), Pos::default());
-        let mut steps = 0u32;
         loop {
-            let mine = match (self.peek(&mut pa), other.peek(&mut pb)) {
-                (Some(a), Some(b)) if a.key() <= b.key() => {
-                    out.push_record(&a);
-                    pa.offset += a.bytes.len();
-                    true
+            // Blocks of records; between blocks the chunks read so far are freed.
+            {
+                let (mut a, mut b) = (self.peek(&mut pa), other.peek(&mut pb));
+                for _ in 0..4096 {
+                    match (a, b) {
+                        (Some(x), Some(y)) if x.key() <= y.key() => {
+                            out.push_record(&x);
+                            pa.offset += x.bytes.len();
+                            a = self.peek(&mut pa);
+                        }
+                        (_, Some(y)) => {
+                            out.push_record(&y);
+                            pb.offset += y.bytes.len();
+                            b = other.peek(&mut pb);
+                        }
+                        (Some(x), None) => {
+                            out.push_record(&x);
+                            pa.offset += x.bytes.len();
+                            a = self.peek(&mut pa);
+                        }
+                        (None, None) => break,
+                    }
                 }
-                (_, Some(b)) => {
-                    out.push_record(&b);
-                    pb.offset += b.bytes.len();
-                    false
-                }
-                (Some(a), None) => {
-                    out.push_record(&a);
-                    pa.offset += a.bytes.len();
-                    true
-                }
-                (None, None) => break,
-            };
-            steps = steps.wrapping_add(1);
-            if steps % 1024 == 0 {
-                if mine {
-                    self.release_before(pa.chunk);
-                } else {
-                    other.release_before(pb.chunk);
+                if a.is_none() && b.is_none() {
+                    break;
                 }
             }
+            self.release_before(pa.chunk);
+            other.release_before(pb.chunk);
         }
         out
     }
