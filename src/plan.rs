@@ -118,7 +118,7 @@ impl<'a> Plan<'a> {
         // Each roster is sorted already (`Roster::finish`): one config needs no sort, and
         // several are merged as runs by the stable sort.
         let mut entries = std::mem::take(&mut p.entries);
-        if !entries.is_sorted_by(|a, b| p.key_cmp(*a, *b).is_le()) {
+        if configs.len() > 1 && !entries.is_sorted_by(|a, b| p.key_cmp(*a, *b).is_le()) {
             entries.sort_by(|a, b| p.key_cmp(*a, *b));
         }
         p.entries = entries;
@@ -168,6 +168,14 @@ impl<'a> Plan<'a> {
             let o = &mut self.outputs[i];
             (o.before, o.after, o.added, o.removed, o.changes, o.changed) =
                 (after, after, 0, 0, Changes::default(), false);
+            return;
+        }
+        // No file yet, and no list asked for: counting needs no rendering.
+        if current.is_none() && !detail {
+            let after = self.count(i);
+            let o = &mut self.outputs[i];
+            (o.before, o.after, o.added, o.removed, o.changes, o.changed) =
+                (0, after, after, 0, Changes::default(), true);
             return;
         }
         let old = current.map(render::current_entries).unwrap_or_default();
@@ -226,6 +234,31 @@ impl<'a> Plan<'a> {
         // Writing to a Vec cannot fail.
         let _ = self.write_to(i, &mut v);
         v
+    }
+
+    /// How many lines output `i` has. In the common order, equal lines are neighbours
+    /// with equal addresses (and, for `gsm_list`, equal numbers), so nothing is rendered.
+    fn count(&self, i: usize) -> usize {
+        let o = &self.outputs[i];
+        if o.own_order.is_some() {
+            let mut lines = self.lines(i);
+            let mut n = 0;
+            while lines.next().is_some() {
+                n += 1;
+            }
+            return n;
+        }
+        let gsm = o.output == Output::GsmList;
+        let mut n = 0;
+        let mut last: Option<Entry> = None;
+        for e in self.entries.iter().copied().filter(|e| self.feeds(*e, o.output)) {
+            let same = last.is_some_and(|l| self.mail(l) == self.mail(e) && (!gsm || self.phone(l) == self.phone(e)));
+            if !same {
+                n += 1;
+            }
+            last = Some(e);
+        }
+        n
     }
 
     /// How many lines output `i` has, if `cur` holds exactly them.
@@ -431,6 +464,13 @@ mod tests {
             ])
         );
         assert_eq!(p.outputs[1].output, Output::AccessRules);
+        // Counting without rendering agrees with the lines.
+        let mut q = Plan::new(&[&ma, &mb], &i);
+        for k in 0..q.outputs.len() {
+            q.compare(k, None, false);
+            assert_eq!(q.outputs[k].after, text(&p, k).lines().count(), "{}", q.outputs[k].output);
+            assert_eq!(q.outputs[k].added, q.outputs[k].after);
+        }
         assert_eq!(
             text(&p, 1),
             "* amy@x.com <reg> - 0\n* ph@x.com <reg> - 0\n* zed@x.com <reg> - 0\noff@x.com * <sms> - 0\nzed@x.com * <sms> - 0\n"
@@ -441,6 +481,24 @@ mod tests {
         assert_eq!(invalid[0].value, "bad\\n* evil@x <reg> - 0");
         assert_eq!(invalid[1].value, "call me");
         assert_eq!(p.skips.len(), 4, "plus one disabled, one without a phone");
+    }
+
+    #[test]
+    fn counts_without_rendering_dedup_across_configs() {
+        let a = conf("a", "feeds = [\"allowed_senders\", \"gsm_list\"]\nquery_filter = \"mail,mobilePhone\"\n");
+        let b = conf("b", "feeds = [\"allowed_senders\", \"gsm_list\"]\nquery_filter = \"mail,mobilePhone\"\n");
+        let ra = roster(&[user("1", Some("x@y.z"), Some("12345"), None), user("2", Some("w@y.z"), None, None)]);
+        let rb =
+            roster(&[user("1", Some("X@y.z"), Some("99999"), None), user("3", Some("w@y.z"), Some("12345"), None)]);
+        let i = instance(vec![a, b]);
+        let full = plan(&CurrentFiles::new(), &[&ra, &rb], &i);
+        let mut counted = Plan::new(&[&ra, &rb], &i);
+        for k in 0..counted.outputs.len() {
+            counted.compare(k, None, false);
+            assert_eq!(counted.outputs[k].after, text(&full, k).lines().count(), "{}", counted.outputs[k].output);
+        }
+        assert_eq!(text(&full, 0), "w@y.z\nx@y.z\n");
+        assert_eq!(text(&full, 1), "w@y.z 12345\nx@y.z 12345\nx@y.z 99999\n");
     }
 
     #[test]
