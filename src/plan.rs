@@ -465,11 +465,12 @@ mod tests {
         );
         assert_eq!(p.outputs[1].output, Output::AccessRules);
         // Counting without rendering agrees with the lines.
-        let mut q = Plan::new(&[&ma, &mb], &i);
-        for k in 0..q.outputs.len() {
-            q.compare(k, None, false);
-            assert_eq!(q.outputs[k].after, text(&p, k).lines().count(), "{}", q.outputs[k].output);
-            assert_eq!(q.outputs[k].added, q.outputs[k].after);
+        let mut counted = Plan::new(&[&ma, &mb], &i);
+        for out in 0..counted.outputs.len() {
+            counted.compare(out, None, false);
+            let o = &counted.outputs[out];
+            assert_eq!(o.after, text(&p, out).lines().count(), "{}", o.output);
+            assert_eq!(o.added, o.after);
         }
         assert_eq!(
             text(&p, 1),
