@@ -468,9 +468,9 @@ mod tests {
         let mut counted = Plan::new(&[&ma, &mb], &i);
         for out in 0..counted.outputs.len() {
             counted.compare(out, None, false);
-            let o = &counted.outputs[out];
-            assert_eq!(o.after, text(&p, out).lines().count(), "{}", o.output);
-            assert_eq!(o.added, o.after);
+            let got = &counted.outputs[out];
+            assert_eq!(got.after, text(&p, out).lines().count(), "{}", got.output);
+            assert_eq!(got.added, got.after);
         }
         assert_eq!(
             text(&p, 1),
