@@ -22,6 +22,9 @@ use crate::config::HttpConfig;
 use crate::ids::GroupId;
 use crate::roster::Roster;
 
+/// Pages fetched ahead of the parser, at most.
+const PAGES_AHEAD: usize = 4;
+
 /// Request counters for the run's report.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -110,54 +113,59 @@ impl GraphClient {
 
     /// Every member of the group, following `@odata.nextLink` to the end, normalised
     /// page by page. Any page that is not a 200 with a `value` array fails the whole fetch.
+    ///
+    /// This task only fetches (it reads each page's `@odata.nextLink` from the keys before
+    /// `value`); a blocking thread parses and sorts the pages it hands over, a few pages
+    /// behind, so the next request never waits for a parse.
     pub async fn members(&self, cred: &Credentials, q: &GroupQuery) -> Result<Roster, FetchError> {
         let origin = Url::parse(&q.graph).map_err(|e| FetchError::Client(e.to_string()))?;
         let mut url = q.first_url();
         let mut seen = HashSet::from([url.clone()]);
-        let mut roster = Roster::new(q.mobile_phone);
-        let mut pages = 0u32;
-        let mut body = self.page(cred, &url).await?;
-        loop {
-            let bad = |e: serde_json::Error| FetchError::BadPage { url: url.clone(), detail: e.to_string() };
-            // Find the next page first (a scan without allocations), so that it is
-            // fetched while this one is parsed.
-            let next = page::next_link(&body).map_err(bad)?;
-            if let Some(n) = &next {
-                if !same_origin(&origin, n) {
-                    return Err(FetchError::ForeignNextLink { url, next: n.clone(), graph: q.graph.clone() });
+        let (pages_tx, mut pages_rx) = tokio::sync::mpsc::channel::<(String, Vec<u8>)>(PAGES_AHEAD);
+        let phones = q.mobile_phone;
+        let parser = tokio::task::spawn_blocking(move || {
+            let mut roster = Roster::new(phones);
+            let mut pages = 0u32;
+            while let Some((url, body)) = pages_rx.blocking_recv() {
+                visit_page(&body, |m| roster.push(&m))
+                    .map_err(|e| FetchError::BadPage { url, detail: e.to_string() })?;
+                roster.end_page();
+                pages += 1;
+            }
+            roster.finish();
+            Ok::<_, FetchError>((roster, pages))
+        });
+        let fetched = async {
+            loop {
+                let body = self.page(cred, &url).await?;
+                let next = page::next_link(&body)
+                    .map_err(|e| FetchError::BadPage { url: url.clone(), detail: e.to_string() })?;
+                if let Some(n) = &next {
+                    if !same_origin(&origin, n) {
+                        return Err(FetchError::ForeignNextLink { url, next: n.clone(), graph: q.graph.clone() });
+                    }
+                    if !seen.insert(n.clone()) {
+                        return Err(FetchError::PageLoop { url });
+                    }
                 }
-                if !seen.insert(n.clone()) {
-                    return Err(FetchError::PageLoop { url });
+                // The parser stopped: its error says why.
+                if pages_tx.send((url, body)).await.is_err() {
+                    return Ok(());
+                }
+                match next {
+                    Some(n) => url = n,
+                    None => return Ok(()),
                 }
             }
-            // Parsing runs on a blocking thread while this task fetches the next page.
-            let parse = tokio::task::spawn_blocking(move || {
-                let r = visit_page(&body, |m| roster.push(&m)).map(|_| roster.end_page());
-                (roster, r)
-            });
-            let (parsed, next_body) = match &next {
-                Some(n) => {
-                    let (p, b) = tokio::join!(parse, self.page(cred, n));
-                    (p, Some(b))
-                }
-                None => (parse.await, None),
-            };
-            let (r, parsed) = parsed.map_err(|e| FetchError::Client(format!("the page parser stopped: {e}")))?;
-            roster = r;
-            parsed.map_err(bad)?;
-            pages += 1;
-            match (next, next_body) {
-                (Some(n), Some(b)) => {
-                    url = n;
-                    body = b?;
-                }
-                _ => break,
-            }
-        }
+        };
+        let fetched = fetched.await;
+        drop(pages_tx);
+        let parsed = parser.await.map_err(|e| FetchError::Client(format!("the page parser stopped: {e}")))?;
+        fetched?;
+        let (roster, pages) = parsed?;
         if roster.is_limited() {
             return Err(FetchError::LimitedInformation { group: q.group.to_string(), users: roster.user_objects() });
         }
-        roster.finish();
         tracing::info!(group = %q.group, nested = q.nested, pages, objects = roster.objects(), "fetched group members");
         Ok(roster)
     }
