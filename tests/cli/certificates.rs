@@ -100,6 +100,10 @@ fn a_certificate_signs_a_valid_jwt_bearer_assertion() {
     assert_eq!(claims["jti"].as_str().map(str::len), Some(36));
     // Neither the key nor the assertion is logged, even at -vvv.
     assert!(!out.stderr.contains(jwt.as_str()) && !out.stderr.contains("PRIVATE KEY"), "{}", out.stderr);
+    // `usersync test` names the certificate an admin has to find in the portal.
+    let out = r.args(&["test", "-i", "gw"]).expect_exit(0).run();
+    let want = format!("credential: certificate `CN=usersync-test` (x5t#S256 {}), expires ", thumbprint(&cert));
+    assert!(out.stdout.contains(&want) && out.stdout.contains("token: ok"), "{}", out.stdout);
 }
 
 #[test]

@@ -683,8 +683,8 @@ fn test_subcommand_fetches_one_page_per_config_and_writes_nothing() {
     assert_eq!(
         out.stdout,
         format!(
-            "instance `gw`, config {root}/gw/config/entraid/sales.entraidconf\n  tenant {TENANT}, group {SALES} (transitiveMembers) at {sim}\n  token: ok\n  first page: 2 objects, 2 users, 2 would be kept; more pages follow\n  sample: u***@example.com, u***@example.com\n\
-             instance `gw`, config {root}/gw/config/entraid/staff.entraidconf\n  tenant {TENANT}, group {STAFF} (members) at {sim}\n  token: ok\n  first page: 2 objects, 2 users, 1 would be kept; more pages follow\n  sample: a***@example.com\n",
+            "instance `gw`, config {root}/gw/config/entraid/sales.entraidconf\n  tenant {TENANT}, group {SALES} (transitiveMembers) at {sim}\n  credential: client secret, expiry not recorded\n  token: ok\n  first page: 2 objects, 2 users, 2 would be kept; more pages follow\n  sample: u***@example.com, u***@example.com\n\
+             instance `gw`, config {root}/gw/config/entraid/staff.entraidconf\n  tenant {TENANT}, group {STAFF} (members) at {sim}\n  credential: client secret, expiry not recorded\n  token: ok\n  first page: 2 objects, 2 users, 1 would be kept; more pages follow\n  sample: a***@example.com\n",
             root = root.display(),
             sim = r.sim.url()
         )
