@@ -26,10 +26,21 @@ pub struct Answer {
 impl GraphClient {
     /// Sends `build()` until it gets an answer that is not retried, or gives up.
     pub(super) async fn send(&self, url: &str, build: impl Fn() -> RequestBuilder) -> Result<Answer, FetchError> {
+        self.try_send(url, || Ok(build())).await
+    }
+
+    /// As [`GraphClient::send`], for a request whose building can fail (it is built anew
+    /// for every attempt).
+    pub(super) async fn try_send(
+        &self,
+        url: &str,
+        build: impl Fn() -> Result<RequestBuilder, FetchError>,
+    ) -> Result<Answer, FetchError> {
         let mut retries = 0u32;
         loop {
+            let request = build()?;
             self.stats.count_request();
-            let (why, retry_after) = match attempt(build()).await {
+            let (why, retry_after) = match attempt(request).await {
                 Ok(a) if is_retryable(a.status) => {
                     (format!("HTTP {}", a.status), retry_after(&a.headers, SystemTime::now()))
                 }

@@ -83,36 +83,26 @@ impl GraphClient {
     async fn request_token(&self, cred: &Credentials) -> Result<AccessToken, FetchError> {
         let url = &cred.token_url;
         tracing::debug!(token_url = %url, client_id = %cred.client_id, "requesting an access token");
-        // A certificate signs a new assertion for every request, retries included.
-        let proof = || match &cred.auth {
-            ClientAuth::Secret(s) => Ok(("client_secret", s.clone())),
-            ClientAuth::Certificate(c) => c
-                .assertion(&cred.client_id, url)
-                .map(|a| ("client_assertion", a))
-                .map_err(|e| FetchError::Client(format!("cannot sign the client assertion: {e}"))),
-        };
-        let form = |(name, value): (&'static str, Secret)| {
+        // Built for every attempt: a certificate signs a new assertion each time.
+        let form = || {
             let mut f = vec![
                 ("grant_type", "client_credentials".to_owned()),
                 ("client_id", cred.client_id.clone()),
-                (name, value.expose().to_owned()),
                 ("scope", cred.scope.clone()),
             ];
-            if name == "client_assertion" {
-                f.push(("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".into()));
+            match &cred.auth {
+                ClientAuth::Secret(s) => f.push(("client_secret", s.expose().to_owned())),
+                ClientAuth::Certificate(c) => {
+                    let a = c
+                        .assertion(&cred.client_id, url)
+                        .map_err(|e| FetchError::Client(format!("cannot sign the client assertion: {e}")))?;
+                    f.push(("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".into()));
+                    f.push(("client_assertion", a.expose().to_owned()));
+                }
             }
-            f
+            Ok(f)
         };
-        // Fail here, with the reason, if the key cannot sign at all.
-        proof()?;
-        let answer = self
-            .send(url, || match proof() {
-                Ok(p) => self.http.post(url).form(&form(p)),
-                // Signing worked a moment ago; should it fail now, the request goes without
-                // a proof and Entra's refusal is reported.
-                Err(_) => self.http.post(url).form(&form(("client_assertion", Secret::new(String::new())))),
-            })
-            .await?;
+        let answer = self.try_send(url, || form().map(|f| self.http.post(url).form(&f))).await?;
         let started = Instant::now();
         if !answer.status.is_success() {
             let e: AadError = serde_json::from_slice(&answer.body).unwrap_or_default();
