@@ -84,11 +84,17 @@ pub struct CertificateError {
     pub message: String,
     /// How to fix it.
     pub hint: &'static str,
+    /// It is about the key (so, when the key has its own file, about that file).
+    pub in_key: bool,
 }
 
 impl CertificateError {
     fn new(message: impl Into<String>, hint: &'static str) -> Self {
-        Self { message: message.into(), hint }
+        Self { message: message.into(), hint, in_key: false }
+    }
+
+    fn in_key(self) -> Self {
+        Self { in_key: true, ..self }
     }
 }
 
@@ -119,16 +125,18 @@ impl Certificate {
             .find(|b| b.label == "CERTIFICATE")
             .ok_or_else(|| CertificateError::new("holds no `-----BEGIN CERTIFICATE-----` block", CONVERT))?;
         let key_blocks = match key_pem {
-            Some(k) => pem_blocks(k)?,
+            Some(k) => pem_blocks(k).map_err(CertificateError::in_key)?,
             None => blocks.clone(),
         };
-        let (x509, key) = (parse_certificate(&cert.contents)?, private_key(&key_blocks)?);
+        let x509 = parse_certificate(&cert.contents)?;
+        let key = private_key(&key_blocks).map_err(CertificateError::in_key)?;
         let spki = &x509.public_key().subject_public_key.data;
         if key.public_key.as_slice() != spki.as_ref() {
             return Err(CertificateError::new(
                 "the private key does not belong to the certificate",
                 "give the key that was created with this certificate (compare `openssl x509 -noout -modulus` with `openssl rsa -noout -modulus`)",
-            ));
+            )
+            .in_key());
         }
         Ok(Self {
             thumbprint: URL_SAFE_NO_PAD.encode(ring::digest::digest(&ring::digest::SHA256, &cert.contents)),

@@ -185,14 +185,10 @@ impl EntraConf {
             raw.client_key_credential.is_some(),
             raw.assertion_algorithm.is_some(),
         ];
-        let secret_keys = [
-            raw.client_secret.is_some(),
-            raw.client_secret_file.is_some(),
-            raw.client_secret_credential.is_some(),
-            raw.client_secret_expires.is_some(),
-        ];
+        let secret_given =
+            raw.client_secret.is_some() || raw.client_secret_file.is_some() || raw.client_secret_credential.is_some();
         let (auth, secret_files, expires) = if certificate_keys.contains(&true) {
-            if secret_keys.contains(&true) {
+            if secret_given || raw.client_secret_expires.is_some() {
                 return Err(ConfigError::new(
                     path,
                     "both a client secret and a certificate are configured",
@@ -210,6 +206,13 @@ impl EntraConf {
             let expires = cert.not_after;
             (ClientAuth::Certificate(Arc::new(cert)), files, Some(expires))
         } else {
+            if !secret_given {
+                return Err(ConfigError::new(
+                    path,
+                    "no client credential is configured",
+                    "set client_certificate (recommended) or client_secret, client_secret_file or client_secret_credential",
+                ));
+            }
             let (secret, secret_file) = resolve(
                 "client_secret",
                 raw.client_secret,
@@ -217,14 +220,7 @@ impl EntraConf {
                 raw.client_secret_credential,
                 path,
                 env,
-            )
-            .map_err(|e| {
-                if e.message.starts_with("no client_secret") {
-                    ConfigError::new(path, "no client credential is configured", "set client_certificate (recommended) or client_secret, client_secret_file or client_secret_credential")
-                } else {
-                    e
-                }
-            })?;
+            )?;
             let expires = match raw.client_secret_expires {
                 None => None,
                 Some(d) => Some(crate::date::parse(&d).ok_or_else(|| {
@@ -358,7 +354,7 @@ fn certificate(raw: CertificateKeys, path: &Path, env: &Env) -> Result<(Certific
     let key = read_source("client_key", raw.key, raw.key_credential, path, env)?;
     let files = vec![key.as_ref().map_or_else(|| cert.1.clone(), |(_, f)| f.clone())];
     let c = Certificate::from_pem(&cert.0, key.as_ref().map(|(k, _)| k.as_slice()), algorithm).map_err(|e| {
-        let from = key.as_ref().filter(|_| e.message.contains("key")).map_or(&cert.1, |(_, f)| f);
+        let from = key.as_ref().filter(|_| e.in_key).map_or(&cert.1, |(_, f)| f);
         ConfigError::new(path, format!("{}: {}", from.display(), e.message), e.hint)
     })?;
     Ok((c, files))
