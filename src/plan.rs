@@ -124,10 +124,10 @@ impl<'a> Plan<'a> {
         p.entries = entries;
         let mut skipped = p.skip_notes();
         for (output, path) in &instance.outputs {
-            let styles = |o: &&EntraConf| o.feeds.contains(output);
+            let feeding = |c: &&EntraConf| c.feeds.contains(output);
             let mixed = *output == Output::AccessRules
-                && configs.iter().filter(styles).any(|c| c.access_rule != AccessRule::Registration)
-                && configs.iter().filter(styles).any(|c| c.access_rule == AccessRule::Registration);
+                && configs.iter().filter(feeding).any(|c| c.access_rule != AccessRule::Registration)
+                && configs.iter().filter(feeding).any(|c| c.access_rule == AccessRule::Registration);
             let own_order = mixed.then(|| {
                 let mut own: Vec<Entry> = p.entries.iter().copied().filter(|e| p.feeds(*e, *output)).collect();
                 own.sort_by(|a, b| p.line_cmp(*output, *a, *b));

@@ -89,30 +89,24 @@ impl<'a> Rec<'a> {
 }
 
 impl Run {
-    /// Appends a record (at most 278 bytes), never across two chunks.
-    fn push(&mut self, mail: &[u8], phone: &[u8], disabled: bool) {
-        let len = 3 + mail.len() + phone.len();
+    /// Appends a record of `parts` (at most 278 bytes in all), never across two chunks.
+    fn push_parts(&mut self, parts: &[&[u8]]) {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
         if self.chunks.last().is_none_or(|c| c.len() + len > CHUNK) {
             self.chunks.push(Vec::with_capacity(CHUNK));
         }
         if let Some(c) = self.chunks.last_mut() {
-            // Addresses are at most 254 bytes and numbers 21.
-            let byte = |n: usize| u8::try_from(n).unwrap_or(u8::MAX);
-            c.extend_from_slice(&[byte(mail.len()), byte(phone.len()), u8::from(disabled)]);
-            c.extend_from_slice(mail);
-            c.extend_from_slice(phone);
+            for p in parts {
+                c.extend_from_slice(p);
+            }
         }
         self.count += 1;
     }
 
-    fn push_record(&mut self, r: &Rec<'_>) {
-        if self.chunks.last().is_none_or(|c| c.len() + r.bytes.len() > CHUNK) {
-            self.chunks.push(Vec::with_capacity(CHUNK));
-        }
-        if let Some(c) = self.chunks.last_mut() {
-            c.extend_from_slice(r.bytes);
-        }
-        self.count += 1;
+    fn push(&mut self, mail: &[u8], phone: &[u8], disabled: bool) {
+        // Addresses are at most 254 bytes and numbers 21.
+        let byte = |n: usize| u8::try_from(n).unwrap_or(u8::MAX);
+        self.push_parts(&[&[byte(mail.len()), byte(phone.len()), u8::from(disabled)], mail, phone]);
     }
 
     /// The record at `p` (moved past the end of a chunk to the next one), if any.
@@ -178,22 +172,18 @@ impl Run {
                 let (mut a, mut b) = (self.peek(&mut pa), other.peek(&mut pb));
                 for _ in 0..4096 {
                     match (a, b) {
-                        (Some(x), Some(y)) if x.key() <= y.key() => {
-                            out.push_record(&x);
+                        (Some(x), y) if y.is_none_or(|y| x.key() <= y.key()) => {
+                            out.push_parts(&[x.bytes]);
                             pa.offset += x.bytes.len();
                             a = self.peek(&mut pa);
                         }
                         (_, Some(y)) => {
-                            out.push_record(&y);
+                            out.push_parts(&[y.bytes]);
                             pb.offset += y.bytes.len();
                             b = other.peek(&mut pb);
                         }
-                        (Some(x), None) => {
-                            out.push_record(&x);
-                            pa.offset += x.bytes.len();
-                            a = self.peek(&mut pa);
-                        }
-                        (None, None) => break,
+                        // Both runs are read (the first arm takes any record left in `self`).
+                        _ => break,
                     }
                 }
                 if a.is_none() && b.is_none() {
