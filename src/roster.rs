@@ -241,7 +241,7 @@ impl Roster {
             when,
             reason,
             id: escape_for_log(&m.id).into(),
-            value: escape_for_log(value.map_or("", text_of)).into(),
+            value: escape_for_log(value.map_or("", TextRef::as_str)).into(),
         };
         let reason = match m.kind {
             ObjectKind::User => None,
@@ -257,7 +257,7 @@ impl Roster {
             return;
         }
         self.user_objects += 1;
-        if m.mail.is_some() || m.mobile_phone.is_some() || m.account_enabled.is_some() {
+        if m.has_selected_attribute() {
             self.users_with_attributes += 1;
         }
         let disabled = m.account_enabled == Some(false);
@@ -396,13 +396,6 @@ impl Roster {
             .filter_map(|i| u32::try_from(i).ok())
             .filter(move |i| include_disabled || !self.disabled(*i))
             .map(|i| std::str::from_utf8(self.mail(i)).unwrap_or_default())
-    }
-}
-
-fn text_of<'a>(t: &'a TextRef<'_>) -> &'a str {
-    match t {
-        TextRef::Str(s) => s,
-        TextRef::Undecodable(s) => s,
     }
 }
 

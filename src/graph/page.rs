@@ -94,14 +94,6 @@ pub struct Member {
     pub account_enabled: Option<bool>,
 }
 
-impl Member {
-    /// Does this object carry any of the attributes usersync selects?
-    #[must_use]
-    pub fn has_selected_attribute(&self) -> bool {
-        self.mail.is_some() || self.mobile_phone.is_some() || self.account_enabled.is_some()
-    }
-}
-
 /// Only the `@odata.nextLink` of a page (the `value` array must be there, and is skipped).
 #[derive(Deserialize)]
 struct NextOnly {
@@ -208,6 +200,25 @@ pub struct MemberView<'a> {
     pub mobile_phone: Option<TextRef<'a>>,
     /// `accountEnabled`.
     pub account_enabled: Option<bool>,
+}
+
+impl TextRef<'_> {
+    /// The decoded string, or the raw JSON text when it does not decode.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Str(s) => s,
+            Self::Undecodable(s) => s,
+        }
+    }
+}
+
+impl MemberView<'_> {
+    /// Does this object carry any of the attributes usersync selects?
+    #[must_use]
+    pub fn has_selected_attribute(&self) -> bool {
+        self.mail.is_some() || self.mobile_phone.is_some() || self.account_enabled.is_some()
+    }
 }
 
 impl<'a> From<&'a Member> for MemberView<'a> {
