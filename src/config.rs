@@ -108,7 +108,7 @@ pub struct HttpConfig {
     pub max_retries: u32,
     /// All of a run's fetches must finish within this.
     pub deadline: Duration,
-    /// Groups fetched at once.
+    /// HTTP requests to Graph in flight at once (each may be a batch of pages).
     pub max_concurrency: usize,
     /// Extra trusted roots (PEM), already read.
     pub ca_bundle: Option<(PathBuf, Vec<u8>)>,

@@ -456,7 +456,9 @@ fn planned_instance(
     InstanceReport { name: inst.name.clone(), outcome, outputs, skipped, errors }
 }
 
-/// Fetches every distinct group of `instances`, at most `[http] max_concurrency` at once.
+/// Fetches every distinct group of `instances`. The client keeps at most
+/// `[http] max_concurrency` requests in flight; as each request can carry a batch of
+/// pages, up to that many batches' worth of groups are paged at once.
 async fn fetch_all(client: &Arc<GraphClient>, instances: &[Instance], http: &crate::config::HttpConfig) -> Fetches {
     let deadline = http.deadline;
     let mut queries: BTreeMap<FetchKey, (Credentials, GroupQuery)> = BTreeMap::new();
@@ -466,7 +468,7 @@ async fn fetch_all(client: &Arc<GraphClient>, instances: &[Instance], http: &cra
     }
     let started = tokio::time::Instant::now();
     let keys: Vec<FetchKey> = queries.keys().cloned().collect();
-    let limit = Arc::new(Semaphore::new(http.max_concurrency));
+    let limit = Arc::new(Semaphore::new(http.max_concurrency * crate::graph::MAX_BATCH));
     let mut set = JoinSet::new();
     for (key, (cred, q)) in queries {
         let client = Arc::clone(client);

@@ -1,5 +1,6 @@
 //! The thin Microsoft Graph client: tokens, member paging with status checks, retries.
 
+mod batch;
 mod error;
 mod page;
 mod retry;
@@ -9,10 +10,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use reqwest::header::ACCEPT;
 use serde::Deserialize;
 use url::Url;
 
+pub use batch::MAX_BATCH;
 pub use error::FetchError;
 pub use page::{parse as parse_page, visit as visit_page, Member, MemberView, ObjectKind, Page, Text, TextRef};
 pub use retry::{backoff, retry_after, MAX_RETRY_AFTER};
@@ -77,6 +78,7 @@ pub struct GraphClient {
     http: reqwest::Client,
     max_retries: u32,
     tokens: Mutex<HashMap<(String, String), Arc<token::TokenSlot>>>,
+    requests: batch::Requests,
     /// Counters.
     pub stats: Stats,
 }
@@ -108,7 +110,13 @@ impl GraphClient {
             }
         }
         let http = b.build().map_err(|e| FetchError::Client(e.to_string()))?;
-        Ok(Self { http, max_retries: cfg.max_retries, tokens: Mutex::default(), stats: Stats::default() })
+        Ok(Self {
+            http,
+            max_retries: cfg.max_retries,
+            tokens: Mutex::default(),
+            requests: batch::Requests::new(cfg.max_concurrency),
+            stats: Stats::default(),
+        })
     }
 
     /// Every member of the group, following `@odata.nextLink` to the end, normalised
@@ -137,7 +145,7 @@ impl GraphClient {
         });
         let fetched = async {
             loop {
-                let body = self.page(cred, &url).await?;
+                let body = self.page(cred, &q.graph, &url).await?;
                 let next = page::next_link(&body)
                     .map_err(|e| FetchError::BadPage { url: url.clone(), detail: e.to_string() })?;
                 if let Some(n) = &next {
@@ -202,16 +210,13 @@ impl GraphClient {
         if a.status.is_success() {
             return Ok(());
         }
-        let (code, message) = serde_json::from_slice::<GraphErrorBody>(&a.body)
-            .map(|b| (b.error.code.unwrap_or_default(), b.error.message.unwrap_or_default()))
-            .unwrap_or_default();
-        Err(FetchError::Graph { url, status: a.status.as_u16(), code, message })
+        Err(graph_error(&url, &a))
     }
 
     /// Only the first page of the group (for `usersync test`), and whether more follow.
     pub async fn first_page(&self, cred: &Credentials, q: &GroupQuery) -> Result<(Roster, bool), FetchError> {
         let url = q.first_url();
-        let body = self.page(cred, &url).await?;
+        let body = self.page(cred, &q.graph, &url).await?;
         let mut roster = Roster::new(q.mobile_phone);
         let next =
             visit_page(&body, |m| roster.push(&m)).map_err(|e| FetchError::BadPage { url, detail: e.to_string() })?;
@@ -219,33 +224,38 @@ impl GraphClient {
         Ok((roster, next.is_some()))
     }
 
-    /// One page's body; renews the token once if Graph says it is invalid.
-    async fn page(&self, cred: &Credentials, url: &str) -> Result<Vec<u8>, FetchError> {
+    /// One page's body (alone or in a JSON batch, with retries); renews the token once
+    /// if Graph says it is invalid.
+    async fn page(&self, cred: &Credentials, graph: &str, url: &str) -> Result<Vec<u8>, FetchError> {
         let mut token = self.token(cred, None).await?;
         let mut renewed = false;
         loop {
-            tracing::debug!(url, "GET");
-            let a = self
-                .send(url, || self.http.get(url).bearer_auth(token.expose()).header(ACCEPT, "application/json"))
-                .await?;
+            let a = self.with_retries(url, || self.get_page(graph, url, &token)).await?;
             if a.status == reqwest::StatusCode::OK {
                 return Ok(a.body);
             }
-            let (code, message) = serde_json::from_slice::<GraphErrorBody>(&a.body).map_or_else(
-                |_| (String::new(), String::from_utf8_lossy(&a.body).chars().take(200).collect()),
-                |b| (b.error.code.unwrap_or_default(), b.error.message.unwrap_or_default()),
-            );
-            if a.status == reqwest::StatusCode::UNAUTHORIZED && code == "InvalidAuthenticationToken" {
-                if renewed {
-                    return Err(FetchError::TokenRejectedTwice { url: url.to_owned(), code, message });
+            match graph_error(url, &a) {
+                FetchError::Graph { status: 401, code, message, .. } if code == "InvalidAuthenticationToken" => {
+                    if renewed {
+                        return Err(FetchError::TokenRejectedTwice { url: url.to_owned(), code, message });
+                    }
+                    token = self.token(cred, Some(&token)).await?;
+                    renewed = true;
                 }
-                token = self.token(cred, Some(&token)).await?;
-                renewed = true;
-                continue;
+                e => return Err(e),
             }
-            return Err(FetchError::Graph { url: url.to_owned(), status: a.status.as_u16(), code, message });
         }
     }
+}
+
+/// Graph's `{"error": {"code", "message"}}` of an answer that is not a success, or the
+/// start of its body.
+fn graph_error(url: &str, a: &retry::Answer) -> FetchError {
+    let (code, message) = serde_json::from_slice::<GraphErrorBody>(&a.body).map_or_else(
+        |_| (String::new(), String::from_utf8_lossy(&a.body).chars().take(200).collect()),
+        |b| (b.error.code.unwrap_or_default(), b.error.message.unwrap_or_default()),
+    );
+    FetchError::Graph { url: url.to_owned(), status: a.status.as_u16(), code, message }
 }
 
 fn same_origin(origin: &Url, link: &str) -> bool {

@@ -1,6 +1,7 @@
 //! Sending one request with retries: 429, 503, 504 and connection failures,
 //! honouring `Retry-After`, otherwise capped exponential backoff with jitter.
 
+use std::future::Future;
 use std::time::{Duration, SystemTime};
 
 use reqwest::header::{HeaderMap, RETRY_AFTER};
@@ -14,6 +15,7 @@ pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 const BACKOFF_CAP: Duration = Duration::from_secs(60);
 
 /// A complete answer: status, headers and the whole body.
+#[derive(Clone)]
 pub struct Answer {
     /// HTTP status.
     pub status: StatusCode,
@@ -21,6 +23,24 @@ pub struct Answer {
     pub headers: HeaderMap,
     /// Body bytes.
     pub body: Vec<u8>,
+}
+
+/// Why one attempt got no answer.
+pub(super) enum Failure {
+    /// Not worth retrying: the request cannot be built or its answer cannot be used.
+    Fatal(FetchError),
+    /// A connection failure or timeout: retried.
+    Transient(String),
+}
+
+impl Failure {
+    pub(super) fn of(e: &reqwest::Error) -> Self {
+        if e.is_builder() {
+            Self::Fatal(FetchError::Client(chain(e)))
+        } else {
+            Self::Transient(chain(e))
+        }
+    }
 }
 
 impl GraphClient {
@@ -36,17 +56,29 @@ impl GraphClient {
         url: &str,
         build: impl Fn() -> Result<RequestBuilder, FetchError>,
     ) -> Result<Answer, FetchError> {
+        self.with_retries(url, || async {
+            let request = build().map_err(Failure::Fatal)?;
+            self.stats.count_request();
+            attempt(request).await.map_err(|e| Failure::of(&e))
+        })
+        .await
+    }
+
+    /// Runs `attempt` until it gives an answer that is not retried, or gives up.
+    pub(super) async fn with_retries<F: Future<Output = Result<Answer, Failure>>>(
+        &self,
+        url: &str,
+        attempt: impl Fn() -> F,
+    ) -> Result<Answer, FetchError> {
         let mut retries = 0u32;
         loop {
-            let request = build()?;
-            self.stats.count_request();
-            let (why, retry_after) = match attempt(request).await {
+            let (why, retry_after) = match attempt().await {
                 Ok(a) if is_retryable(a.status) => {
                     (format!("HTTP {}", a.status), retry_after(&a.headers, SystemTime::now()))
                 }
                 Ok(a) => return Ok(a),
-                Err(e) if e.is_builder() => return Err(FetchError::Client(chain(&e))),
-                Err(e) => (chain(&e), None),
+                Err(Failure::Fatal(e)) => return Err(e),
+                Err(Failure::Transient(why)) => (why, None),
             };
             if retries >= self.max_retries {
                 return Err(FetchError::Exhausted { url: url.to_owned(), attempts: retries + 1, last: why });
@@ -67,7 +99,7 @@ impl GraphClient {
     }
 }
 
-async fn attempt(req: RequestBuilder) -> Result<Answer, reqwest::Error> {
+pub(super) async fn attempt(req: RequestBuilder) -> Result<Answer, reqwest::Error> {
     let resp = req.send().await?;
     let status = resp.status();
     let headers = resp.headers().clone();
@@ -75,7 +107,7 @@ async fn attempt(req: RequestBuilder) -> Result<Answer, reqwest::Error> {
     Ok(Answer { status, headers, body })
 }
 
-fn is_retryable(s: StatusCode) -> bool {
+pub(super) fn is_retryable(s: StatusCode) -> bool {
     matches!(s.as_u16(), 429 | 503 | 504)
 }
 

@@ -1,6 +1,8 @@
 //! TLS with the system's roots plus `[http] ca_bundle`, `HTTPS_PROXY`/`NO_PROXY`,
 //! and the three ways to give the client secret.
 
+use std::io::{Read, Write};
+
 use usersync_sim::Proxy;
 
 use crate::util::*;
@@ -75,4 +77,28 @@ fn client_secret_credential_from_systemd() {
     );
     r = r.env("CREDENTIALS_DIRECTORY", &creds.display().to_string()).expect_exit(0).expect_file(SENDERS, Some(SYNCED));
     r.run();
+}
+
+#[test]
+fn pages_are_asked_for_gzip_and_the_simulator_compresses_them() {
+    let mut r = one_conf().expect_exit(0);
+    r.run();
+    let pages = r.member_requests();
+    assert!(!pages.is_empty());
+    for p in &pages {
+        assert!(p.accept_encoding.as_deref().is_some_and(|a| a.contains("gzip")), "{p:?}");
+    }
+    // The simulator, like Graph, compresses when asked to.
+    let addr = r.sim.url().trim_start_matches("http://").to_owned();
+    let mut tcp = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        tcp,
+        "GET /v1.0/groups/{STAFF}/members HTTP/1.1\r\nHost: {addr}\r\nAccept-Encoding: gzip\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = Vec::new();
+    tcp.read_to_end(&mut answer).unwrap();
+    let head =
+        String::from_utf8_lossy(&answer[..answer.windows(4).position(|w| w == b"\r\n\r\n").unwrap()]).to_lowercase();
+    assert!(head.contains("content-encoding: gzip"), "{head}");
 }

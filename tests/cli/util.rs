@@ -218,7 +218,7 @@ impl Run {
 
     /// Token requests the simulator saw.
     pub fn token_requests(&self) -> usize {
-        self.sim.requests().iter().filter(|r| r.method == "POST").count()
+        self.sim.requests().iter().filter(|r| r.path.ends_with("/oauth2/v2.0/token")).count()
     }
 }
 

@@ -97,6 +97,8 @@ pub struct Request {
     pub form: HashMap<String, String>,
     /// `Authorization` header.
     pub authorization: Option<String>,
+    /// `Accept-Encoding` header.
+    pub accept_encoding: Option<String>,
     /// Status answered.
     pub status: u16,
     /// Members page index, if a members request.
@@ -128,6 +130,14 @@ pub struct State {
     pub clock_ahead: i64,
     /// `jti`s of the client assertions accepted so far.
     pub assertion_ids: Vec<String>,
+    /// Graph requests (plain pages and batches) being answered now, and the most at once.
+    pub in_flight: usize,
+    /// The most Graph requests answered at once.
+    pub max_in_flight: usize,
+    /// The number of pages in each `$batch` request, in order.
+    pub batch_sizes: Vec<usize>,
+    /// Answer every `$batch` request with this status (as a proxy blocking batches would).
+    pub batch_status: Option<u16>,
     not_before: HashMap<(String, usize), Instant>,
     /// Tokens issued and still valid, with their app.
     tokens: HashMap<String, App>,
@@ -224,12 +234,14 @@ fn router(state: Shared) -> Router {
     Router::new()
         .route("/{tenant}/oauth2/v2.0/token", post(token))
         .route("/v1.0/groups/{id}/{relation}", get(members))
+        .route("/v1.0/$batch", post(batch))
         .route("/v1.0/users/{from}/sendMail", post(send_mail))
         .route("/_sim/token", get(check_token))
         .fallback(|| async {
             graph_error(404, "UnknownError", "No HTTP resource was found that matches the request URI.")
         })
         .with_state(state)
+        .layer(tower_http::compression::CompressionLayer::new().quality(tower_http::CompressionLevel::Fastest))
 }
 
 fn json_response(status: u16, body: &Value) -> Response {
@@ -375,6 +387,7 @@ async fn token(
         query: HashMap::new(),
         form,
         authorization: None,
+        accept_encoding: None,
         status,
         page: None,
     });
@@ -537,10 +550,42 @@ async fn members(
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
+    let _counted = InFlight::new(&state);
+    member_page(&state, id, relation, q, headers).await
+}
+
+/// Counts a Graph request in `State::in_flight` while it is being answered.
+struct InFlight(Shared);
+
+impl InFlight {
+    fn new(state: &Shared) -> Self {
+        let mut s = lock(state);
+        s.in_flight += 1;
+        s.max_in_flight = s.max_in_flight.max(s.in_flight);
+        Self(Arc::clone(state))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        lock(&self.0).in_flight -= 1;
+    }
+}
+
+/// One members page, asked for alone or in a batch.
+async fn member_page(
+    state: &Shared,
+    id: String,
+    relation: String,
+    q: HashMap<String, String>,
+    headers: HeaderMap,
+) -> Response {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let (authorization, accept_encoding) = (header("authorization"), header("accept-encoding"));
     let page: usize =
         q.get("$skiptoken").and_then(|t| t.strip_prefix("page-")).and_then(|n| n.parse().ok()).unwrap_or(0);
     let delay = {
-        let mut s = lock(&state);
+        let mut s = lock(state);
         let stall =
             s.page_faults.iter().position(|f| f.page == page && f.times > 0 && matches!(f.fault, Fault::Stall(_)));
         let extra = stall.map_or(Duration::ZERO, |i| {
@@ -555,8 +600,7 @@ async fn members(
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    let mut s = lock(&state);
-    let authorization = headers.get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let mut s = lock(state);
     let (status, resp) = answer_members(&mut s, &id, &relation, &q, authorization.as_deref(), page);
     s.requests.push(Request {
         at: Instant::now(),
@@ -565,10 +609,116 @@ async fn members(
         query: q,
         form: HashMap::new(),
         authorization,
+        accept_encoding,
         status,
         page: Some(page),
     });
     resp
+}
+
+#[derive(Deserialize)]
+struct BatchRequest {
+    requests: Vec<BatchItem>,
+}
+
+#[derive(Deserialize)]
+struct BatchItem {
+    id: String,
+    method: String,
+    url: String,
+}
+
+/// `POST /v1.0/$batch`: JSON batching as Graph does it: at most 20 requests, run at
+/// once (so a batch takes as long as its slowest page), each answered with its own
+/// status, headers and body. Only members pages are understood.
+async fn batch(AxState(state): AxState<Shared>, headers: HeaderMap, body: String) -> Response {
+    let _counted = InFlight::new(&state);
+    let authorization = headers.get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let Ok(b) = serde_json::from_str::<BatchRequest>(&body) else {
+        return graph_error(400, "BadRequest", "Invalid batch payload format.");
+    };
+    let ids: HashSet<&str> = b.requests.iter().map(|r| r.id.as_str()).collect();
+    let valid = !b.requests.is_empty() && b.requests.len() <= 20 && ids.len() == b.requests.len();
+    let refused = lock(&state).batch_status;
+    let status = refused.unwrap_or(if valid { 200 } else { 400 });
+    {
+        let mut s = lock(&state);
+        s.batch_sizes.push(b.requests.len());
+        s.requests.push(Request {
+            at: Instant::now(),
+            method: "POST",
+            path: "/v1.0/$batch".into(),
+            query: HashMap::new(),
+            form: HashMap::new(),
+            authorization: authorization.clone(),
+            accept_encoding: headers.get("accept-encoding").and_then(|v| v.to_str().ok()).map(str::to_owned),
+            status,
+            page: None,
+        });
+    }
+    if let Some(status) = refused {
+        return graph_error(status, "Forbidden", "Blocked by policy.");
+    }
+    if status != 200 {
+        return graph_error(400, "BadRequest", "A batch holds 1 to 20 requests with unique ids.");
+    }
+    let mut set = tokio::task::JoinSet::new();
+    for r in b.requests {
+        let state = Arc::clone(&state);
+        let mut item_headers = HeaderMap::new();
+        for name in ["authorization", "accept-encoding"] {
+            if let Some(v) = headers.get(name) {
+                item_headers.insert(name, v.clone());
+            }
+        }
+        set.spawn(async move {
+            let target = reqwest::Url::parse(&format!("http://graph/v1.0/{}", r.url.trim_start_matches('/'))).ok();
+            let parts: Option<Vec<String>> =
+                target.as_ref().and_then(|u| u.path_segments()).map(|p| p.map(str::to_owned).collect());
+            let resp = match parts.as_deref() {
+                Some([v, groups, id, relation]) if r.method == "GET" && v == "v1.0" && groups == "groups" => {
+                    let q = target.iter().flat_map(|u| u.query_pairs().into_owned()).collect();
+                    member_page(&state, id.clone(), relation.clone(), q, item_headers).await
+                }
+                _ => graph_error(400, "BadRequest", "The simulator batches only GET of group members."),
+            };
+            let (head, body) = resp.into_parts();
+            let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
+            let headers: serde_json::Map<String, Value> = head
+                .headers
+                .iter()
+                .filter_map(|(k, v)| Some((k.as_str().to_owned(), json!(v.to_str().ok()?))))
+                .collect();
+            // The body goes in as it is (JSON), or as a string when it is not JSON.
+            let text = String::from_utf8_lossy(&bytes).into_owned();
+            let body = serde_json::value::RawValue::from_string(text.clone())
+                .unwrap_or_else(|_| serde_json::value::to_raw_value(&text).unwrap_or_default());
+            let head = json!({"id": r.id, "status": head.status.as_u16(), "headers": headers});
+            ItemAnswer { head, body }
+        });
+    }
+    let mut answers = Vec::new();
+    while let Some(a) = set.join_next().await {
+        answers.extend(a);
+    }
+    // Graph answers in no particular order; the simulator, in the order the items finished.
+    let mut out = String::from(r#"{"responses":["#);
+    for (i, a) in answers.iter().enumerate() {
+        let head = a.head.to_string();
+        out.push_str(if i == 0 { "" } else { "," });
+        out.push_str(&head[..head.len() - 1]);
+        out.push_str(r#","body":"#);
+        out.push_str(a.body.get());
+        out.push('}');
+    }
+    out.push_str("]}");
+    (StatusCode::OK, [("content-type", "application/json")], out).into_response()
+}
+
+struct ItemAnswer {
+    /// `id`, `status` and `headers`.
+    head: Value,
+    body: Box<serde_json::value::RawValue>,
 }
 
 fn answer_members(
