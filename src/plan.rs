@@ -164,10 +164,8 @@ impl<'a> Plan<'a> {
     /// entries.
     pub fn compare(&mut self, i: usize, current: Option<&[u8]>, detail: bool) {
         // The hourly common case: the file is already exactly right, so there is no diff to make.
-        if let Some(after) = current.and_then(|cur| self.exact_lines(i, cur)) {
-            let o = &mut self.outputs[i];
-            (o.before, o.after, o.added, o.removed, o.changes, o.changed) =
-                (after, after, 0, 0, Changes::default(), false);
+        // (Reading a slice cannot fail.)
+        if current.is_some_and(|cur| self.unchanged_in(i, cur).unwrap_or(false)) {
             return;
         }
         // No file yet, and no list asked for: counting needs no rendering.
@@ -217,6 +215,26 @@ impl<'a> Plan<'a> {
             (old.len(), after, added, removed, changes, true);
     }
 
+    /// The hourly common case without holding the file: if `current` (the file, read as a
+    /// stream) holds exactly output `i`'s lines, marks the output unchanged and returns
+    /// true. Otherwise nothing is set (and reading stopped at the first difference).
+    pub fn unchanged_in(&mut self, i: usize, mut current: impl io::BufRead) -> io::Result<bool> {
+        let mut lines = self.lines(i);
+        let mut n = 0;
+        while let Some(l) = lines.next() {
+            if !take_exactly(&mut current, l)? || !take_exactly(&mut current, b"\n")? {
+                return Ok(false);
+            }
+            n += 1;
+        }
+        if !current.fill_buf()?.is_empty() {
+            return Ok(false);
+        }
+        let o = &mut self.outputs[i];
+        (o.before, o.after, o.added, o.removed, o.changes, o.changed) = (n, n, 0, 0, Changes::default(), false);
+        Ok(true)
+    }
+
     /// Writes output `i`'s content: its lines, `\n` after each.
     pub fn write_to(&self, i: usize, w: &mut impl io::Write) -> io::Result<()> {
         let mut lines = self.lines(i);
@@ -259,18 +277,6 @@ impl<'a> Plan<'a> {
             last = Some(e);
         }
         n
-    }
-
-    /// How many lines output `i` has, if `cur` holds exactly them.
-    fn exact_lines(&self, i: usize, cur: &[u8]) -> Option<usize> {
-        let mut rest = cur;
-        let mut lines = self.lines(i);
-        let mut n = 0;
-        while let Some(l) = lines.next() {
-            rest = rest.strip_prefix(l).and_then(|r| r.strip_prefix(b"\n"))?;
-            n += 1;
-        }
-        rest.is_empty().then_some(n)
     }
 
     /// Output `i`'s lines in order, without duplicates.
@@ -342,6 +348,20 @@ impl<'a> Plan<'a> {
         }
         skipped
     }
+}
+
+/// Consumes `want` from `r` if the stream continues with exactly those bytes.
+fn take_exactly(r: &mut impl io::BufRead, mut want: &[u8]) -> io::Result<bool> {
+    while !want.is_empty() {
+        let buf = r.fill_buf()?;
+        let n = buf.len().min(want.len());
+        if n == 0 || buf[..n] != want[..n] {
+            return Ok(false);
+        }
+        r.consume(n);
+        want = &want[n..];
+    }
+    Ok(true)
 }
 
 /// A cursor over one output's lines, rendered one at a time into a reused buffer.
@@ -516,6 +536,22 @@ mod tests {
         assert_eq!(o.changes.removed, ["old@contoso.com"]);
         cur.insert(Output::AllowedSenders, Some(b"group1@contoso.com\n".to_vec()));
         assert!(!plan(&cur, &[&members], &i).outputs[0].changed);
+    }
+
+    #[test]
+    fn a_streamed_current_file_is_unchanged_only_when_it_is_exactly_the_lines() {
+        let i = instance(vec![conf("a", "")]);
+        let members = [user("1", Some("b@x.com"), None, Some(true)), user("2", Some("a@x.com"), None, Some(true))];
+        let roster = Roster::of(false, members.iter().map(MemberView::from));
+        let mut p = Plan::new(&[&roster], &i);
+        // A 3-byte buffer: every line crosses buffer boundaries.
+        let mut same = |bytes: &[u8]| p.unchanged_in(0, std::io::BufReader::with_capacity(3, bytes)).unwrap();
+        for differs in [&b""[..], b"a@x.com\n", b"a@x.com\nb@x.com", b"a@x.com\nb@x.com\n\n", b"a@x.com\nb@x.co\n"] {
+            assert!(!same(differs), "{:?}", String::from_utf8_lossy(differs));
+        }
+        assert!(same(b"a@x.com\nb@x.com\n"));
+        let o = &p.outputs[0];
+        assert_eq!((o.before, o.after, o.added, o.removed, o.changed), (2, 2, 0, 0, false));
     }
 
     fn user(id: &str, mail: Option<&str>, phone: Option<&str>, enabled: Option<bool>) -> Member {

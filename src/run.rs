@@ -319,13 +319,21 @@ impl Run<'_> {
         };
         let rosters: Vec<&Roster> = rosters.iter().map(AsRef::as_ref).collect();
         let mut p = Plan::new(&rosters, inst);
-        // Each current file is read, compared and dropped before the next one.
+        // Each current file is first streamed: when it is already right (the hourly
+        // common case) it is never held. Otherwise it is read whole, compared and dropped
+        // before the next one.
         let detail = self.cli.dry_run || self.cli.format == Format::Json;
         let mut errors = Vec::new();
         for i in 0..p.outputs.len() {
-            match write::read_current(&p.outputs[i].path) {
-                Ok(current) => p.compare(i, current.as_deref(), detail),
-                Err(e) => errors.push(error_report(&format!("instance `{name}`: {e}"), e.hint())),
+            let path = p.outputs[i].path.clone();
+            let compared = write::unchanged(&path, |r| p.unchanged_in(i, r)).and_then(|same| {
+                if !same {
+                    p.compare(i, write::read_current(&path)?.as_deref(), detail);
+                }
+                Ok(())
+            });
+            if let Err(e) = compared {
+                errors.push(error_report(&format!("instance `{name}`: {e}"), e.hint()));
             }
         }
         if !errors.is_empty() {

@@ -91,6 +91,16 @@ pub fn read_current(path: &Path) -> Result<Option<Vec<u8>>, WriteError> {
     }
 }
 
+/// Whether `same` finds the current file at `path` (streamed through a buffer) already
+/// right; false when there is no file.
+pub fn unchanged(path: &Path, same: impl FnOnce(io::BufReader<File>) -> io::Result<bool>) -> Result<bool, WriteError> {
+    match File::open(path) {
+        Ok(f) => same(io::BufReader::with_capacity(1 << 16, f)).map_err(err(path, "read")),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(err(path, "read")(e)),
+    }
+}
+
 /// Replaces `path` with `content`: a temp file in the same directory, fsync,
 /// the old file's mode and owner, rename, directory fsync. A reader sees
 /// the old file or the new one, never a mix. A new file gets mode 0666 less

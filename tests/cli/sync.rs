@@ -311,6 +311,15 @@ fn an_unchanged_file_is_not_rewritten_and_keeps_its_mtime() {
 }
 
 #[test]
+fn a_current_file_that_cannot_be_read_fails_its_instance_naming_it() {
+    let mut r = one_conf().expect_exit(1);
+    std::fs::create_dir_all(r.root().join(SENDERS)).unwrap();
+    let out = r.run();
+    assert!(out.stderr.contains("allowed_senders_ldap.txt") && out.stderr.contains("Is a directory"), "{}", out.stderr);
+    assert!(r.root().join(SENDERS).is_dir());
+}
+
+#[test]
 fn a_rewrite_keeps_the_old_files_mode_and_owner() {
     let mut r = one_conf().file(SENDERS, "old@example.com\n");
     let p = r.root().join(SENDERS);
