@@ -165,9 +165,14 @@ impl<'a> Plan<'a> {
     pub fn compare(&mut self, i: usize, current: Option<&[u8]>, detail: bool) {
         // The hourly common case: the file is already exactly right, so there is no diff to make.
         // (Reading a slice cannot fail.)
-        if current.is_some_and(|cur| self.unchanged_in(i, cur).unwrap_or(false)) {
-            return;
+        if !current.is_some_and(|cur| self.unchanged_in(i, cur).unwrap_or(false)) {
+            self.diff(i, current, detail);
         }
+    }
+
+    /// As [`Plan::compare`], for a current file already known not to be exactly output
+    /// `i` (or no file): counts, and with `detail` lists, what is added and removed.
+    pub fn diff(&mut self, i: usize, current: Option<&[u8]>, detail: bool) {
         // No file yet, and no list asked for: counting needs no rendering.
         if current.is_none() && !detail {
             let after = self.count(i);

@@ -326,12 +326,11 @@ impl Run<'_> {
         let mut errors = Vec::new();
         for i in 0..p.outputs.len() {
             let path = p.outputs[i].path.clone();
-            let compared = write::unchanged(&path, |r| p.unchanged_in(i, r)).and_then(|same| {
-                if !same {
-                    p.compare(i, write::read_current(&path)?.as_deref(), detail);
-                }
-                Ok(())
-            });
+            let compared = match write::unchanged(&path, |r| p.unchanged_in(i, r)) {
+                Ok(true) => Ok(()),
+                Ok(false) => write::read_current(&path).map(|cur| p.diff(i, cur.as_deref(), detail)),
+                Err(e) => Err(e),
+            };
             if let Err(e) = compared {
                 errors.push(error_report(&format!("instance `{name}`: {e}"), e.hint()));
             }

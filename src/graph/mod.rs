@@ -135,9 +135,7 @@ impl GraphClient {
             let mut roster = Roster::new(phones);
             let mut pages = 0u32;
             while let Some((url, body)) = pages_rx.blocking_recv() {
-                visit_page(&body, |m| roster.push(&m))
-                    .map_err(|e| FetchError::BadPage { url, detail: e.to_string() })?;
-                roster.end_page();
+                read_page(&mut roster, url, &body)?;
                 pages += 1;
             }
             roster.finish();
@@ -199,12 +197,13 @@ impl GraphClient {
         let body = serde_json::to_vec(message).map_err(|e| FetchError::Client(e.to_string()))?;
         let token = self.token(cred, None).await?;
         let a = self
-            .send(&url, || {
-                self.http
+            .try_send(&url, || {
+                Ok(self
+                    .http
                     .post(&url)
                     .bearer_auth(token.expose())
                     .header(reqwest::header::CONTENT_TYPE, "application/json")
-                    .body(body.clone())
+                    .body(body.clone()))
             })
             .await?;
         if a.status.is_success() {
@@ -218,8 +217,7 @@ impl GraphClient {
         let url = q.first_url();
         let body = self.page(cred, &q.graph, &url).await?;
         let mut roster = Roster::new(q.mobile_phone);
-        let next =
-            visit_page(&body, |m| roster.push(&m)).map_err(|e| FetchError::BadPage { url, detail: e.to_string() })?;
+        let next = read_page(&mut roster, url, &body)?;
         roster.finish();
         Ok((roster, next.is_some()))
     }
@@ -246,6 +244,13 @@ impl GraphClient {
             }
         }
     }
+}
+
+/// Adds the members of one page (from `url`) to `roster`; returns its `@odata.nextLink`.
+fn read_page(roster: &mut Roster, url: String, body: &[u8]) -> Result<Option<String>, FetchError> {
+    let next = visit_page(body, |m| roster.push(&m)).map_err(|e| FetchError::BadPage { url, detail: e.to_string() })?;
+    roster.end_page();
+    Ok(next)
 }
 
 /// Graph's `{"error": {"code", "message"}}` of an answer that is not a success, or the

@@ -44,13 +44,8 @@ impl Failure {
 }
 
 impl GraphClient {
-    /// Sends `build()` until it gets an answer that is not retried, or gives up.
-    pub(super) async fn send(&self, url: &str, build: impl Fn() -> RequestBuilder) -> Result<Answer, FetchError> {
-        self.try_send(url, || Ok(build())).await
-    }
-
-    /// As [`GraphClient::send`], for a request whose building can fail (it is built anew
-    /// for every attempt).
+    /// Sends `build()` until it gets an answer that is not retried, or gives up. The
+    /// request is built anew for every attempt (building can fail: a certificate signs).
     pub(super) async fn try_send(
         &self,
         url: &str,

@@ -130,7 +130,7 @@ pub struct State {
     pub clock_ahead: i64,
     /// `jti`s of the client assertions accepted so far.
     pub assertion_ids: Vec<String>,
-    /// Graph requests (plain pages and batches) being answered now, and the most at once.
+    /// Graph requests (plain pages and batches) being answered now.
     pub in_flight: usize,
     /// The most Graph requests answered at once.
     pub max_in_flight: usize,
