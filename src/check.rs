@@ -126,8 +126,8 @@ fn check_instance(inst: &Instance, out: &mut Vec<Finding>) {
         SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
     for c in &inst.configs {
         let holds = if matches!(c.auth, ClientAuth::Certificate(_)) { "a private key" } else { "a client secret" };
-        for f in &c.secret_files {
-            let Ok(m) = std::fs::metadata(f) else { continue };
+        let f = &c.secret_file;
+        if let Ok(m) = std::fs::metadata(f) {
             let mode = m.permissions().mode() & 0o777;
             if mode & 0o077 != 0 {
                 out.push(warning(

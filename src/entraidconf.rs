@@ -55,9 +55,9 @@ pub struct EntraConf {
     pub client: ClientId,
     /// The client secret or certificate, already read from wherever it lives.
     pub auth: ClientAuth,
-    /// The files holding the secret or the private key (this config itself for an
+    /// The file holding the secret or the private key (this config itself for an
     /// inline `client_secret`).
-    pub secret_files: Vec<PathBuf>,
+    pub secret_file: PathBuf,
     /// When the credential expires (Unix seconds): the certificate's end of validity, or
     /// `client_secret_expires` when the admin recorded it.
     pub expires: Option<i64>,
@@ -187,7 +187,7 @@ impl EntraConf {
         ];
         let secret_given =
             raw.client_secret.is_some() || raw.client_secret_file.is_some() || raw.client_secret_credential.is_some();
-        let (auth, secret_files, expires) = if certificate_keys.contains(&true) {
+        let (auth, secret_file, expires) = if certificate_keys.contains(&true) {
             if secret_given || raw.client_secret_expires.is_some() {
                 return Err(ConfigError::new(
                     path,
@@ -202,9 +202,9 @@ impl EntraConf {
                 key_credential: raw.client_key_credential,
                 algorithm: raw.assertion_algorithm,
             };
-            let (cert, files) = certificate(keys, path, env)?;
+            let (cert, file) = certificate(keys, path, env)?;
             let expires = cert.not_after;
-            (ClientAuth::Certificate(Arc::new(cert)), files, Some(expires))
+            (ClientAuth::Certificate(Arc::new(cert)), file, Some(expires))
         } else {
             if !secret_given {
                 return Err(ConfigError::new(
@@ -227,7 +227,7 @@ impl EntraConf {
                     bad("client_secret_expires", format!("`{d}` is not a date like 2027-05-01"), "copy the Expires date of the secret from App registrations > the app > Certificates & secrets, as YYYY-MM-DD")
                 })?),
             };
-            (ClientAuth::Secret(secret), vec![secret_file], expires)
+            (ClientAuth::Secret(secret), secret_file, expires)
         };
 
         let query_filter = raw.query_filter.unwrap_or_else(|| "mail".into());
@@ -307,7 +307,7 @@ impl EntraConf {
             tenant,
             client,
             auth,
-            secret_files,
+            secret_file,
             expires,
             group,
             mobile_phone,
@@ -331,7 +331,7 @@ struct CertificateKeys {
 }
 
 /// The certificate and key a config names, and the file holding the private key.
-fn certificate(raw: CertificateKeys, path: &Path, env: &Env) -> Result<(Certificate, Vec<PathBuf>), ConfigError> {
+fn certificate(raw: CertificateKeys, path: &Path, env: &Env) -> Result<(Certificate, PathBuf), ConfigError> {
     let algorithm = match raw.algorithm.as_deref() {
         None => AssertionAlgorithm::default(),
         Some(a) => AssertionAlgorithm::from_name(a).ok_or_else(|| {
@@ -352,12 +352,12 @@ fn certificate(raw: CertificateKeys, path: &Path, env: &Env) -> Result<(Certific
                 )
             })?;
     let key = read_source("client_key", raw.key, raw.key_credential, path, env)?;
-    let files = vec![key.as_ref().map_or_else(|| cert.1.clone(), |(_, f)| f.clone())];
+    let key_file = key.as_ref().map_or_else(|| cert.1.clone(), |(_, f)| f.clone());
     let c = Certificate::from_pem(&cert.0, key.as_ref().map(|(k, _)| k.as_slice()), algorithm).map_err(|e| {
         let from = key.as_ref().filter(|_| e.in_key).map_or(&cert.1, |(_, f)| f);
         ConfigError::new(path, format!("{}: {}", from.display(), e.message), e.hint)
     })?;
-    Ok((c, files))
+    Ok((c, key_file))
 }
 
 #[cfg(test)]
