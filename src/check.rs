@@ -2,7 +2,7 @@
 //! path and permission. One line per finding; exit 2 if any is an error.
 
 use std::fmt;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -13,6 +13,7 @@ use crate::credential::ClientAuth;
 use crate::entraidconf::{EntraConf, Env};
 use crate::error::{Hint, Outcome};
 use crate::instance::{self, Instance};
+use crate::trust::Trust;
 
 /// How bad a finding is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,6 +22,8 @@ pub enum Level {
     Error,
     /// Worth fixing; the run would work.
     Warning,
+    /// For information: what usersync makes of a file.
+    Note,
 }
 
 /// One thing `check` found.
@@ -39,6 +42,7 @@ impl fmt::Display for Finding {
         let level = match self.level {
             Level::Error => "error",
             Level::Warning => "warning",
+            Level::Note => "note",
         };
         write!(f, "{level}: {}", self.message)?;
         if let Some(h) = &self.hint {
@@ -54,6 +58,15 @@ fn error(message: String, hint: Option<String>) -> Finding {
 
 fn warning(message: String, hint: &str) -> Finding {
     Finding { level: Level::Warning, message, hint: Some(hint.to_owned()) }
+}
+
+/// A file's trust (§9), as a note.
+fn trust_note(who: &str, path: &Path, trust: &Trust, untrusted_means: &str) -> Finding {
+    let message = match trust {
+        Trust::Trusted => format!("{who}{}: trusted", path.display()),
+        t @ Trust::Untrusted(_) => format!("{who}{}: {t}; {untrusted_means}", path.display()),
+    };
+    Finding { level: Level::Note, message, hint: None }
 }
 
 /// Warn this many days before a credential expires.
@@ -92,7 +105,8 @@ pub fn run(cli: &Cli, names: &[String]) -> Outcome {
         println!("{f}");
     }
     let errors = findings.iter().filter(|f| f.level == Level::Error).count();
-    println!("check: {errors} errors, {} warnings", findings.len() - errors);
+    let warnings = findings.iter().filter(|f| f.level == Level::Warning).count();
+    println!("check: {errors} errors, {warnings} warnings");
     if errors > 0 {
         Outcome::Config
     } else {
@@ -101,16 +115,19 @@ pub fn run(cli: &Cli, names: &[String]) -> Outcome {
 }
 
 fn findings(cli: &Cli, names: &[String]) -> Vec<Finding> {
-    let (_config, root) = match crate::run::setup(cli) {
+    let (config, root) = match crate::run::setup(cli) {
         Ok(x) => x,
         Err(e) => return e.reports().into_iter().map(|r| error(r.message, r.hint)).collect(),
     };
+    let mut out = Vec::new();
+    if let Some(p) = &config.path {
+        out.push(trust_note("", p, &Trust::Trusted, ""));
+    }
     let names = match instance::select(&root, names) {
         Ok(n) => n,
         Err(e) => return vec![error(e.to_string(), e.hint())],
     };
     let env = Env::from_process();
-    let mut out = Vec::new();
     for name in &names {
         match instance::load(&root, name, &env) {
             Ok(inst) => check_instance(&inst, &mut out),
@@ -124,6 +141,24 @@ fn check_instance(inst: &Instance, out: &mut Vec<Finding>) {
     let who = format!("instance `{}`", inst.name);
     let now =
         SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let who_ = format!("{who}: ");
+    for c in &inst.configs {
+        out.push(trust_note(
+            &who_,
+            &c.path,
+            &c.trust,
+            "it may not set authority_host or graph_endpoint, and the files it names must lie beneath its directory",
+        ));
+        let credential = std::env::var_os("CREDENTIALS_DIRECTORY").is_some_and(|d| c.secret_file.starts_with(d));
+        if c.secret_file != c.path && !credential {
+            if let Ok((_, t)) = crate::trust::open(&c.secret_file) {
+                out.push(trust_note(&who_, &c.secret_file, &t, "someone else than root can change the credential"));
+            }
+        }
+    }
+    for (p, t) in &inst.cfg_files {
+        out.push(trust_note(&who_, p, t, "the output paths it names must lie beneath the instance directory"));
+    }
     for c in &inst.configs {
         let holds = if matches!(c.auth, ClientAuth::Certificate(_)) { "a private key" } else { "a client secret" };
         let f = &c.secret_file;
@@ -150,16 +185,26 @@ fn check_instance(inst: &Instance, out: &mut Vec<Finding>) {
             Some("run usersync as root or as the owner of the instance".into()),
         ));
     }
-    for (output, path) in &inst.outputs {
-        let dir = path.parent().unwrap_or(Path::new("/"));
-        let at = format!("{who}: output {output} {}", path.display());
-        if !dir.is_dir() {
+    let lock = entraid.join(crate::lock::LOCK_FILE);
+    if let Ok(m) = std::fs::symlink_metadata(&lock) {
+        if !m.is_file() {
             out.push(error(
-                format!("{at}: the directory {} does not exist", dir.display()),
-                Some("create it, or fix ALLOWEDLDAPSENDERFILE / LDAPGSMLISTFILE in envelope.cfg / compose.cfg".into()),
+                format!("{who}: the lock {} is not a regular file but {}", lock.display(), kind_of(&m)),
+                Some(format!("remove {}; usersync creates it", lock.display())),
             ));
-            continue;
         }
+    }
+    for (output, place) in &inst.outputs {
+        let path = &place.path;
+        let at = format!("{who}: output {output} {}", path.display());
+        let target = match inst.target(place) {
+            Ok(t) => t,
+            Err(e) => {
+                out.push(error(format!("{at}: {e}"), e.hint()));
+                continue;
+            }
+        };
+        let dir = crate::trust::parent(path);
         if rustix::fs::access(dir, Access::WRITE_OK).is_err() {
             out.push(error(
                 format!("{at}: the directory {} is not writable by this user", dir.display()),
@@ -168,16 +213,35 @@ fn check_instance(inst: &Instance, out: &mut Vec<Finding>) {
                 ),
             ));
         }
-        match std::fs::symlink_metadata(path) {
-            Ok(m) if !m.is_file() => {
-                out.push(error(format!("{at}: exists but is not a regular file"), Some("remove or move it".into())));
-            }
-            Ok(m) if user_name(m.uid()).is_none() => out.push(warning(
-                format!("{at}: its owner, uid {}, has no user name on this host", m.uid()),
+        match target.inspect() {
+            Err(e) => out.push(error(format!("{at}: {e}"), e.hint())),
+            Ok(Some(st)) if st.st_mode & 0o7000 != 0 => out.push(warning(
+                format!(
+                    "{at}: its mode {:04o} has set-id or sticky bits, which the next write drops",
+                    st.st_mode & 0o7777
+                ),
+                &format!("chmod {:04o} {}", st.st_mode & 0o777, path.display()),
+            )),
+            Ok(Some(st)) if user_name(st.st_uid).is_none() => out.push(warning(
+                format!("{at}: its owner, uid {}, has no user name on this host", st.st_uid),
                 "chown it to the gateway's user; usersync keeps the owner it finds",
             )),
-            _ => {}
+            Ok(_) => {}
         }
+    }
+}
+
+fn kind_of(m: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = m.file_type();
+    if t.is_symlink() {
+        "a symlink"
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else {
+        "a special file"
     }
 }
 

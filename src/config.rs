@@ -6,7 +6,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::alert::AlertConfig;
-use crate::error::ConfigError;
+use crate::error::{quote, quote_in, ConfigError};
+use crate::trust::{self, Trust};
 
 /// Where the global config lives when `--config` is not given.
 pub const DEFAULT_PATH: &str = "/etc/usersync/usersync.toml";
@@ -130,8 +131,19 @@ impl Config {
     /// Loads `explicit`, or the default path if it exists, or all defaults.
     pub fn load(explicit: Option<&Path>) -> Result<Self, ConfigError> {
         let path = explicit.map_or_else(|| PathBuf::from(DEFAULT_PATH), Path::to_path_buf);
-        match std::fs::read_to_string(&path) {
-            Ok(text) => Self::parse(&text, &path),
+        let read = trust::read(&path).and_then(|(b, t)| {
+            String::from_utf8(b).map(|s| (s, t)).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+        });
+        match read {
+            Ok((text, Trust::Trusted)) => Self::parse(&text, &path),
+            Ok((_, t)) => {
+                let f = path.display();
+                Err(ConfigError::new(
+                    &path,
+                    format!("the global configuration is {t}; it decides where usersync writes and what it runs as root, so it must be trusted"),
+                    format!("chown root: {f}; chmod go-w {f}"),
+                ))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && explicit.is_none() => {
                 Self::from_raw(RawConfig::default(), None)
             }
@@ -150,7 +162,7 @@ impl Config {
                 e.span().map(|s| format!(" (line {})", text[..s.start].matches('\n').count() + 1)).unwrap_or_default();
             ConfigError::new(
                 path,
-                format!("{}{line}", e.message().replace("unknown field", "unknown key")),
+                format!("{}{line}", quote_in(&e.message().replace("unknown field", "unknown key"))),
                 HINT_REFERENCE,
             )
         })?;
@@ -166,7 +178,11 @@ impl Config {
             if p.is_absolute() {
                 Ok(p)
             } else {
-                Err(bad(key, format!("`{}` is not an absolute path", p.display()), "use an absolute path"))
+                Err(bad(
+                    key,
+                    format!("`{}` is not an absolute path", quote(&p.to_string_lossy())),
+                    "use an absolute path",
+                ))
             }
         };
         let server_root = raw.server_root.map(|p| absolute("server_root", p)).transpose()?;
@@ -230,7 +246,7 @@ impl Config {
                 http.deadline = Duration::from_secs(d);
             }
             if let Some(ca) = h.ca_bundle {
-                let bytes = std::fs::read(&ca).map_err(|e| {
+                let bytes = trust::read(&ca).map(|(b, _)| b).map_err(|e| {
                     bad(
                         "http.ca_bundle",
                         format!("cannot read {}: {e}", ca.display()),

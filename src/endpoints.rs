@@ -97,8 +97,10 @@ pub fn is_loopback(host: &Host<&str>) -> bool {
 /// Checks an `authority_host` / `graph_endpoint` value: a bare host or an
 /// `https://` URL with no path, query or credentials; `http://` only for loopback.
 pub fn parse_endpoint(value: &str) -> Result<Url, String> {
-    let value = value.trim();
-    let text = if value.contains("://") { value.to_owned() } else { format!("https://{value}") };
+    let text = value.trim();
+    let value = crate::error::quote(text);
+    let value = value.as_str();
+    let text = if text.contains("://") { text.to_owned() } else { format!("https://{text}") };
     let url = Url::parse(&text).map_err(|e| format!("`{value}` is not a host or URL ({e})"))?;
     let host = url.host().ok_or_else(|| format!("`{value}` has no host"))?;
     if !url.username().is_empty() || url.password().is_some() {

@@ -7,13 +7,14 @@ use serde::Deserialize;
 
 use crate::credential::{AssertionAlgorithm, Certificate, ClientAuth};
 use crate::endpoints::{parse_endpoint, Cloud, Endpoints};
-use crate::error::ConfigError;
 use crate::error::Hint as _;
+use crate::error::{quote, quote_in, ConfigError};
 use crate::graph::{Credentials, FetchError, GroupQuery};
 use crate::ids::{ClientId, GroupId, TenantId};
 use crate::output::{AccessRule, Output};
 pub use crate::secret::Env;
 use crate::secret::{read_source, resolve, Secret};
+use crate::trust::{self, Trust};
 use std::sync::Arc;
 
 const HINT_REFERENCE: &str = "see the `.entraidconf` table in the README, or config/example.entraidconf";
@@ -77,6 +78,8 @@ pub struct EntraConf {
     pub cloud: Cloud,
     /// Login and Graph hosts.
     pub endpoints: Endpoints,
+    /// Whether the file may set endpoints and name files outside its directory (§9).
+    pub trust: Trust,
 }
 
 impl EntraConf {
@@ -115,20 +118,22 @@ impl EntraConf {
         hint
     }
 
-    /// Reads and checks one file.
+    /// Reads, judges and checks one file.
     pub fn load(path: &Path, env: &Env) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
+        let unreadable = |e: &dyn std::fmt::Display| {
             ConfigError::new(
                 path,
                 format!("cannot read: {e}"),
-                "check that the file exists and is readable by the user usersync runs as",
+                "check that it is a text file readable by the user usersync runs as",
             )
-        })?;
-        Self::parse(&text, path, env)
+        };
+        let (bytes, trust) = trust::read(path).map_err(|e| unreadable(&e))?;
+        let text = String::from_utf8(bytes).map_err(|e| unreadable(&e))?;
+        Self::parse(&text, path, env, trust)
     }
 
-    /// Parses and checks the text of `path`.
-    pub fn parse(text: &str, path: &Path, env: &Env) -> Result<Self, ConfigError> {
+    /// Parses and checks the text of `path`, a file judged `trust`.
+    pub fn parse(text: &str, path: &Path, env: &Env, trust: Trust) -> Result<Self, ConfigError> {
         let raw: RawEntraConf = toml::from_str(text).map_err(|e| {
             let msg = e.message().to_owned();
             let at = e
@@ -143,21 +148,37 @@ impl EntraConf {
             } else {
                 format!("fix the TOML syntax; {HINT_REFERENCE}")
             };
-            ConfigError::new(path, format!("{}{at}", msg.replace("unknown field", "unknown key")), key_hint)
+            ConfigError::new(path, format!("{}{at}", quote_in(&msg.replace("unknown field", "unknown key"))), key_hint)
         })?;
-        Self::from_raw(raw, path, env)
+        Self::from_raw(raw, path, env, trust)
     }
 
     #[allow(clippy::too_many_lines)] // one linear check per key
-    fn from_raw(raw: RawEntraConf, path: &Path, env: &Env) -> Result<Self, ConfigError> {
+    fn from_raw(raw: RawEntraConf, path: &Path, env: &Env, trust: Trust) -> Result<Self, ConfigError> {
         let bad = |key: &str, msg: String, hint: &str| ConfigError::new(path, format!("key `{key}`: {msg}"), hint);
         let required = |key: &str, v: Option<String>| v.ok_or_else(|| bad(key, "is missing".into(), HINT_REFERENCE));
+
+        // An untrusted file (§9) decides neither where the credential goes nor, below,
+        // which files outside its own directory are read: checked before anything is read.
+        if !trust.is_trusted() {
+            let set =
+                [("authority_host", raw.authority_host.is_some()), ("graph_endpoint", raw.graph_endpoint.is_some())];
+            if let Some((key, _)) = set.iter().find(|(_, set)| *set) {
+                let f = path.display();
+                return Err(bad(
+                    key,
+                    format!("may only be set in a trusted file, and this one is {trust}"),
+                    &format!("make the file root's (chown root: {f}; chmod go-w {f}), or remove {key} and set `cloud`"),
+                ));
+            }
+        }
+        let confine = (!trust.is_trusted()).then(|| trust::parent(path));
 
         let tenant_text = required("tenant_id", raw.tenant_id)?;
         let tenant = TenantId::parse(&tenant_text).ok_or_else(|| {
             bad(
                 "tenant_id",
-                format!("`{tenant_text}` is neither a GUID nor a domain name"),
+                format!("`{}` is neither a GUID nor a domain name", quote(&tenant_text)),
                 "copy the Directory (tenant) ID from the app's Overview page in the Entra admin center",
             )
         })?;
@@ -165,7 +186,7 @@ impl EntraConf {
         let client = ClientId::parse(&client_text).ok_or_else(|| {
             bad(
                 "client_id",
-                format!("`{client_text}` is not a GUID"),
+                format!("`{}` is not a GUID", quote(&client_text)),
                 "copy the Application (client) ID from the app's Overview page in the Entra admin center",
             )
         })?;
@@ -173,7 +194,7 @@ impl EntraConf {
         let group = GroupId::parse(&group_text).ok_or_else(|| {
             bad(
                 "group_id",
-                format!("`{group_text}` is not a GUID"),
+                format!("`{}` is not a GUID", quote(&group_text)),
                 "copy the group's Object ID from Groups > the group > Overview in the Entra admin center",
             )
         })?;
@@ -202,7 +223,7 @@ impl EntraConf {
                 key_credential: raw.client_key_credential,
                 algorithm: raw.assertion_algorithm,
             };
-            let (cert, file) = certificate(keys, path, env)?;
+            let (cert, file) = certificate(keys, path, env, confine)?;
             let expires = cert.not_after;
             (ClientAuth::Certificate(Arc::new(cert)), file, Some(expires))
         } else {
@@ -220,11 +241,12 @@ impl EntraConf {
                 raw.client_secret_credential,
                 path,
                 env,
+                confine,
             )?;
             let expires = match raw.client_secret_expires {
                 None => None,
                 Some(d) => Some(crate::date::parse(&d).ok_or_else(|| {
-                    bad("client_secret_expires", format!("`{d}` is not a date like 2027-05-01"), "copy the Expires date of the secret from App registrations > the app > Certificates & secrets, as YYYY-MM-DD")
+                    bad("client_secret_expires", format!("`{}` is not a date like 2027-05-01", quote(&d)), "copy the Expires date of the secret from App registrations > the app > Certificates & secrets, as YYYY-MM-DD")
                 })?),
             };
             (ClientAuth::Secret(secret), secret_file, expires)
@@ -240,7 +262,7 @@ impl EntraConf {
                 _ => {
                     return Err(bad(
                         "query_filter",
-                        format!("unknown attribute `{attr}`"),
+                        format!("unknown attribute `{}`", quote(attr)),
                         "use \"mail\" or \"mail,mobilePhone\"",
                     ));
                 }
@@ -249,7 +271,7 @@ impl EntraConf {
         if !mail {
             return Err(bad(
                 "query_filter",
-                format!("`{query_filter}` does not include `mail`"),
+                format!("`{}` does not include `mail`", quote(&query_filter)),
                 "use \"mail\" or \"mail,mobilePhone\"",
             ));
         }
@@ -267,7 +289,7 @@ impl EntraConf {
             feeds.insert(Output::from_name(f).ok_or_else(|| {
                 bad(
                     "feeds",
-                    format!("unknown output `{f}`"),
+                    format!("unknown output `{}`", quote(f)),
                     "use \"allowed_senders\", \"gsm_list\" or \"access_rules\"",
                 )
             })?);
@@ -282,14 +304,19 @@ impl EntraConf {
 
         let access_rule = match raw.access_rule {
             None => AccessRule::default(),
-            Some(s) => AccessRule::from_name(&s)
-                .ok_or_else(|| bad("access_rule", format!("unknown style `{s}`"), "use \"registration\" or \"sms\""))?,
+            Some(s) => AccessRule::from_name(&s).ok_or_else(|| {
+                bad("access_rule", format!("unknown style `{}`", quote(&s)), "use \"registration\" or \"sms\"")
+            })?,
         };
 
         let cloud = match raw.cloud {
             None => Cloud::Global,
             Some(s) => Cloud::from_name(&s).ok_or_else(|| {
-                bad("cloud", format!("unknown cloud `{s}`"), "use \"global\", \"usgov\", \"usgov-dod\" or \"china\"")
+                bad(
+                    "cloud",
+                    format!("unknown cloud `{}`", quote(&s)),
+                    "use \"global\", \"usgov\", \"usgov-dod\" or \"china\"",
+                )
             })?,
         };
         let endpoint = |key: &str, v: Option<String>, default: &str| {
@@ -317,6 +344,7 @@ impl EntraConf {
             include_disabled: raw.include_disabled.unwrap_or(false),
             cloud,
             endpoints,
+            trust,
         })
     }
 }
@@ -331,19 +359,24 @@ struct CertificateKeys {
 }
 
 /// The certificate and key a config names, and the file holding the private key.
-fn certificate(raw: CertificateKeys, path: &Path, env: &Env) -> Result<(Certificate, PathBuf), ConfigError> {
+fn certificate(
+    raw: CertificateKeys,
+    path: &Path,
+    env: &Env,
+    confine: Option<&Path>,
+) -> Result<(Certificate, PathBuf), ConfigError> {
     let algorithm = match raw.algorithm.as_deref() {
         None => AssertionAlgorithm::default(),
         Some(a) => AssertionAlgorithm::from_name(a).ok_or_else(|| {
             ConfigError::new(
                 path,
-                format!("key `assertion_algorithm`: unknown algorithm `{a}`"),
+                format!("key `assertion_algorithm`: unknown algorithm `{}`", quote(a)),
                 "use \"PS256\" (the default) or \"RS256\"",
             )
         })?,
     };
     let cert =
-        read_source("client_certificate", raw.certificate, raw.certificate_credential, path, env)?
+        read_source("client_certificate", raw.certificate, raw.certificate_credential, path, env, confine)?
             .ok_or_else(|| {
                 ConfigError::new(
                     path,
@@ -351,7 +384,7 @@ fn certificate(raw: CertificateKeys, path: &Path, env: &Env) -> Result<(Certific
                     "set client_certificate (or client_certificate_credential) to the PEM file of the certificate uploaded to the app registration",
                 )
             })?;
-    let key = read_source("client_key", raw.key, raw.key_credential, path, env)?;
+    let key = read_source("client_key", raw.key, raw.key_credential, path, env, confine)?;
     let key_file = key.as_ref().map_or_else(|| cert.1.clone(), |(_, f)| f.clone());
     let c = Certificate::from_pem(&cert.0, key.as_ref().map(|(k, _)| k.as_slice()), algorithm).map_err(|e| {
         let from = key.as_ref().filter(|_| e.in_key).map_or(&cert.1, |(_, f)| f);
@@ -372,7 +405,7 @@ group_id = "02bd9fd6-8f93-4758-87c3-1fb73740a315"
 "#;
 
     fn parse(extra: &str) -> Result<EntraConf, ConfigError> {
-        EntraConf::parse(&format!("{BASE}{extra}"), Path::new("/x/a.entraidconf"), &Env::default())
+        EntraConf::parse(&format!("{BASE}{extra}"), Path::new("/x/a.entraidconf"), &Env::default(), Trust::Trusted)
     }
 
     #[test]

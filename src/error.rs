@@ -41,6 +41,41 @@ impl From<Outcome> for ExitCode {
     }
 }
 
+/// How much of a malformed value an error message shows.
+pub const QUOTE_CHARS: usize = 8;
+
+/// A value for an error message: its first [`QUOTE_CHARS`] characters (escaped), then `…`
+/// if there were more. A secret pasted into the wrong key so never reaches the log, the
+/// JSON report or an alert mail whole.
+#[must_use]
+pub fn quote(value: &str) -> String {
+    let mut out: String = value.chars().take(QUOTE_CHARS).flat_map(char::escape_debug).collect();
+    if value.chars().nth(QUOTE_CHARS).is_some() {
+        out.push('…');
+    }
+    out
+}
+
+/// A parser's message with each double-quoted value in it cut as [`quote`] does.
+#[must_use]
+pub fn quote_in(message: &str) -> String {
+    let mut out = String::new();
+    let mut rest = message;
+    while let Some(start) = rest.find('"') {
+        out.push_str(&rest[..=start]);
+        rest = &rest[start + 1..];
+        let Some(end) = rest.find('"') else {
+            out.push_str(&quote(rest));
+            return out;
+        };
+        out.push_str(&quote(&rest[..end]));
+        out.push('"');
+        rest = &rest[end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Something that can tell the administrator how to fix it.
 pub trait Hint {
     /// One or more lines saying what to do.
@@ -201,6 +236,17 @@ mod tests {
         all.sort();
         let codes: Vec<u8> = all.iter().rev().map(|o| o.code()).collect();
         assert_eq!(codes, [2, 1, 3, 75, 0]);
+    }
+
+    #[test]
+    fn quotes_at_most_eight_characters() {
+        assert_eq!(quote("12345678"), "12345678");
+        assert_eq!(quote("Xq8~s3cretValue.9"), "Xq8~s3cr…");
+        assert_eq!(quote("a\nb"), "a\\nb");
+        assert_eq!(
+            quote_in("invalid type: string \"Xq8~s3cretValue.9\", expected a boolean"),
+            "invalid type: string \"Xq8~s3cr…\", expected a boolean"
+        );
     }
 
     #[test]

@@ -26,11 +26,13 @@ pub mod output;
 pub mod plan;
 pub mod render;
 pub mod report;
+pub mod resolve;
 pub mod roster;
 mod run;
 pub mod secret;
 pub mod state;
 mod testquery;
+pub mod trust;
 pub mod write;
 
 pub use run::run;

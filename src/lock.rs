@@ -1,9 +1,10 @@
 //! One run per instance at a time: an exclusive lock on `config/entraid/usersync.lock`.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use fs2::FileExt;
+use rustix::fs::{Mode, OFlags};
 
 /// The lock file's name inside the instance's `config/entraid/`.
 pub const LOCK_FILE: &str = "usersync.lock";
@@ -21,7 +22,7 @@ pub enum LockError {
     #[error("{} is held by another usersync run; instance skipped", .0.display())]
     Held(PathBuf),
     /// The lock file could not be opened.
-    #[error("cannot open the lock file {}: {}", .0.display(), .1)]
+    #[error("cannot open the lock file {}: {}", .0.display(), crate::resolve::explain(.1))]
     Io(PathBuf, #[source] std::io::Error),
 }
 
@@ -29,20 +30,24 @@ impl crate::error::Hint for LockError {
     fn hint(&self) -> Option<String> {
         Some(match self {
             Self::Held(_) => "another run is still busy with this instance; if none is running (check `systemctl status usersync` or `pgrep usersync`), the lock is released already and the next run proceeds".into(),
+            Self::Io(p, e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => format!("usersync never opens its lock through a symlink: remove {} (no run is using it while it is a symlink)", p.display()),
+            Self::Io(p, e) if e.kind() == std::io::ErrorKind::InvalidInput => format!("the lock must be a regular file: remove {}", p.display()),
             Self::Io(p, _) => format!("usersync's user must be able to create {}", p.display()),
         })
     }
 }
 
-/// Takes the lock of the instance whose `config/entraid/` is `dir`, without waiting.
+/// Takes the lock of the instance whose `config/entraid/` is `dir`, without waiting. The
+/// lock file is never opened through a symlink, never blocks (a FIFO is refused), and
+/// must be a regular file.
 pub fn acquire(dir: &Path) -> Result<InstanceLock, LockError> {
     let path = dir.join(LOCK_FILE);
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| LockError::Io(path.clone(), e))?;
+    let io = |e: std::io::Error| LockError::Io(path.clone(), e);
+    let d = rustix::fs::open(dir, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| io(e.into()))?;
+    let flags = OFlags::CREATE | OFlags::RDWR | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let file = File::from(rustix::fs::openat(&d, LOCK_FILE, flags, Mode::from(0o600)).map_err(|e| io(e.into()))?);
+    crate::trust::regular(&file).map_err(io)?;
     match file.try_lock_exclusive() {
         Ok(()) => Ok(InstanceLock { _file: file }),
         Err(e) if e.raw_os_error() == fs2::lock_contended_error().raw_os_error() => Err(LockError::Held(path)),
@@ -61,5 +66,26 @@ mod tests {
         assert!(matches!(acquire(t.path()), Err(LockError::Held(_))));
         drop(first);
         assert!(acquire(t.path()).is_ok());
+    }
+
+    #[test]
+    fn a_symlink_or_fifo_is_never_the_lock() {
+        let t = tempfile::tempdir().unwrap();
+        let target = t.path().join("nologin");
+        std::os::unix::fs::symlink(&target, t.path().join(LOCK_FILE)).unwrap();
+        let e = acquire(t.path()).unwrap_err();
+        assert!(e.to_string().contains("a symlink is on the way"), "{e}");
+        assert!(!target.exists(), "the symlink's target is not created");
+        std::fs::remove_file(t.path().join(LOCK_FILE)).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            t.path().join(LOCK_FILE),
+            rustix::fs::FileType::Fifo,
+            Mode::from(0o600),
+            0,
+        )
+        .unwrap();
+        let e = acquire(t.path()).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
     }
 }

@@ -21,6 +21,9 @@ pub enum SkipReason {
     UntypedObject,
     /// `accountEnabled` is false and `include_disabled` is not set.
     Disabled,
+    /// Graph sent no `accountEnabled`, and `include_disabled` is not set: whether the
+    /// account is enabled is unknown, so it is not kept.
+    EnabledUnknown,
     /// No `mail`.
     NoMail,
     /// A `mail` that is not a plausible address.
@@ -45,6 +48,7 @@ impl SkipReason {
             Self::OtherObject => "other-object",
             Self::UntypedObject => "untyped-object",
             Self::Disabled => "disabled",
+            Self::EnabledUnknown => "enabled-unknown",
             Self::NoMail => "no-mail",
             Self::InvalidMail => "invalid-mail",
             Self::NonAsciiLocalPart => "non-ascii-local-part",

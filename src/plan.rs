@@ -135,7 +135,7 @@ impl<'a> Plan<'a> {
             });
             p.outputs.push(OutputPlan {
                 output: *output,
-                path: path.clone(),
+                path: path.path.clone(),
                 before: 0,
                 after: 0,
                 added: 0,
@@ -405,6 +405,8 @@ mod tests {
     use super::*;
     use crate::entraidconf::Env;
     use crate::graph::{parse_page, Member, MemberView, ObjectKind};
+    use crate::instance::OutputPath;
+    use crate::trust::Trust;
     use std::path::Path;
 
     fn sample(name: &str) -> Roster {
@@ -420,17 +422,17 @@ mod tests {
         let text = format!(
             "tenant_id = \"contoso.onmicrosoft.com\"\nclient_id = \"66666666-7777-8888-9999-000000000000\"\nclient_secret = \"x\"\ngroup_id = \"02bd9fd6-8f93-4758-87c3-1fb73740a315\"\n{extra}"
         );
-        EntraConf::parse(&text, Path::new(name), &Env::default()).unwrap()
+        EntraConf::parse(&text, Path::new(name), &Env::default(), Trust::Trusted).unwrap()
     }
 
     fn instance(configs: Vec<EntraConf>) -> Instance {
         let mut outputs = BTreeMap::new();
         for o in Output::ALL {
             if configs.iter().any(|c| c.feeds.contains(&o)) {
-                outputs.insert(o, PathBuf::from(o.default_path()));
+                outputs.insert(o, OutputPath { path: PathBuf::from(o.default_path()), confined: true });
             }
         }
-        Instance { name: "gw".into(), dir: PathBuf::from("/server/gw"), configs, outputs }
+        Instance { name: "gw".into(), dir: PathBuf::from("/server/gw"), configs, outputs, cfg_files: vec![] }
     }
 
     fn text(p: &Plan, i: usize) -> String {
@@ -439,8 +441,15 @@ mod tests {
 
     #[test]
     fn users_list_sample_gives_lower_cased_sorted_lines() {
-        let i = instance(vec![conf("a", "feeds = [\"allowed_senders\", \"access_rules\"]\n")]);
+        // Microsoft's sample selects no accountEnabled: without include_disabled nobody is
+        // kept, and the fetch would fail as the limited-information answer.
         let members = sample("users_list_app_only.json");
+        assert_eq!(members.limited(), Some("accountEnabled"));
+        let i = instance(vec![conf("a", "feeds = [\"allowed_senders\", \"access_rules\"]\n")]);
+        let p = plan(&CurrentFiles::new(), &[&members], &i);
+        assert_eq!(p.outputs[0].after, 0);
+        assert_eq!(p.outputs[0].skipped, BTreeMap::from([(SkipReason::EnabledUnknown, 2)]));
+        let i = instance(vec![conf("a", "feeds = [\"allowed_senders\", \"access_rules\"]\ninclude_disabled = true\n")]);
         let p = plan(&CurrentFiles::new(), &[&members], &i);
         assert_eq!(p.outputs.len(), 2);
         assert_eq!(text(&p, 0), "adams@contoso.com\nadelev@contoso.com\n");
@@ -457,8 +466,9 @@ mod tests {
         assert_eq!(o.after, 0);
         assert_eq!(
             o.skipped,
-            BTreeMap::from([(SkipReason::Group, 1), (SkipReason::Device, 1), (SkipReason::NoMail, 1)])
+            BTreeMap::from([(SkipReason::Group, 1), (SkipReason::Device, 1), (SkipReason::EnabledUnknown, 1)])
         );
+        assert_eq!(members.limited(), Some("mail, mobilePhone or accountEnabled"));
     }
 
     #[test]
@@ -467,7 +477,7 @@ mod tests {
         let b = conf("b", "feeds = [\"access_rules\"]\naccess_rule = \"sms\"\ninclude_disabled = true\n");
         let ma = roster(&[
             user("1", Some("Zed@X.com"), Some("+44 (0)20 7946 0958"), Some(true)),
-            user("2", Some("amy@x.com"), None, None),
+            user("2", Some("amy@x.com"), None, Some(true)),
             user("3", Some("off@x.com"), Some("040-123 1234"), Some(false)),
             user("4", Some("bad\n* evil@x <reg> - 0"), Some("12345"), Some(true)),
             user("5", Some("ph@x.com"), Some("call me"), Some(true)),
@@ -513,9 +523,9 @@ mod tests {
     fn counts_without_rendering_dedup_across_configs() {
         let a = conf("a", "feeds = [\"allowed_senders\", \"gsm_list\"]\nquery_filter = \"mail,mobilePhone\"\n");
         let b = conf("b", "feeds = [\"allowed_senders\", \"gsm_list\"]\nquery_filter = \"mail,mobilePhone\"\n");
-        let ra = roster(&[user("1", Some("x@y.z"), Some("12345"), None), user("2", Some("w@y.z"), None, None)]);
-        let rb =
-            roster(&[user("1", Some("X@y.z"), Some("99999"), None), user("3", Some("w@y.z"), Some("12345"), None)]);
+        let on = Some(true);
+        let ra = roster(&[user("1", Some("x@y.z"), Some("12345"), on), user("2", Some("w@y.z"), None, on)]);
+        let rb = roster(&[user("1", Some("X@y.z"), Some("99999"), on), user("3", Some("w@y.z"), Some("12345"), on)]);
         let i = instance(vec![a, b]);
         let full = plan(&CurrentFiles::new(), &[&ra, &rb], &i);
         let mut counted = Plan::new(&[&ra, &rb], &i);
@@ -529,7 +539,8 @@ mod tests {
 
     #[test]
     fn diff_against_current_and_unchanged() {
-        let i = instance(vec![conf("a", "")]);
+        // The sample selects no accountEnabled.
+        let i = instance(vec![conf("a", "include_disabled = true\n")]);
         let members = sample("group_transitivemembers_example1.json");
         let mut cur = CurrentFiles::new();
         cur.insert(Output::AllowedSenders, Some(b"old@contoso.com\n".to_vec()));
@@ -577,6 +588,8 @@ mod proptests {
     use super::*;
     use crate::entraidconf::Env;
     use crate::graph::{Member, MemberView, ObjectKind, Text};
+    use crate::instance::OutputPath;
+    use crate::trust::Trust;
     use proptest::prelude::*;
     use std::path::Path;
     use std::sync::LazyLock;
@@ -629,9 +642,12 @@ mod proptests {
         let text = format!(
             "tenant_id = \"contoso.onmicrosoft.com\"\nclient_id = \"66666666-7777-8888-9999-000000000000\"\nclient_secret = \"x\"\ngroup_id = \"02bd9fd6-8f93-4758-87c3-1fb73740a315\"\nquery_filter = \"mail,mobilePhone\"\nfeeds = [\"allowed_senders\", \"gsm_list\", \"access_rules\"]\naccess_rule = \"{rule}\"\n"
         );
-        let c = EntraConf::parse(&text, Path::new("p.entraidconf"), &Env::default()).unwrap();
-        let outputs = Output::ALL.iter().map(|o| (*o, PathBuf::from(o.default_path()))).collect();
-        Instance { name: "gw".into(), dir: PathBuf::from("/server/gw"), configs: vec![c], outputs }
+        let c = EntraConf::parse(&text, Path::new("p.entraidconf"), &Env::default(), Trust::Trusted).unwrap();
+        let outputs = Output::ALL
+            .iter()
+            .map(|o| (*o, OutputPath { path: PathBuf::from(o.default_path()), confined: true }))
+            .collect();
+        Instance { name: "gw".into(), dir: PathBuf::from("/server/gw"), configs: vec![c], outputs, cfg_files: vec![] }
     }
 
     fn lines(members: &[Member], inst: &Instance) -> Vec<(Output, Vec<String>)> {

@@ -19,7 +19,8 @@ struct User {
 pub enum When {
     /// Every config: the member gives no entry at all.
     Always,
-    /// Configs without `include_disabled` (the member is a disabled user).
+    /// Configs without `include_disabled` (the member is a disabled user, or one whose
+    /// `accountEnabled` is unknown).
     ExcludingDisabled,
     /// Configs with `include_disabled` (a disabled user whose mail is not usable).
     IncludingDisabled,
@@ -213,6 +214,8 @@ pub struct Roster {
     objects: usize,
     user_objects: usize,
     users_with_attributes: usize,
+    users_with_mail: usize,
+    users_with_mail_and_enabled: usize,
 }
 
 impl Roster {
@@ -260,9 +263,15 @@ impl Roster {
         if m.has_selected_attribute() {
             self.users_with_attributes += 1;
         }
-        let disabled = m.account_enabled == Some(false);
+        if m.mail.is_some() {
+            self.users_with_mail += 1;
+            self.users_with_mail_and_enabled += usize::from(m.account_enabled.is_some());
+        }
+        // Fail closed: only a user Graph says is enabled is kept without `include_disabled`.
+        let disabled = m.account_enabled != Some(true);
         if disabled {
-            self.notes.push(note(When::ExcludingDisabled, SkipReason::Disabled, m.mail.as_ref()));
+            let reason = if m.account_enabled.is_some() { SkipReason::Disabled } else { SkipReason::EnabledUnknown };
+            self.notes.push(note(When::ExcludingDisabled, reason, m.mail.as_ref()));
         }
         let Ok(at) = u32::try_from(self.text.len()) else {
             // Over 4 GiB of addresses: not a directory Graph serves.
@@ -343,10 +352,18 @@ impl Roster {
         self.user_objects
     }
 
-    /// Graph's "limited information" answer: users, but none with any selected attribute.
+    /// Graph's "limited information" answer (the app lacks `User.Read.All`), and which
+    /// attributes the users came without: users, but none with any selected attribute;
+    /// or users with a mail, but none with `accountEnabled`.
     #[must_use]
-    pub fn is_limited(&self) -> bool {
-        self.user_objects > 0 && self.users_with_attributes == 0
+    pub fn limited(&self) -> Option<&'static str> {
+        if self.user_objects > 0 && self.users_with_attributes == 0 {
+            Some("mail, mobilePhone or accountEnabled")
+        } else if self.users_with_mail > 0 && self.users_with_mail_and_enabled == 0 {
+            Some("accountEnabled")
+        } else {
+            None
+        }
     }
 
     /// Users with a valid address, once [`Roster::finish`] ran.
@@ -429,12 +446,14 @@ mod tests {
                 (When::Phone { disabled: true }, SkipReason::NoPhone, "3", ""),
                 (When::ExcludingDisabled, SkipReason::Disabled, "4", "bad\\nx@y"),
                 (When::IncludingDisabled, SkipReason::InvalidMail, "4", "bad\\nx@y"),
-                (When::Phone { disabled: false }, SkipReason::InvalidPhone, "5", "call me"),
+                (When::ExcludingDisabled, SkipReason::EnabledUnknown, "5", "p@x.com"),
+                (When::Phone { disabled: true }, SkipReason::InvalidPhone, "5", "call me"),
             ]
         );
-        assert_eq!(r.kept(false).collect::<Vec<_>>(), ["a@x.com", "p@x.com"]);
-        assert!(!r.is_limited());
-        assert_eq!(Roster::of(false, page.members.iter().map(MemberView::from)).notes().len(), 4, "no phone notes");
+        assert_eq!(r.kept(false).collect::<Vec<_>>(), ["a@x.com"], "p@x.com: not known to be enabled");
+        assert_eq!(r.kept(true).collect::<Vec<_>>(), ["a@x.com", "off@x.com", "p@x.com"]);
+        assert_eq!(r.limited(), None);
+        assert_eq!(Roster::of(false, page.members.iter().map(MemberView::from)).notes().len(), 5, "no phone notes");
     }
 
     #[test]

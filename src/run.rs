@@ -137,8 +137,10 @@ fn record(config: &Config, report: &Report, started: Instant) {
             duration: started.elapsed().as_secs_f64(),
             alert_failed,
         };
-        if let Err(e) = write::write_atomic(path, metrics::render(&facts).as_bytes()) {
-            tracing::warn!(textfile = %path.display(), error = %e, "cannot write the metrics textfile");
+        // node-exporter reads it under its own user: world-readable, whatever the umask.
+        if let Err(e) = write::write_file(path, 0o644, metrics::render(&facts).as_bytes()) {
+            let hint = e.hint().unwrap_or_default();
+            tracing::error!(textfile = %path.display(), error = %e, %hint, "cannot write the metrics textfile; the sync itself is done");
         }
     }
 }
@@ -322,17 +324,23 @@ impl Run<'_> {
         // Each current file is first streamed: when it is already right (the hourly
         // common case) it is never held. Otherwise it is read whole, compared and dropped
         // before the next one.
+        // Each output's directory is opened once, here: the write goes through the same
+        // descriptor, so a directory swapped for a symlink meanwhile is not followed.
         let detail = self.cli.dry_run || self.cli.format == Format::Json;
         let mut errors = Vec::new();
-        for i in 0..p.outputs.len() {
-            let path = p.outputs[i].path.clone();
-            let compared = match write::unchanged(&path, |r| p.unchanged_in(i, r)) {
-                Ok(true) => Ok(()),
-                Ok(false) => write::read_current(&path).map(|cur| p.diff(i, cur.as_deref(), detail)),
-                Err(e) => Err(e),
-            };
-            if let Err(e) = compared {
-                errors.push(error_report(&format!("instance `{name}`: {e}"), e.hint()));
+        let mut targets = Vec::new();
+        for (i, place) in inst.outputs.values().enumerate() {
+            let compared = inst.target(place).and_then(|t| {
+                match t.unchanged(|r| p.unchanged_in(i, r)) {
+                    Ok(true) => Ok(()),
+                    Ok(false) => t.read_current().map(|cur| p.diff(i, cur.as_deref(), detail)),
+                    Err(e) => Err(e),
+                }
+                .map(|()| t)
+            });
+            match compared {
+                Ok(t) => targets.push(t),
+                Err(e) => errors.push(error_report(&format!("instance `{name}`: {e}"), e.hint())),
             }
         }
         if !errors.is_empty() {
@@ -340,10 +348,14 @@ impl Run<'_> {
         }
         for s in &p.skips {
             let (config, id, reason, value) = (s.config.display(), &s.id, s.reason, &s.value);
-            if matches!(reason, SkipReason::InvalidMail | SkipReason::InvalidPhone) {
-                tracing::warn!(instance = %name, %config, %id, %reason, %value, "skipped an invalid directory value");
-            } else {
-                tracing::debug!(instance = %name, %config, %id, %reason, %value, "skipped a member");
+            match reason {
+                SkipReason::InvalidMail | SkipReason::InvalidPhone => {
+                    tracing::warn!(instance = %name, %config, %id, %reason, %value, "skipped an invalid directory value");
+                }
+                SkipReason::EnabledUnknown => {
+                    tracing::warn!(instance = %name, %config, %id, %reason, %value, "skipped a user Graph sent without accountEnabled: not known to be enabled (include_disabled = true keeps such users)");
+                }
+                _ => tracing::debug!(instance = %name, %config, %id, %reason, %value, "skipped a member"),
             }
         }
         let refusals = guard::check(name, &p.outputs, &self.config.guard);
@@ -367,7 +379,7 @@ impl Run<'_> {
                 }
             }
         }
-        write_outputs(inst, p)
+        write_outputs(inst, p, &targets)
     }
 
     /// The node check again, right before an instance's first write; `Some` stops the
@@ -413,12 +425,13 @@ fn gather(inst: &Instance, fetches: &Fetches) -> Result<Vec<Arc<Roster>>, Vec<Er
     }
 }
 
-/// Writes every changed output of `p`; each write is atomic on its own.
-fn write_outputs(inst: &Instance, p: Plan<'_>) -> (InstanceReport, Outcome) {
+/// Writes every changed output of `p` through `targets` (one per output, in order); each
+/// write is atomic on its own.
+fn write_outputs(inst: &Instance, p: Plan<'_>, targets: &[write::Target]) -> (InstanceReport, Outcome) {
     let mut actions = Vec::new();
     let mut errors = Vec::new();
-    for (i, o) in p.outputs.iter().enumerate() {
-        match write::clean_stale_temps(&o.path) {
+    for ((i, o), target) in p.outputs.iter().enumerate().zip(targets) {
+        match target.clean_stale_temps() {
             Ok(0) => {}
             Ok(n) => {
                 tracing::info!(instance = %inst.name, path = %o.path.display(), removed = n, "removed temp files a killed run left behind");
@@ -429,7 +442,7 @@ fn write_outputs(inst: &Instance, p: Plan<'_>) -> (InstanceReport, Outcome) {
         }
         actions.push(if !o.changed {
             Action::Unchanged
-        } else if let Err(e) = write::write_atomic_with(&o.path, |w| p.write_to(i, w)) {
+        } else if let Err(e) = target.write_with(write::NEW_OUTPUT_MODE, |w| p.write_to(i, w)) {
             errors.push(error_report(&format!("instance `{}`: {e}", inst.name), e.hint()));
             Action::Failed
         } else {
@@ -529,7 +542,7 @@ fn failed_instance(inst: &Instance, outcome: &'static str, errors: Vec<ErrorRepo
     let outputs = if outcome == "locked" {
         Vec::new()
     } else {
-        inst.outputs.iter().map(|(o, p)| OutputReport::unplanned(*o, p.clone(), Action::Failed)).collect()
+        inst.outputs.iter().map(|(o, p)| OutputReport::unplanned(*o, p.path.clone(), Action::Failed)).collect()
     };
     InstanceReport { name: inst.name.clone(), outcome, outputs, skipped: BTreeMap::new(), errors }
 }

@@ -5,6 +5,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use crate::error::ConfigError;
+use crate::resolve;
+use crate::trust;
 
 /// A client secret or an access token. Printing it in any way gives `***`.
 #[derive(Clone, PartialEq, Eq)]
@@ -58,7 +60,7 @@ impl Env {
 }
 
 /// Resolves exactly one of `<key>`, `<key>_file`, `<key>_credential` of the config at
-/// `path`: the secret and the file it was read from.
+/// `path`: the secret and the file it was read from. `confine`: see [`read_source`].
 pub fn resolve(
     key: &str,
     inline: Option<Secret>,
@@ -66,6 +68,7 @@ pub fn resolve(
     credential: Option<String>,
     path: &Path,
     env: &Env,
+    confine: Option<&Path>,
 ) -> Result<(Secret, PathBuf), ConfigError> {
     let one_of = format!("set exactly one of {key}, {key}_file, {key}_credential");
     let given = usize::from(inline.is_some()) + usize::from(file.is_some()) + usize::from(credential.is_some());
@@ -82,7 +85,7 @@ pub fn resolve(
         (s.expose().to_owned(), path.to_owned())
     } else {
         let file_key = format!("{key}_file");
-        let (bytes, source) = read_source(&file_key, file, credential, path, env)?.unwrap_or_default();
+        let (bytes, source) = read_source(&file_key, file, credential, path, env, confine)?.unwrap_or_default();
         let text = String::from_utf8(bytes).map_err(|_| {
             ConfigError::new(
                 path,
@@ -106,12 +109,16 @@ pub fn resolve(
 /// Reads what the config at `path` names with `file_key` (a path, relative to the config's
 /// directory) or with the `_credential` key next to it (a systemd credential name): its
 /// bytes and the file they came from. `None` when neither is set; both set is an error.
+/// With `confine` (an untrusted config's directory), the file must lie beneath it with no
+/// symlink on the way; nothing is read otherwise. Files are read without blocking, must be
+/// regular files, and are capped.
 pub fn read_source(
     file_key: &str,
     file: Option<PathBuf>,
     credential: Option<String>,
     path: &Path,
     env: &Env,
+    confine: Option<&Path>,
 ) -> Result<Option<(Vec<u8>, PathBuf)>, ConfigError> {
     let base = file_key.strip_suffix("_file").unwrap_or(file_key);
     let credential_key = format!("{base}_credential");
@@ -123,9 +130,20 @@ pub fn read_source(
             format!("keep one of {file_key} and {credential_key}"),
         )),
         (Some(f), None) => {
-            let f = if f.is_relative() { path.parent().unwrap_or(Path::new(".")).join(f) } else { f };
-            let bytes = std::fs::read(&f).map_err(|e| {
-                ConfigError::new(path, format!("key `{file_key}`: cannot read {}: {e}", f.display()), "check the path (relative paths are taken from the config's directory) and that usersync's user can read it")
+            let f = trust::parent(path).join(f);
+            let bytes = match confine {
+                None => trust::read(&f).map(|(b, _)| b),
+                Some(dir) => read_beneath(dir, &f).map_err(|(what, hint)| {
+                    let p = path.display();
+                    ConfigError::new(
+                        path,
+                        format!("key `{file_key}`: {} {what}; this config is untrusted, so it may only name files beneath {} with no symlink on the way; nothing was read", f.display(), dir.display()),
+                        format!("{hint}; or make the config root's: chown root: {p}; chmod go-w {p}"),
+                    )
+                })?,
+            }
+            .map_err(|e| {
+                ConfigError::new(path, format!("key `{file_key}`: cannot read {}: {}", f.display(), resolve::explain(&e)), "check the path (relative paths are taken from the config's directory) and that usersync's user can read it")
             })?;
             warn_if_world_readable(&f);
             Ok(Some((bytes, f)))
@@ -142,7 +160,7 @@ pub fn read_source(
                 return Err(ConfigError::new(path, format!("key `{credential_key}`: `{name}` is set but $CREDENTIALS_DIRECTORY is not"), format!("run usersync from its systemd unit with LoadCredential={name}:/etc/usersync/credentials/{name}, or use {file_key}")));
             };
             let f = dir.join(&name);
-            let bytes = std::fs::read(&f).map_err(|e| {
+            let bytes = trust::read(&f).map(|(b, _)| b).map_err(|e| {
                 ConfigError::new(
                     path,
                     format!("key `{credential_key}`: cannot read {}: {e}", f.display()),
@@ -151,6 +169,33 @@ pub fn read_source(
             })?;
             Ok(Some((bytes, f)))
         }
+    }
+}
+
+/// Reads `f` if it lies beneath `dir` with no symlink on the way. The outer error says why
+/// it may not be read (and how to fix it); the inner one is an ordinary read failure.
+fn read_beneath(dir: &Path, f: &Path) -> Result<std::io::Result<Vec<u8>>, (String, String)> {
+    use rustix::fs::{Mode, OFlags};
+    let rel = resolve::beneath(dir, f).ok_or_else(|| {
+        ("is not beneath the config's directory".to_owned(), format!("move the file into {}", dir.display()))
+    })?;
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let d = match rustix::fs::open(dir, flags, Mode::empty()) {
+        Ok(d) => d,
+        Err(e) => return Ok(Err(e.into())),
+    };
+    match resolve::open_beneath(&d, &rel, OFlags::RDONLY | OFlags::NONBLOCK, Mode::empty()) {
+        Ok(fd) => {
+            let file = std::fs::File::from(fd);
+            Ok(trust::regular(&file).and_then(|_| trust::read_capped(file, trust::CONFIG_CAP)))
+        }
+        Err(e) if matches!(e.raw_os_error(), Some(c) if c == rustix::io::Errno::LOOP.raw_os_error() || c == rustix::io::Errno::XDEV.raw_os_error()) => {
+            Err((
+                format!("is reached through a symlink ({})", resolve::explain(&e)),
+                "name the real file, placed in the config's directory".to_owned(),
+            ))
+        }
+        Err(e) => Ok(Err(e)),
     }
 }
 

@@ -42,12 +42,13 @@ impl State {
         }
     }
 
-    /// Writes the state atomically, creating `dir` (mode 0750) if needed.
+    /// Writes the state atomically (a new file only readable by its owner), creating `dir`
+    /// (mode 0750) if needed.
     pub fn save(&self, dir: &Path) -> std::io::Result<()> {
         use std::os::unix::fs::DirBuilderExt;
         std::fs::DirBuilder::new().recursive(true).mode(0o750).create(dir)?;
         let json = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
-        crate::write::write_atomic(&file(dir), &json).map_err(|e| e.source)
+        crate::write::write_file(&file(dir), 0o600, &json).map_err(|e| e.source)
     }
 }
 

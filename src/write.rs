@@ -1,50 +1,36 @@
-//! Reading the current output files and replacing them atomically (contract §5.5).
+//! Reading the current output files and replacing them atomically (contract §5.5, §9).
+//!
+//! An output is reached through its directory, opened once ([`Target::open`]): every read,
+//! temp file, rename and fsync after that is relative to that descriptor, so a directory
+//! swapped for a symlink after the check is not followed. The file itself is never opened
+//! through a symlink, must be a regular file, and is read with a cap.
 
+use std::ffi::{OsStr, OsString};
 use std::fmt;
-use std::fs::{File, Permissions};
-use std::io::{self, Write};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::fs::File;
+use std::io::{self, Read as _, Write};
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use rustix::fs::{fchmod, fchown, fstat, openat, renameat, statat, unlinkat, AtFlags, FileType, Mode, OFlags, Stat};
+
 use crate::error::Hint;
+use crate::resolve;
+use crate::trust;
 
 /// Prefix of our temporary files, so that they are recognisable (and never `*.txt`):
 /// `.usersync-<output file name>.<random>.tmp`.
 pub const TEMP_PREFIX: &str = ".usersync-";
 
-/// The directory holding `path` (`.` for a bare file name).
-fn dir_of(path: &Path) -> &Path {
-    match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    }
-}
+/// A current output larger than this fails its instance rather than being read.
+pub const READ_CAP: u64 = 1 << 30;
 
-fn temp_prefix(path: &Path) -> String {
-    format!("{TEMP_PREFIX}{}.", path.file_name().unwrap_or_default().to_string_lossy())
-}
+/// The mode of a new output file, whatever the umask: the gateway's group may read it.
+pub const NEW_OUTPUT_MODE: u32 = 0o640;
 
-/// Removes temp files a killed run left next to `path`; returns how many.
-/// Call only while holding the instance's lock.
-pub fn clean_stale_temps(path: &Path) -> io::Result<usize> {
-    let dir = dir_of(path);
-    let prefix = temp_prefix(path);
-    let mut removed = 0;
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(e),
-    };
-    for entry in entries {
-        let entry = entry?;
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with(&prefix) && name.ends_with(".tmp") && entry.file_type()?.is_file() {
-            std::fs::remove_file(entry.path())?;
-            removed += 1;
-        }
-    }
-    Ok(removed)
+fn temp_prefix(name: &OsStr) -> String {
+    format!("{TEMP_PREFIX}{}.", name.to_string_lossy())
 }
 
 /// A file-system failure on an output.
@@ -60,7 +46,7 @@ pub struct WriteError {
 
 impl fmt::Display for WriteError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "cannot {} {}: {}", self.action, self.path.display(), self.source)
+        write!(f, "cannot {} {}: {}", self.action, self.path.display(), resolve::explain(&self.source))
     }
 }
 
@@ -68,109 +54,252 @@ impl std::error::Error for WriteError {}
 
 impl Hint for WriteError {
     fn hint(&self) -> Option<String> {
-        let dir = self.path.parent().unwrap_or(Path::new("/")).display().to_string();
-        Some(match self.source.kind() {
-            io::ErrorKind::NotFound => format!("the directory {dir} does not exist: create it, or fix ALLOWEDLDAPSENDERFILE / LDAPGSMLISTFILE in the instance's envelope.cfg / compose.cfg"),
-            io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => format!("usersync's user cannot write in {dir}: run it as the files' owner or root, and under systemd list the directory in ReadWritePaths="),
-            io::ErrorKind::StorageFull => format!("the file system holding {dir} is full: free space; the old file was left intact"),
-            _ => format!("check the file system holding {dir}; the old file was left intact"),
+        let dir = trust::parent(&self.path).display().to_string();
+        let errno = self.source.raw_os_error();
+        Some(if errno == Some(rustix::io::Errno::LOOP.raw_os_error()) {
+            format!("usersync never writes through a symlink: replace the symlink on the way to {} with the real directory or file, or (for a path outside the instance) set the path in a root-owned envelope.cfg / compose.cfg", self.path.display())
+        } else if errno == Some(rustix::io::Errno::XDEV.raw_os_error()) {
+            "an output must lie beneath its instance directory unless a root-owned envelope.cfg / compose.cfg names it"
+                .into()
+        } else {
+            match self.source.kind() {
+                io::ErrorKind::InvalidInput => format!("an output must be a regular file: move {} away, and the next run creates it", self.path.display()),
+                io::ErrorKind::FileTooLarge => format!("this is no list usersync wrote: move {} away, or fix ALLOWEDLDAPSENDERFILE / LDAPGSMLISTFILE", self.path.display()),
+                io::ErrorKind::NotFound => format!("the directory {dir} does not exist: create it, or fix ALLOWEDLDAPSENDERFILE / LDAPGSMLISTFILE in the instance's envelope.cfg / compose.cfg"),
+                io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => format!("usersync's user cannot write in {dir}: run it as the files' owner or root, and under systemd list the directory in ReadWritePaths="),
+                io::ErrorKind::StorageFull => format!("the file system holding {dir} is full: free space; the old file was left intact"),
+                _ => format!("check the file system holding {dir}; the old file was left intact"),
+            }
         })
     }
 }
 
-fn err<'a>(path: &'a Path, action: &'static str) -> impl FnOnce(io::Error) -> WriteError + 'a {
-    move |source| WriteError { path: path.to_owned(), action, source }
+/// An output file, reached through its opened directory.
+#[derive(Debug)]
+pub struct Target {
+    dir: File,
+    name: OsString,
+    path: PathBuf,
 }
 
-/// The current bytes of `path`, or `None` if it does not exist.
-pub fn read_current(path: &Path) -> Result<Option<Vec<u8>>, WriteError> {
-    match std::fs::read(path) {
-        Ok(b) => Ok(Some(b)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(err(path, "read")(e)),
+impl Target {
+    /// Opens the directory of `path`. With `confine`, the path must lie beneath that
+    /// directory and no component on the way may be a symlink; without it, the directory
+    /// is opened as the path names it. Either way the file itself is never followed.
+    pub fn open(path: &Path, confine: Option<&Path>) -> Result<Self, WriteError> {
+        let fail = |source| WriteError { path: path.to_owned(), action: "open the directory of", source };
+        let invalid = || fail(io::Error::new(io::ErrorKind::InvalidInput, "it names no file"));
+        let name = path.file_name().ok_or_else(invalid)?.to_owned();
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let dir = match confine {
+            Some(base) => {
+                let rel = resolve::beneath(base, path).ok_or_else(|| fail(rustix::io::Errno::XDEV.into()))?;
+                let base = rustix::fs::open(base, flags, Mode::empty()).map_err(|e| fail(e.into()))?;
+                resolve::open_beneath(&base, trust::parent(&rel), flags, Mode::empty()).map_err(fail)?
+            }
+            None => rustix::fs::open(trust::parent(path), flags, Mode::empty()).map_err(|e| fail(e.into()))?,
+        };
+        Ok(Self { dir: File::from(dir), name, path: path.to_owned() })
     }
-}
 
-/// Whether `same` finds the current file at `path` (streamed through a buffer) already
-/// right; false when there is no file.
-pub fn unchanged(path: &Path, same: impl FnOnce(io::BufReader<File>) -> io::Result<bool>) -> Result<bool, WriteError> {
-    match File::open(path) {
-        Ok(f) => same(io::BufReader::with_capacity(1 << 16, f)).map_err(err(path, "read")),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(err(path, "read")(e)),
+    /// The output's path, for messages.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
     }
-}
 
-/// Replaces `path` with `content`: a temp file in the same directory, fsync,
-/// the old file's mode and owner, rename, directory fsync. A reader sees
-/// the old file or the new one, never a mix. A new file gets mode 0666 less
-/// the umask and, when written by root, its directory's owner and group.
-pub fn write_atomic(path: &Path, content: &[u8]) -> Result<(), WriteError> {
-    write_atomic_with(path, |w| w.write_all(content))
-}
-
-/// As [`write_atomic`], with the content streamed by `fill` through a buffer.
-pub fn write_atomic_with(
-    path: &Path,
-    fill: impl FnOnce(&mut io::BufWriter<&mut File>) -> io::Result<()>,
-) -> Result<(), WriteError> {
-    let dir = dir_of(path);
-    let old = match std::fs::metadata(path) {
-        Ok(m) => Some(m),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-        Err(e) => return Err(err(path, "inspect")(e)),
-    };
-    // A new file gets 0666 less the umask, as a shell redirection would.
-    let mode = old.as_ref().map_or(0o666, |m| m.mode() & 0o7777);
-    let mut tmp = tempfile::Builder::new()
-        .prefix(&temp_prefix(path))
-        .suffix(".tmp")
-        .permissions(Permissions::from_mode(mode))
-        .tempfile_in(dir)
-        .map_err(err(path, "create a temporary file next to"))?;
-    {
-        let mut w = io::BufWriter::with_capacity(1 << 16, tmp.as_file_mut());
-        fill(&mut w).map_err(err(path, "write the new"))?;
-        w.flush().map_err(err(path, "write the new"))?;
+    fn err(&self, action: &'static str) -> impl FnOnce(io::Error) -> WriteError + '_ {
+        move |source| WriteError { path: self.path.clone(), action, source }
     }
-    let f = tmp.as_file();
-    let ours = f.metadata().map_err(err(path, "inspect the new"))?;
-    let owner = match &old {
-        Some(m) => {
-            f.set_permissions(Permissions::from_mode(mode)).map_err(err(path, "set the mode of the new"))?;
-            Some((m.uid(), m.gid()))
+
+    /// The status of the current file, `None` if there is none; an error if it is not a
+    /// regular file (a symlink, FIFO, device, directory …) or is larger than [`READ_CAP`].
+    pub fn inspect(&self) -> Result<Option<Stat>, WriteError> {
+        match statat(&self.dir, &self.name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => check_current(&st).map(Some).map_err(self.err("use")),
+            Err(e) if e == rustix::io::Errno::NOENT => Ok(None),
+            Err(e) => Err(self.err("inspect")(e.into())),
         }
-        // A first file, written as root, belongs to whoever owns its directory,
-        // so that the gateway can read it (under systemd the umask is 0027).
-        None if ours.uid() == 0 => {
-            let d = std::fs::metadata(dir).map_err(err(path, "inspect the directory of"))?;
-            Some((d.uid(), d.gid()))
-        }
-        None => None,
-    };
-    if let Some((uid, gid)) = owner.filter(|o| *o != (ours.uid(), ours.gid())) {
-        std::os::unix::fs::fchown(f, Some(uid), Some(gid)).map_err(err(path, "keep the owner of"))?;
     }
-    f.sync_all().map_err(err(path, "fsync the new"))?;
-    tmp.persist(path).map_err(|e| err(path, "rename the new file over")(e.error))?;
-    File::open(dir).and_then(|d| d.sync_all()).map_err(err(path, "fsync the directory of"))?;
-    Ok(())
+
+    /// The current file opened for reading, `None` if there is none. Checked before
+    /// opening (so a FIFO or device is never opened) and after.
+    fn open_current(&self) -> Result<Option<File>, WriteError> {
+        if self.inspect()?.is_none() {
+            return Ok(None);
+        }
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+        match openat(&self.dir, &self.name, flags, Mode::empty()) {
+            Ok(fd) => {
+                let f = File::from(fd);
+                let st = fstat(&f).map_err(|e| self.err("inspect")(e.into()))?;
+                check_current(&st).map_err(self.err("use"))?;
+                Ok(Some(f))
+            }
+            Err(e) if e == rustix::io::Errno::NOENT => Ok(None),
+            Err(e) => Err(self.err("read")(e.into())),
+        }
+    }
+
+    /// The current bytes, or `None` if there is no file.
+    pub fn read_current(&self) -> Result<Option<Vec<u8>>, WriteError> {
+        match self.open_current()? {
+            None => Ok(None),
+            Some(f) => trust::read_capped(f, READ_CAP).map(Some).map_err(self.err("read")),
+        }
+    }
+
+    /// Whether `same` finds the current file (streamed through a buffer) already right;
+    /// false when there is no file.
+    pub fn unchanged(
+        &self,
+        same: impl FnOnce(io::BufReader<io::Take<File>>) -> io::Result<bool>,
+    ) -> Result<bool, WriteError> {
+        match self.open_current()? {
+            None => Ok(false),
+            Some(f) => same(io::BufReader::with_capacity(1 << 16, f.take(READ_CAP))).map_err(self.err("read")),
+        }
+    }
+
+    /// Removes temp files a killed run left next to the output; returns how many.
+    /// Call only while holding the instance's lock.
+    pub fn clean_stale_temps(&self) -> io::Result<usize> {
+        let prefix = temp_prefix(&self.name);
+        let mut removed = 0;
+        for entry in rustix::fs::Dir::read_from(&self.dir)? {
+            let entry = entry?;
+            let name = entry.file_name().to_bytes();
+            if !(name.starts_with(prefix.as_bytes()) && name.ends_with(b".tmp")) {
+                continue;
+            }
+            let name = OsStr::from_bytes(name);
+            let st = statat(&self.dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
+            if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile {
+                unlinkat(&self.dir, name, AtFlags::empty())?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Replaces the file with what `fill` writes: a temp file in the same directory, fsync,
+    /// the old file's mode (masked to `0o777`) and owner, rename, directory fsync. A reader
+    /// sees the old file or the new one, never a mix. A new file gets `new_mode` whatever
+    /// the umask and, when written by root, its directory's owner and group.
+    pub fn write_with(
+        &self,
+        new_mode: u32,
+        fill: impl FnOnce(&mut io::BufWriter<&mut File>) -> io::Result<()>,
+    ) -> Result<(), WriteError> {
+        let old = self.inspect()?;
+        let mode = old.as_ref().map_or(new_mode, |st| st.st_mode) & 0o777;
+        let (mut tmp, tmp_name) = self.create_temp()?;
+        let done = self.fill_and_rename(&mut tmp, &tmp_name, mode, old.as_ref(), fill);
+        if done.is_err() {
+            // Nothing else may be left behind; the error that matters is the first one.
+            let _ = unlinkat(&self.dir, &tmp_name, AtFlags::empty());
+        }
+        done
+    }
+
+    fn create_temp(&self) -> Result<(File, OsString), WriteError> {
+        let flags = OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let prefix = temp_prefix(&self.name);
+        let mut tries = 0;
+        loop {
+            let name = OsString::from(format!("{prefix}{:016x}.tmp", fastrand::u64(..)));
+            match openat(&self.dir, &name, flags, Mode::from(0o600)) {
+                Ok(fd) => return Ok((File::from(fd), name)),
+                Err(e) if e == rustix::io::Errno::EXIST && tries < 16 => tries += 1,
+                Err(e) => return Err(self.err("create a temporary file next to")(e.into())),
+            }
+        }
+    }
+
+    fn fill_and_rename(
+        &self,
+        tmp: &mut File,
+        tmp_name: &OsStr,
+        mode: u32,
+        old: Option<&Stat>,
+        fill: impl FnOnce(&mut io::BufWriter<&mut File>) -> io::Result<()>,
+    ) -> Result<(), WriteError> {
+        {
+            let mut w = io::BufWriter::with_capacity(1 << 16, &mut *tmp);
+            fill(&mut w).map_err(self.err("write the new"))?;
+            w.flush().map_err(self.err("write the new"))?;
+        }
+        let ours = fstat(&*tmp).map_err(|e| self.err("inspect the new")(e.into()))?;
+        let owner = match old {
+            Some(st) => Some((st.st_uid, st.st_gid)),
+            // A first file, written as root, belongs to whoever owns its directory, so
+            // that the gateway can read it.
+            None if ours.st_uid == 0 => {
+                let d = fstat(&self.dir).map_err(|e| self.err("inspect the directory of")(e.into()))?;
+                Some((d.st_uid, d.st_gid))
+            }
+            None => None,
+        };
+        if let Some((uid, gid)) = owner.filter(|o| *o != (ours.st_uid, ours.st_gid)) {
+            let (uid, gid) = (rustix::fs::Uid::from_raw(uid), rustix::fs::Gid::from_raw(gid));
+            fchown(&*tmp, Some(uid), Some(gid)).map_err(|e| self.err("keep the owner of")(e.into()))?;
+        }
+        // After the chown, which may clear set-id bits; the mode has none anyway.
+        fchmod(&*tmp, Mode::from(mode)).map_err(|e| self.err("set the mode of the new")(e.into()))?;
+        tmp.sync_all().map_err(self.err("fsync the new"))?;
+        renameat(&self.dir, tmp_name, &self.dir, &self.name)
+            .map_err(|e| self.err("rename the new file over")(e.into()))?;
+        rustix::fs::fsync(self.dir.as_fd()).map_err(|e| self.err("fsync the directory of")(e.into()))?;
+        Ok(())
+    }
+}
+
+/// An existing output must be a regular file no larger than [`READ_CAP`].
+fn check_current(st: &Stat) -> io::Result<Stat> {
+    let t = FileType::from_raw_mode(st.st_mode);
+    if t != FileType::RegularFile {
+        let e = if t == FileType::Symlink {
+            io::Error::from(rustix::io::Errno::LOOP)
+        } else {
+            io::Error::new(io::ErrorKind::InvalidInput, format!("it exists but is {}", trust::kind(t)))
+        };
+        return Err(e);
+    }
+    if u64::try_from(st.st_size).unwrap_or(0) > READ_CAP {
+        return Err(io::Error::new(io::ErrorKind::FileTooLarge, format!("it is larger than {READ_CAP} bytes")));
+    }
+    Ok(*st)
+}
+
+/// Replaces the file at `path` (its directory taken as the path names it) with `content`,
+/// atomically as [`Target::write_with`]; a new file gets `new_mode`.
+pub fn write_file(path: &Path, new_mode: u32, content: &[u8]) -> Result<(), WriteError> {
+    Target::open(path, None)?.write_with(new_mode, |w| w.write_all(content))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+
+    fn target(p: &Path) -> Target {
+        Target::open(p, None).unwrap()
+    }
 
     #[test]
-    fn replaces_and_keeps_mode() {
+    fn replaces_keeps_the_mode_masked_and_creates_new_files_0640() {
         let t = tempfile::tempdir().unwrap();
         let p = t.path().join("list.txt");
-        write_atomic(&p, b"a\n").unwrap();
+        // Whatever the umask, a new output is 0640.
+        let old = rustix::process::umask(Mode::from(0o000));
+        target(&p).write_with(NEW_OUTPUT_MODE, |w| w.write_all(b"a\n")).unwrap();
+        rustix::process::umask(old);
         assert_eq!(std::fs::read(&p).unwrap(), b"a\n");
-        std::fs::set_permissions(&p, Permissions::from_mode(0o640)).unwrap();
-        write_atomic(&p, b"b\n").unwrap();
-        assert_eq!(std::fs::read(&p).unwrap(), b"b\n");
         assert_eq!(std::fs::metadata(&p).unwrap().mode() & 0o7777, 0o640);
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o6644)).unwrap();
+        write_file(&p, 0o600, b"b\n").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"b\n");
+        assert_eq!(std::fs::metadata(&p).unwrap().mode() & 0o7777, 0o644, "set-id bits are not kept");
         let left: Vec<_> = std::fs::read_dir(t.path()).unwrap().collect();
         assert_eq!(left.len(), 1, "no temp file left behind");
     }
@@ -184,18 +313,53 @@ mod tests {
         {
             std::fs::write(t.path().join(name), "x").unwrap();
         }
-        assert_eq!(clean_stale_temps(&p).unwrap(), 2);
+        symlink("/etc/passwd", t.path().join(".usersync-list.txt.link.tmp")).unwrap();
+        assert_eq!(target(&p).clean_stale_temps().unwrap(), 2);
         let mut left: Vec<String> = std::fs::read_dir(t.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         left.sort();
-        assert_eq!(left, [".usersync-other.txt.x.tmp", "list.txt.tmp"]);
+        assert_eq!(left, [".usersync-list.txt.link.tmp", ".usersync-other.txt.x.tmp", "list.txt.tmp"]);
     }
 
     #[test]
     fn missing_directory_is_an_error_with_a_hint() {
-        let e = write_atomic(Path::new("/nonexistent-usersync/x.txt"), b"").unwrap_err();
+        let e = write_file(Path::new("/nonexistent-usersync/x.txt"), 0o600, b"").unwrap_err();
         assert!(e.hint().unwrap().contains("does not exist"));
+    }
+
+    #[test]
+    fn symlinks_fifos_and_directories_are_never_read_or_written() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("secret"), "root only\n").unwrap();
+        symlink(t.path().join("secret"), t.path().join("link.txt")).unwrap();
+        rustix::fs::mknodat(rustix::fs::CWD, t.path().join("fifo.txt"), FileType::Fifo, Mode::from(0o600), 0).unwrap();
+        std::fs::create_dir(t.path().join("dir.txt")).unwrap();
+        for (name, says) in
+            [("link.txt", "a symlink is on the way"), ("fifo.txt", "a FIFO"), ("dir.txt", "a directory")]
+        {
+            let tg = target(&t.path().join(name));
+            let e = tg.read_current().unwrap_err();
+            assert!(e.to_string().contains(says), "{name}: {e}");
+            assert!(tg.write_with(0o640, |w| w.write_all(b"x\n")).is_err(), "{name}");
+        }
+        assert_eq!(std::fs::read_to_string(t.path().join("secret")).unwrap(), "root only\n");
+        assert!(std::fs::symlink_metadata(t.path().join("link.txt")).unwrap().file_type().is_symlink());
+    }
+
+    #[test]
+    fn confined_outputs_refuse_symlinked_directories_and_escapes() {
+        let t = tempfile::tempdir().unwrap();
+        let gw = t.path().join("gw");
+        std::fs::create_dir_all(gw.join("config")).unwrap();
+        std::fs::create_dir_all(t.path().join("etc")).unwrap();
+        symlink(t.path().join("etc"), gw.join("lists")).unwrap();
+        assert!(Target::open(&gw.join("config/a.txt"), Some(&gw)).is_ok());
+        assert!(Target::open(&gw.join("lists/a.txt"), None).is_ok(), "unconfined: as the path names it");
+        let e = Target::open(&gw.join("lists/a.txt"), Some(&gw)).unwrap_err();
+        assert!(e.to_string().contains("a symlink is on the way"), "{e}");
+        let e = Target::open(&gw.join("../etc/a.txt"), Some(&gw)).unwrap_err();
+        assert!(e.to_string().contains("leads out of the directory"), "{e}");
     }
 }

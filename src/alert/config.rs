@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::endpoints::{parse_endpoint, Cloud, Endpoints};
-use crate::error::ConfigError;
+use crate::error::{quote, ConfigError};
 use crate::graph::Credentials;
 use crate::ids::{ClientId, TenantId};
 use crate::normalize::Email;
@@ -136,7 +136,11 @@ impl AlertConfig {
             |key: &str, msg: String, hint: &str| ConfigError::new(file, format!("key `alert.{key}`: {msg}"), hint);
         let addr = |key: &str, v: &str| {
             Email::parse(v).map_err(|_| {
-                bad(key, format!("`{v}` is not a mail address"), "write a plain address such as admin@example.com")
+                bad(
+                    key,
+                    format!("`{}` is not a mail address", quote(v)),
+                    "write a plain address such as admin@example.com",
+                )
             })
         };
         let from = addr("from", raw.from.as_deref().unwrap_or_default())?;
@@ -173,7 +177,7 @@ impl AlertConfig {
                 Some(o) => {
                     return Err(pbad(
                         "security",
-                        format!("unknown mode `{o}`"),
+                        format!("unknown mode `{}`", quote(o)),
                         "use \"starttls\", \"tls\" or \"none\"",
                     ))
                 }
@@ -190,7 +194,7 @@ impl AlertConfig {
                 Some(c) => Cloud::from_name(c).ok_or_else(|| {
                     pbad(
                         "cloud",
-                        format!("unknown cloud `{c}`"),
+                        format!("unknown cloud `{}`", quote(c)),
                         "use \"global\", \"usgov\", \"usgov-dod\" or \"china\"",
                     )
                 })?,
@@ -200,7 +204,7 @@ impl AlertConfig {
             };
             // A provider's secret, with the provider named in any error.
             let secret = |key: &str, inline: &Option<Secret>, f: &Option<std::path::PathBuf>, cred: &Option<String>| {
-                resolve(key, inline.clone(), f.clone(), cred.clone(), file, &env)
+                resolve(key, inline.clone(), f.clone(), cred.clone(), file, &env, None)
                     .map(|(s, _)| s)
                     .map_err(|e| ConfigError { message: format!("[[alert.provider]] {n}: {}", e.message), ..e })
             };
@@ -247,6 +251,13 @@ impl AlertConfig {
                 }
                 "smtp-oauth" => {
                     let host = host()?;
+                    if security == Security::None && !loopback(&host) {
+                        return Err(pbad(
+                            "security",
+                            "\"none\" would send the access token in clear text".into(),
+                            "use \"starttls\" (port 587) or \"tls\" (port 465)",
+                        ));
+                    }
                     let username = p.username.clone().ok_or_else(|| {
                         pbad("username", "is missing".into(), "the mailbox the app may send as (SMTP.SendAsApp)")
                     })?;
@@ -260,7 +271,7 @@ impl AlertConfig {
                 other => {
                     return Err(pbad(
                         "kind",
-                        format!("unknown kind `{other}`"),
+                        format!("unknown kind `{}`", quote(other)),
                         "use \"smtp\", \"smtp-oauth\" or \"graph\"",
                     ))
                 }

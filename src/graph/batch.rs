@@ -134,8 +134,9 @@ impl GraphClient {
         if pages.len() == 1 {
             if let Some(p) = pages.pop() {
                 tracing::debug!(url = p.url, "GET");
-                let req = self.http.get(&p.url).bearer_auth(p.token.expose()).header(ACCEPT, "application/json");
-                let _ = p.reply.send(attempt(req).await.map_err(|e| Failure::of(&e)));
+                let req =
+                    self.http(&p.url).get(&p.url).bearer_auth(p.token.expose()).header(ACCEPT, "application/json");
+                let _ = p.reply.send(attempt(req).await);
             }
             return;
         }
@@ -149,7 +150,7 @@ impl GraphClient {
         let body = serde_json::json!({ "requests": requests }).to_string();
         tracing::debug!(url, pages = pages.len(), "POST (JSON batch)");
         let req = self
-            .http
+            .http(&url)
             .post(&url)
             .bearer_auth(pages[0].token.expose())
             .header(ACCEPT, "application/json")
@@ -174,7 +175,7 @@ impl GraphClient {
             }
             Err(e) => {
                 for p in pages {
-                    let _ = p.reply.send(Err(Failure::of(&e)));
+                    let _ = p.reply.send(Err(e.clone()));
                 }
                 return;
             }

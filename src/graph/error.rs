@@ -3,7 +3,7 @@
 use crate::error::Hint;
 
 /// A fetch that did not complete. Every variant names the URL it concerns.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum FetchError {
     /// The token endpoint refused the client credentials.
     #[error("token request to {url} failed with HTTP {status}: {error}: {description}")]
@@ -59,6 +59,14 @@ pub enum FetchError {
         /// The parser's complaint.
         detail: String,
     },
+    /// A response body larger than usersync reads.
+    #[error("{url} sent a response body larger than {limit} bytes (after decompression); it was not read further")]
+    TooLarge {
+        /// URL.
+        url: String,
+        /// The cap.
+        limit: usize,
+    },
     /// The token endpoint answered 200 with no usable token.
     #[error("{url} returned no usable access token: {detail}")]
     BadToken {
@@ -94,12 +102,16 @@ pub enum FetchError {
         url: String,
     },
     /// Users came back without any selected attribute: `User.Read.All` is missing.
-    #[error("group {group}: Graph returned {users} users but none with mail, mobilePhone or accountEnabled (the \"limited information\" answer)")]
+    #[error(
+        "group {group}: Graph returned {users} users but none with {missing} (the \"limited information\" answer)"
+    )]
     LimitedInformation {
         /// The group id.
         group: String,
         /// How many user objects came back.
         users: usize,
+        /// The attributes none of them had.
+        missing: &'static str,
     },
     /// The run's deadline passed before this fetch finished.
     #[error("the run deadline of {seconds} s passed before this group was fetched completely")]
@@ -143,7 +155,7 @@ impl Hint for FetchError {
             Self::Graph { status: 401, .. } | Self::TokenRejectedTwice { .. } => format!("the access token is not accepted by Graph; check `cloud` / graph_endpoint match the tenant's cloud, and {PERMISSIONS}"),
             Self::Graph { .. } => "Microsoft Graph failed; try again later and check https://status.cloud.microsoft".into(),
             Self::Exhausted { .. } | Self::RetryAfterTooLong { .. } => "Graph or the network is failing or throttling; the files were left as they were. Check connectivity (and HTTPS_PROXY) from this host; the next run will try again, or raise [http] max_retries".into(),
-            Self::BadPage { .. } | Self::ForeignNextLink { .. } | Self::PageLoop { .. } => "the answer could not be trusted, so nothing was written; check for a proxy rewriting responses, then retry".into(),
+            Self::BadPage { .. } | Self::ForeignNextLink { .. } | Self::PageLoop { .. } | Self::TooLarge { .. } => "the answer could not be trusted, so nothing was written; check for a proxy rewriting responses, then retry".into(),
             Self::BadToken { .. } => "check authority_host / cloud: the token endpoint did not behave like Entra ID".into(),
             Self::LimitedInformation { .. } => format!("the app lacks User.Read.All, so Graph hides the users' attributes; {PERMISSIONS}"),
             Self::Deadline { .. } => "Graph is slow or throttling hard; nothing of this instance was written and the next run tries again. If runs are legitimately this long, raise [http] deadline_seconds".into(),

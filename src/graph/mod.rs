@@ -75,7 +75,10 @@ impl GroupQuery {
 
 /// One HTTP client (one connection pool) and one token cache for the whole run.
 pub struct GraphClient {
+    /// For `https://`: `HTTPS_PROXY` / `NO_PROXY` honoured.
     http: reqwest::Client,
+    /// For `http://` (loopback only), which never goes through a proxy.
+    local: reqwest::Client,
     max_retries: u32,
     tokens: Mutex<HashMap<(String, String), Arc<token::TokenSlot>>>,
     requests: batch::Requests,
@@ -96,22 +99,26 @@ struct GraphErrorInner {
 
 impl GraphClient {
     /// Builds the client: rustls with the system's roots plus `ca_bundle`,
-    /// `HTTPS_PROXY`/`NO_PROXY` honoured, no redirects followed.
+    /// `HTTPS_PROXY`/`NO_PROXY` honoured except for plain `http://`, no redirects followed.
     pub fn new(cfg: &HttpConfig) -> Result<Self, FetchError> {
-        let mut b = reqwest::Client::builder()
-            .use_rustls_tls()
-            .timeout(cfg.timeout)
-            .connect_timeout(cfg.timeout.min(std::time::Duration::from_secs(30)))
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("usersync/", env!("CARGO_PKG_VERSION")));
-        if let Some((_, pem)) = &cfg.ca_bundle {
-            for cert in reqwest::Certificate::from_pem_bundle(pem).map_err(|e| FetchError::Client(e.to_string()))? {
-                b = b.add_root_certificate(cert);
+        let builder = || -> Result<reqwest::ClientBuilder, FetchError> {
+            let mut b = reqwest::Client::builder()
+                .use_rustls_tls()
+                .timeout(cfg.timeout)
+                .connect_timeout(cfg.timeout.min(std::time::Duration::from_secs(30)))
+                .redirect(reqwest::redirect::Policy::none())
+                .user_agent(concat!("usersync/", env!("CARGO_PKG_VERSION")));
+            if let Some((_, pem)) = &cfg.ca_bundle {
+                for cert in reqwest::Certificate::from_pem_bundle(pem).map_err(|e| FetchError::Client(e.to_string()))? {
+                    b = b.add_root_certificate(cert);
+                }
             }
-        }
-        let http = b.build().map_err(|e| FetchError::Client(e.to_string()))?;
+            Ok(b)
+        };
+        let build = |b: reqwest::ClientBuilder| b.build().map_err(|e| FetchError::Client(e.to_string()));
         Ok(Self {
-            http,
+            http: build(builder()?)?,
+            local: build(builder()?.no_proxy())?,
             max_retries: cfg.max_retries,
             tokens: Mutex::default(),
             requests: batch::Requests::new(cfg.max_concurrency),
@@ -169,11 +176,23 @@ impl GraphClient {
         let parsed = parser.await.map_err(|e| FetchError::Client(format!("the page parser stopped: {e}")))?;
         fetched?;
         let (roster, pages) = parsed?;
-        if roster.is_limited() {
-            return Err(FetchError::LimitedInformation { group: q.group.to_string(), users: roster.user_objects() });
+        if let Some(missing) = roster.limited() {
+            let (group, users) = (q.group.to_string(), roster.user_objects());
+            return Err(FetchError::LimitedInformation { group, users, missing });
         }
         tracing::info!(group = %q.group, nested = q.nested, pages, objects = roster.objects(), "fetched group members");
         Ok(roster)
+    }
+
+    /// The client for `url`: a plain `http://` request (which endpoints allow for loopback
+    /// addresses only) never goes through a proxy, which would see its token in clear.
+    /// HTTPS is tunnelled, so it follows `HTTPS_PROXY` / `NO_PROXY` wherever it goes.
+    fn http(&self, url: &str) -> &reqwest::Client {
+        if Url::parse(url).is_ok_and(|u| u.scheme() == "http") {
+            &self.local
+        } else {
+            &self.http
+        }
     }
 
     /// An app-only access token for `cred` (for SMTP XOAUTH2).
@@ -199,7 +218,7 @@ impl GraphClient {
         let a = self
             .try_send(&url, || {
                 Ok(self
-                    .http
+                    .http(&url)
                     .post(&url)
                     .bearer_auth(token.expose())
                     .header(reqwest::header::CONTENT_TYPE, "application/json")

@@ -26,6 +26,7 @@ pub struct Answer {
 }
 
 /// Why one attempt got no answer.
+#[derive(Clone)]
 pub(super) enum Failure {
     /// Not worth retrying: the request cannot be built or its answer cannot be used.
     Fatal(FetchError),
@@ -54,7 +55,7 @@ impl GraphClient {
         self.with_retries(url, || async {
             let request = build().map_err(Failure::Fatal)?;
             self.stats.count_request();
-            attempt(request).await.map_err(|e| Failure::of(&e))
+            attempt(request).await
         })
         .await
     }
@@ -94,11 +95,27 @@ impl GraphClient {
     }
 }
 
-pub(super) async fn attempt(req: RequestBuilder) -> Result<Answer, reqwest::Error> {
-    let resp = req.send().await?;
+/// The most bytes of one response body usersync reads, after decompression: a hostile or
+/// broken endpoint cannot make it exhaust memory. A Graph page of 999 members is about
+/// 200 KB; a batch of 20 pages about 4 MB.
+pub const BODY_CAP: usize = 64 << 20;
+
+/// Sends `req` and reads its whole answer, at most [`BODY_CAP`] bytes of body.
+pub(super) async fn attempt(req: RequestBuilder) -> Result<Answer, Failure> {
+    let mut resp = req.send().await.map_err(|e| Failure::of(&e))?;
     let status = resp.status();
     let headers = resp.headers().clone();
-    let body = resp.bytes().await?.to_vec();
+    let too_large = |url: &reqwest::Url| Failure::Fatal(FetchError::TooLarge { url: url.to_string(), limit: BODY_CAP });
+    if resp.content_length().is_some_and(|n| n > BODY_CAP as u64) {
+        return Err(too_large(resp.url()));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| Failure::of(&e))? {
+        if body.len() + chunk.len() > BODY_CAP {
+            return Err(too_large(resp.url()));
+        }
+        body.extend_from_slice(&chunk);
+    }
     Ok(Answer { status, headers, body })
 }
 

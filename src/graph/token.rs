@@ -102,7 +102,7 @@ impl GraphClient {
             }
             Ok(f)
         };
-        let answer = self.try_send(url, || form().map(|f| self.http.post(url).form(&f))).await?;
+        let answer = self.try_send(url, || form().map(|f| self.http(url).post(url).form(&f))).await?;
         let started = Instant::now();
         if !answer.status.is_success() {
             let e: AadError = serde_json::from_slice(&answer.body).unwrap_or_default();

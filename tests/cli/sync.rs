@@ -315,7 +315,7 @@ fn a_current_file_that_cannot_be_read_fails_its_instance_naming_it() {
     let mut r = one_conf().expect_exit(1);
     std::fs::create_dir_all(r.root().join(SENDERS)).unwrap();
     let out = r.run();
-    assert!(out.stderr.contains("allowed_senders_ldap.txt") && out.stderr.contains("Is a directory"), "{}", out.stderr);
+    assert!(out.stderr.contains("allowed_senders_ldap.txt: it exists but is a directory"), "{}", out.stderr);
     assert!(r.root().join(SENDERS).is_dir());
 }
 
@@ -750,7 +750,14 @@ fn global_options_go_before_or_after_the_subcommand() {
 fn check_finds_config_path_and_permission_problems_offline() {
     let mut r = one_conf().args(&["check"]).expect_exit(0);
     let out = r.run();
-    assert_eq!(out.stdout, "check: 0 errors, 0 warnings\n");
+    assert_eq!(
+        out.stdout,
+        format!(
+            "note: {}: trusted\nnote: instance `gw`: {}: trusted\ncheck: 0 errors, 0 warnings\n",
+            r.path().join("usersync.toml").display(),
+            r.root().join("gw/config/entraid/staff.entraidconf").display()
+        )
+    );
     let secret = r.root().join("gw/config/entraid/secret");
     r = r
         .conf("gw", "filed", &format!("group_id = \"{SALES}\"\nclient_secret_file = \"secret\"\nfeeds = [\"gsm_list\"]\nquery_filter = \"mail,mobilePhone\"\n"))
@@ -761,8 +768,9 @@ fn check_finds_config_path_and_permission_problems_offline() {
         .expect_exit(2);
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
     let out = r.run();
-    let lines: Vec<&str> = out.stdout.lines().collect();
+    let lines: Vec<&str> = out.stdout.lines().filter(|l| !l.starts_with("note: ")).collect();
     assert_eq!(lines.len(), 4, "{}", out.stdout);
+    assert!(out.stdout.contains(&format!("note: instance `gw`: {}: trusted\n", secret.display())), "{}", out.stdout);
     assert!(
         lines[0].starts_with("error: instance `bad`: ") && lines[0].contains("key `group_id`: `nope` is not a GUID"),
         "{}",
@@ -772,7 +780,8 @@ fn check_finds_config_path_and_permission_problems_offline() {
         lines[1],
         format!("warning: instance `gw`: {} holds a client secret and is readable by group or others (mode 0644) (hint: chmod 600 {})", secret.display(), secret.display())
     );
-    assert!(lines[2].starts_with("error: instance `gw`: output gsm_list /nonexistent-usersync/gsm.txt: the directory /nonexistent-usersync does not exist"), "{}", lines[2]);
+    assert!(lines[2].starts_with("error: instance `gw`: output gsm_list /nonexistent-usersync/gsm.txt: cannot open the directory of /nonexistent-usersync/gsm.txt: No such file or directory"), "{}", lines[2]);
+    assert!(lines[2].ends_with("(hint: the directory /nonexistent-usersync does not exist: create it, or fix ALLOWEDLDAPSENDERFILE / LDAPGSMLISTFILE in the instance's envelope.cfg / compose.cfg)"), "{}", lines[2]);
     assert_eq!(lines[3], "check: 2 errors, 1 warnings");
     assert!(!out.stdout.contains(SECRET) && !out.stderr.contains(SECRET));
     assert!(r.sim.requests().is_empty(), "check needs no network");
