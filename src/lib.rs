@@ -35,4 +35,4 @@ mod testquery;
 pub mod trust;
 pub mod write;
 
-pub use run::run;
+pub use run::{run, DEFAULT_SERVER_ROOT};

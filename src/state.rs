@@ -25,8 +25,11 @@ pub struct AlertState {
     pub last_alert: Option<u64>,
 }
 
+/// The state file's name in `state_dir`.
+pub const FILE: &str = "state.json";
+
 fn file(dir: &Path) -> PathBuf {
-    dir.join("state.json")
+    dir.join(FILE)
 }
 
 impl State {

@@ -10,5 +10,7 @@ mod faults;
 mod metrics;
 mod network;
 mod secrets;
+mod security;
 mod sync;
+mod unit;
 mod util;

@@ -101,14 +101,27 @@ impl Run {
     /// Writes `<instance>/config/entraid/<name>.entraidconf`; credentials and the
     /// simulator's endpoints are added unless `body` sets them.
     pub fn conf(self, instance: &str, name: &str, body: &str) -> Self {
+        self.conf_with(instance, name, body, true)
+    }
+
+    /// As [`Run::conf`], but without the simulator's endpoints (what an untrusted config
+    /// must do: it reaches Microsoft's hosts, or the simulator through `Proxy::redirecting`).
+    pub fn conf_no_endpoints(self, instance: &str, name: &str, body: &str) -> Self {
+        self.conf_with(instance, name, body, false)
+    }
+
+    fn conf_with(self, instance: &str, name: &str, body: &str, endpoints: bool) -> Self {
         let mut text = String::new();
-        for (k, v) in [
-            ("tenant_id", TENANT.to_owned()),
-            ("client_id", CLIENT.to_owned()),
-            ("client_secret", SECRET.to_owned()),
-            ("authority_host", self.sim.url()),
-            ("graph_endpoint", self.sim.url()),
-        ] {
+        let sim = if endpoints {
+            vec![("authority_host", self.sim.url()), ("graph_endpoint", self.sim.url())]
+        } else {
+            vec![]
+        };
+        for (k, v) in
+            [("tenant_id", TENANT.to_owned()), ("client_id", CLIENT.to_owned()), ("client_secret", SECRET.to_owned())]
+                .into_iter()
+                .chain(sim)
+        {
             let set = body.lines().any(|l| l.split('=').next().unwrap_or_default().trim() == k);
             let credential_keys = [
                 "client_secret",
@@ -187,7 +200,38 @@ impl Run {
 
     /// Runs the binary, checks the expectations (then forgets them), returns what it printed.
     pub fn run(&mut self) -> Output {
-        let out = self.command().output().expect("usersync runs");
+        self.run_within(std::time::Duration::from_secs(300))
+    }
+
+    /// As [`Run::run`]; the run must end within `limit` (it is killed and the test fails
+    /// otherwise), so that a run that blocks cannot hang the tests.
+    pub fn run_within(&mut self, limit: std::time::Duration) -> Output {
+        let mut child = self
+            .command()
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("usersync runs");
+        let (stdout, stderr) = (child.stdout.take().expect("stdout"), child.stderr.take().expect("stderr"));
+        let read = |mut r: Box<dyn std::io::Read + Send>| {
+            std::thread::spawn(move || {
+                let mut b = Vec::new();
+                let _ = r.read_to_end(&mut b);
+                b
+            })
+        };
+        let (stdout, stderr) = (read(Box::new(stdout)), read(Box::new(stderr)));
+        let ended = usersync_sim::wait_for(limit, || child.try_wait().is_ok_and(|s| s.is_some()));
+        if !ended {
+            let _ = child.kill();
+        }
+        let status = child.wait().expect("usersync ends");
+        assert!(ended, "usersync did not end within {limit:?}");
+        let out = std::process::Output {
+            status,
+            stdout: stdout.join().expect("stdout read"),
+            stderr: stderr.join().expect("stderr read"),
+        };
         let o = Output {
             code: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -306,6 +350,24 @@ impl Drop for Smtp {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Gives `path` (not what a symlink points to) to `nobody`: a file the gateway's
+/// internet-facing account could have written.
+pub fn give_away(path: &Path) {
+    std::os::unix::fs::lchown(path, Some(NOBODY), Some(NOBODY)).expect("chown to nobody");
+}
+
+/// The uid and gid of `nobody` on Debian.
+pub const NOBODY: u32 = 65534;
+
+/// Whether this test runs as root, which it needs to give files away; says why if not.
+pub fn as_root() -> bool {
+    let root = rustix::process::geteuid().is_root();
+    if !root {
+        eprintln!("skipped: this test must run as root (CI does) to chown the attacker's files to nobody");
+    }
+    root
 }
 
 /// A throwaway CA with a `localhost` certificate, written as `ca.pem`, `cert.pem`, `key.pem` in `dir`.

@@ -219,6 +219,11 @@ impl Sim {
         }
     }
 
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     /// The state, locked: change the directory, add faults, read requests.
     pub fn state(&self) -> MutexGuard<'_, State> {
         lock(&self.state)

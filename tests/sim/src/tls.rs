@@ -11,7 +11,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
-/// A CA and a server certificate for `localhost` and 127.0.0.1 signed by it.
+/// A CA and a server certificate for `localhost`, 127.0.0.1 (and the global cloud's login
+/// and Graph hosts) signed by it.
 pub struct TestPki {
     /// The CA certificate, PEM: what a client must trust.
     pub ca_pem: String,
@@ -32,7 +33,10 @@ impl TestPki {
         ca.distinguished_name.push(DnType::CommonName, "usersync test CA");
         let ca_cert = ca.self_signed(&ca_key)?;
         let key = KeyPair::generate()?;
-        let mut leaf = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?;
+        // Also the global cloud's hosts, so that a redirecting proxy (`Proxy::redirecting`)
+        // can stand in for Microsoft: a client trusting only this CA reaches the simulator.
+        let names = ["localhost", "127.0.0.1", "login.microsoftonline.com", "graph.microsoft.com"];
+        let mut leaf = CertificateParams::new(names.map(str::to_owned).to_vec())?;
         leaf.distinguished_name.push(DnType::CommonName, "localhost");
         let cert = leaf.signed_by(&key, &ca_cert, &ca_key)?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -88,6 +92,17 @@ pub struct Proxy {
 impl Proxy {
     /// Starts on 127.0.0.1 with an OS-chosen port.
     pub fn start() -> std::io::Result<Self> {
+        Self::start_to(None)
+    }
+
+    /// A proxy that tunnels every CONNECT to `to`, whatever host it names: with the
+    /// simulator's TLS address there, `https://login.microsoftonline.com` and
+    /// `https://graph.microsoft.com` are the simulator.
+    pub fn redirecting(to: SocketAddr) -> std::io::Result<Self> {
+        Self::start_to(Some(to))
+    }
+
+    fn start_to(to: Option<SocketAddr>) -> std::io::Result<Self> {
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
@@ -103,7 +118,7 @@ impl Proxy {
                         _ = &mut stopped => return,
                         accepted = listener.accept() => {
                             if let Ok((client, _)) = accepted {
-                                tokio::spawn(tunnel(client, Arc::clone(&seen)));
+                                tokio::spawn(tunnel(client, Arc::clone(&seen), to));
                             }
                         }
                     }
@@ -124,7 +139,7 @@ impl Proxy {
     }
 }
 
-async fn tunnel(mut client: TcpStream, seen: Arc<Mutex<Vec<String>>>) {
+async fn tunnel(mut client: TcpStream, seen: Arc<Mutex<Vec<String>>>, to: Option<SocketAddr>) {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") && head.len() < 8192 {
@@ -142,7 +157,11 @@ async fn tunnel(mut client: TcpStream, seen: Arc<Mutex<Vec<String>>>) {
     if let Ok(mut c) = seen.lock() {
         c.push(target.clone());
     }
-    let Ok(mut upstream) = TcpStream::connect(&target).await else {
+    let upstream = match to {
+        Some(a) => TcpStream::connect(a).await,
+        None => TcpStream::connect(&target).await,
+    };
+    let Ok(mut upstream) = upstream else {
         let _ = client.write_all(b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\n\r\n").await;
         return;
     };
