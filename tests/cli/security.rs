@@ -443,3 +443,78 @@ fn a_failed_metrics_write_is_an_error_in_the_log_but_not_in_the_exit_code() {
     r.run();
     assert_eq!(std::fs::metadata(&prom).unwrap().mode() & 0o7777, 0o644, "node-exporter must read it");
 }
+
+#[test]
+fn a_current_output_over_1_gib_fails_its_instance_unread() {
+    let mut r = one_conf();
+    let big = r.root().join(SENDERS);
+    std::fs::create_dir_all(big.parent().unwrap()).unwrap();
+    // Sparse: no disk is used.
+    std::fs::File::create(&big).unwrap().set_len((1 << 30) + 1).unwrap();
+    r = r.expect_exit(1);
+    let out = r.run();
+    assert!(
+        out.stderr.contains(&format!("cannot use {}: it is larger than 1073741824 bytes", big.display())),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(std::fs::metadata(&big).unwrap().len(), (1 << 30) + 1);
+}
+
+#[test]
+fn check_reports_each_files_trust_and_each_unsafe_output() {
+    if !as_root() {
+        return;
+    }
+    let r = one_conf()
+        .conf("gw", "sms", &format!("group_id = \"{STAFF}\"\nfeeds = [\"gsm_list\", \"access_rules\"]\nquery_filter = \"mail,mobilePhone\"\n"))
+        .file("gw/config/compose.cfg", "LDAPGSMLISTFILE=config/gsm_list.txt\n")
+        .file(GSM, "old@example.com +35840111111\n");
+    give_away(&r.root().join("gw/config/compose.cfg"));
+    chmod(&r.root().join(GSM), 0o6644);
+    let fifo = r.root().join(RULES);
+    rustix::fs::mknodat(rustix::fs::CWD, &fifo, rustix::fs::FileType::Fifo, rustix::fs::Mode::from(0o644), 0).unwrap();
+    let link = r.root().join(SENDERS);
+    symlink(r.path().join("elsewhere"), &link).unwrap();
+    let lock = r.root().join("gw/config/entraid/usersync.lock");
+    symlink(r.path().join("nologin"), &lock).unwrap();
+    let mut r = r.args(&["check"]).expect_exit(2);
+    let out = r.run();
+    let (root, gw) = (r.path().display().to_string(), r.root().join("gw").display().to_string());
+    assert_eq!(
+        out.stdout,
+        format!(
+            "note: {root}/usersync.toml: trusted
+note: instance `gw`: {gw}/config/entraid/sms.entraidconf: trusted
+note: instance `gw`: {gw}/config/entraid/staff.entraidconf: trusted
+note: instance `gw`: {gw}/config/compose.cfg: untrusted: owned by uid 65534, neither root nor usersync's user; the output paths it names must lie beneath the instance directory
+error: instance `gw`: the lock {gw}/config/entraid/usersync.lock is not a regular file but a symlink (hint: remove {gw}/config/entraid/usersync.lock; usersync creates it)
+error: instance `gw`: output allowed_senders {gw}/config/allowed_senders_ldap.txt: cannot use {gw}/config/allowed_senders_ldap.txt: a symlink is on the way (hint: usersync never writes through a symlink: replace the symlink on the way to {gw}/config/allowed_senders_ldap.txt with the real directory or file, or (for a path outside the instance) set the path in a root-owned envelope.cfg / compose.cfg)
+warning: instance `gw`: output gsm_list {gw}/config/gsm_list.txt: its mode 6644 has set-id or sticky bits, which the next write drops (hint: chmod 0644 {gw}/config/gsm_list.txt)
+error: instance `gw`: output access_rules {gw}/config/gsm_auth_auto.txt: cannot use {gw}/config/gsm_auth_auto.txt: it exists but is a FIFO (hint: an output must be a regular file: move {gw}/config/gsm_auth_auto.txt away, and the next run creates it)
+check: 3 errors, 1 warnings
+"
+        )
+    );
+}
+
+#[test]
+fn two_outputs_in_one_file_are_a_configuration_error() {
+    let mut r = one_conf()
+        .conf(
+            "gw",
+            "sms",
+            &format!("group_id = \"{STAFF}\"\nfeeds = [\"gsm_list\"]\nquery_filter = \"mail,mobilePhone\"\n"),
+        )
+        .file("gw/config/compose.cfg", "LDAPGSMLISTFILE=config/allowed_senders_ldap.txt\n")
+        .expect_exit(2)
+        .expect_file(SENDERS, None);
+    let out = r.run();
+    assert!(
+        out.stderr.contains(
+            "config/allowed_senders_ldap.txt: both allowed_senders and gsm_list would be written to this file"
+        ),
+        "{}",
+        out.stderr
+    );
+}
