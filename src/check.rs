@@ -141,10 +141,10 @@ fn check_instance(inst: &Instance, out: &mut Vec<Finding>) {
     let who = format!("instance `{}`", inst.name);
     let now =
         SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-    let who_ = format!("{who}: ");
+    let at = format!("{who}: ");
     for c in &inst.configs {
         out.push(trust_note(
-            &who_,
+            &at,
             &c.path,
             &c.trust,
             "it may not set authority_host or graph_endpoint, and the files it names must lie beneath its directory",
@@ -152,12 +152,12 @@ fn check_instance(inst: &Instance, out: &mut Vec<Finding>) {
         let credential = std::env::var_os("CREDENTIALS_DIRECTORY").is_some_and(|d| c.secret_file.starts_with(d));
         if c.secret_file != c.path && !credential {
             if let Ok((_, t)) = crate::trust::open(&c.secret_file) {
-                out.push(trust_note(&who_, &c.secret_file, &t, "someone else than root can change the credential"));
+                out.push(trust_note(&at, &c.secret_file, &t, "someone else than root can change the credential"));
             }
         }
     }
     for (p, t) in &inst.cfg_files {
-        out.push(trust_note(&who_, p, t, "the output paths it names must lie beneath the instance directory"));
+        out.push(trust_note(&at, p, t, "the output paths it names must lie beneath the instance directory"));
     }
     for c in &inst.configs {
         let holds = if matches!(c.auth, ClientAuth::Certificate(_)) { "a private key" } else { "a client secret" };
