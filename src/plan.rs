@@ -410,7 +410,7 @@ mod tests {
     use std::path::Path;
 
     fn sample(name: &str) -> Roster {
-        let body = std::fs::read(format!("{}/../shared/graph-samples/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        let body = std::fs::read(format!("{}/tests/fixtures/graph/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap();
         roster(&parse_page(&body).unwrap().members)
     }
 

@@ -320,7 +320,7 @@ mod tests {
 
     #[test]
     fn every_graph_sample_parses_or_is_an_error_body() {
-        let dir = format!("{}/../shared/graph-samples", env!("CARGO_MANIFEST_DIR"));
+        let dir = format!("{}/tests/fixtures/graph", env!("CARGO_MANIFEST_DIR"));
         let mut pages = 0;
         for e in std::fs::read_dir(dir).unwrap() {
             let p = e.unwrap().path();

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use crate::util::*;
 
 fn sample(name: &str) -> String {
-    std::fs::read_to_string(format!("{}/../shared/graph-samples/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    std::fs::read_to_string(format!("{}/tests/fixtures/graph/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
 }
 
 fn golden(name: &str, mut r: Run) {

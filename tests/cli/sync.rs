@@ -83,7 +83,7 @@ fn a_429_with_retry_after_mid_paging_is_waited_out_and_completes() {
         s.page_size = 2;
         let body = std::fs::read_to_string(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../shared/graph-samples/graph_throttling_429.json"
+            "/tests/fixtures/graph/graph_throttling_429.json"
         ))
         .unwrap();
         s.page_faults.push(PageFault {
@@ -528,7 +528,7 @@ fn a_403_names_the_permissions_to_grant() {
     let mut r = one_conf();
     let body = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../shared/graph-samples/graph_error_authorization_requestdenied.json"
+        "/tests/fixtures/graph/graph_error_authorization_requestdenied.json"
     ))
     .unwrap();
     r.sim.state().page_faults.push(PageFault {
