@@ -115,7 +115,7 @@ pub fn run(cli: &Cli, names: &[String]) -> Outcome {
 }
 
 fn findings(cli: &Cli, names: &[String]) -> Vec<Finding> {
-    let (config, root) = match crate::run::setup(cli) {
+    let (config, root) = match crate::start::setup(cli) {
         Ok(x) => x,
         Err(e) => return e.reports().into_iter().map(|r| error(r.message, r.hint)).collect(),
     };

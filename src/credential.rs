@@ -25,6 +25,66 @@ pub enum ClientAuth {
     Certificate(Arc<Certificate>),
 }
 
+impl ClientAuth {
+    /// A digest that tells two credentials apart, without holding or showing either.
+    fn digest(&self) -> [u8; 32] {
+        let mut d = ring::digest::Context::new(&ring::digest::SHA256);
+        match self {
+            Self::Secret(s) => {
+                d.update(b"secret\0");
+                d.update(s.expose().as_bytes());
+            }
+            Self::Certificate(c) => {
+                d.update(b"certificate\0");
+                d.update(c.thumbprint.as_bytes());
+            }
+        }
+        let mut out = [0; 32];
+        out.copy_from_slice(d.finish().as_ref());
+        out
+    }
+}
+
+/// What a token request needs.
+#[derive(Clone, Debug)]
+pub struct Credentials {
+    /// `{authority}/{tenant}/oauth2/v2.0/token`
+    pub token_url: String,
+    /// Application (client) id.
+    pub client_id: String,
+    /// The client secret or certificate.
+    pub auth: ClientAuth,
+    /// `{graph}/.default`
+    pub scope: String,
+}
+
+/// Who asks Entra ID for tokens: the token endpoint (authority and tenant), the client,
+/// and its credential (by digest). Configs with equal identities get equal answers.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Identity {
+    token_url: String,
+    client_id: String,
+    credential: [u8; 32],
+}
+
+impl Credentials {
+    /// Who asks.
+    #[must_use]
+    pub fn identity(&self) -> Identity {
+        Identity {
+            token_url: self.token_url.clone(),
+            client_id: self.client_id.clone(),
+            credential: self.auth.digest(),
+        }
+    }
+
+    /// What a cached token is valid for: who asked, and for which scope.
+    #[must_use]
+    pub fn token_key(&self) -> (Identity, String) {
+        (self.identity(), self.scope.clone())
+    }
+}
+
 /// The JWT signature algorithm of client assertions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum AssertionAlgorithm {

@@ -5,11 +5,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::credential::{AssertionAlgorithm, Certificate, ClientAuth};
+use crate::credential::{AssertionAlgorithm, Certificate, ClientAuth, Credentials};
 use crate::endpoints::{parse_endpoint, Cloud, Endpoints};
-use crate::error::Hint as _;
 use crate::error::{quote, quote_in, ConfigError};
-use crate::graph::{Credentials, FetchError, GroupQuery};
 use crate::ids::{ClientId, GroupId, TenantId};
 use crate::output::{AccessRule, Output};
 pub use crate::secret::Env;
@@ -92,30 +90,6 @@ impl EntraConf {
             auth: self.auth.clone(),
             scope: self.endpoints.scope(),
         }
-    }
-
-    /// The group query for this config alone.
-    #[must_use]
-    pub fn query(&self) -> GroupQuery {
-        GroupQuery {
-            graph: self.endpoints.graph_base(),
-            group: self.group.clone(),
-            nested: self.nested,
-            mobile_phone: self.mobile_phone,
-        }
-    }
-
-    /// How to fix `e`, a fetch for this config: the error's own hint, and for an
-    /// unknown tenant while `cloud` is global, the likely reason.
-    #[must_use]
-    pub fn hint_for(&self, e: &FetchError) -> Option<String> {
-        let hint = e.hint();
-        if self.cloud == Cloud::Global && e.is_unknown_tenant() {
-            let national =
-                "this tenant may be in a national cloud: set `cloud` (\"usgov\", \"usgov-dod\" or \"china\")";
-            return Some(hint.map_or_else(|| national.to_owned(), |h| format!("{h}; {national}")));
-        }
-        hint
     }
 
     /// Reads, judges and checks one file.
@@ -417,23 +391,6 @@ group_id = "02bd9fd6-8f93-4758-87c3-1fb73740a315"
         assert_eq!(c.endpoints.graph.as_str(), "https://graph.microsoft.com/");
         assert!(matches!(&c.auth, ClientAuth::Secret(s) if s.expose() == "s3cret"));
         assert!(!format!("{c:?}").contains("s3cret"));
-    }
-
-    #[test]
-    fn an_unknown_tenant_in_the_global_cloud_hints_at_national_clouds() {
-        let token = |code| FetchError::Token {
-            url: "https://login.microsoftonline.com/t/oauth2/v2.0/token".into(),
-            status: 400,
-            aadsts: Some(code),
-            error: "invalid_request".into(),
-            description: String::new(),
-        };
-        let national = "this tenant may be in a national cloud: set `cloud`";
-        for code in [90_002, 90_038] {
-            assert!(parse("").unwrap().hint_for(&token(code)).unwrap().contains(national), "{code}");
-            assert!(!parse("cloud = \"china\"\n").unwrap().hint_for(&token(code)).unwrap().contains(national));
-        }
-        assert!(!parse("").unwrap().hint_for(&token(7_000_215)).unwrap().contains(national));
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Errors that decide the exit code, and the exit codes themselves (contract §7).
+//! The exit codes (contract §7), configuration errors, hints, and how an error is shown.
 
 use std::fmt::{self, Write as _};
 use std::path::PathBuf;
@@ -123,66 +123,6 @@ impl std::error::Error for ConfigError {}
 impl Hint for ConfigError {
     fn hint(&self) -> Option<String> {
         Some(self.hint.clone())
-    }
-}
-
-/// An error that stops the whole run before any instance is processed.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// One or more configuration errors (exit 2).
-    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
-    Config(Vec<ConfigError>),
-    /// The node-status command could not tell whether this node is active (exit 1).
-    #[error(transparent)]
-    Node(#[from] crate::node::NodeError),
-    /// The command line is wrong (exit 2).
-    #[error("{0}")]
-    Usage(String),
-    /// The async runtime could not start (exit 1).
-    #[error("cannot start the async runtime: {0}")]
-    Runtime(#[source] std::io::Error),
-}
-
-impl From<ConfigError> for Error {
-    fn from(e: ConfigError) -> Self {
-        Self::Config(vec![e])
-    }
-}
-
-impl Error {
-    /// The outcome (and so the exit code) this error stands for.
-    #[must_use]
-    pub fn outcome(&self) -> Outcome {
-        match self {
-            Self::Config(_) | Self::Usage(_) => Outcome::Config,
-            Self::Node(_) | Self::Runtime(_) => Outcome::Failed,
-        }
-    }
-
-    /// The error as report entries (message and hint each).
-    #[must_use]
-    pub fn reports(&self) -> Vec<crate::report::ErrorReport> {
-        let one = |message: String, hint: Option<String>| crate::report::ErrorReport { message, hint };
-        match self {
-            Self::Config(errors) => errors.iter().map(|e| one(e.to_string(), e.hint())).collect(),
-            Self::Node(e) => vec![one(e.to_string(), e.hint())],
-            Self::Runtime(e) => vec![one(self.to_string(), e.hint())],
-            Self::Usage(_) => vec![one(self.to_string(), Some("see usersync --help".into()))],
-        }
-    }
-
-    /// Prints the error, its causes and its hints on stderr, once.
-    pub fn print(&self) {
-        match self {
-            Self::Config(errors) => {
-                for e in errors {
-                    print_error(e);
-                }
-            }
-            Self::Node(e) => print_error(e),
-            Self::Runtime(e) => print_error(e),
-            Self::Usage(m) => eprintln!("error: {m}\nhint: see usersync --help"),
-        }
     }
 }
 

@@ -3,6 +3,8 @@
 //! Data flows one way: config → fetch → normalise → plan → guard → write → report.
 
 pub mod alert;
+mod alert_test;
+mod app;
 pub mod cfgfile;
 pub mod check;
 pub mod cli;
@@ -23,16 +25,19 @@ pub mod metrics;
 pub mod node;
 pub mod normalize;
 pub mod output;
+pub mod page;
 pub mod plan;
 pub mod render;
 pub mod report;
 pub mod resolve;
 pub mod roster;
-mod run;
 pub mod secret;
+pub mod start;
 pub mod state;
+mod sync;
 mod testquery;
 pub mod trust;
 pub mod write;
 
-pub use run::{run, DEFAULT_SERVER_ROOT};
+pub use app::{run, Error};
+pub use start::DEFAULT_SERVER_ROOT;

@@ -404,8 +404,8 @@ impl Lines<'_, '_> {
 mod tests {
     use super::*;
     use crate::entraidconf::Env;
-    use crate::graph::{parse_page, Member, MemberView, ObjectKind};
     use crate::instance::OutputPath;
+    use crate::page::{parse as parse_page, Member, MemberView, ObjectKind};
     use crate::trust::Trust;
     use std::path::Path;
 
@@ -587,8 +587,8 @@ mod proptests {
     //! output line matches its strict format, and no other line changes.
     use super::*;
     use crate::entraidconf::Env;
-    use crate::graph::{Member, MemberView, ObjectKind, Text};
     use crate::instance::OutputPath;
+    use crate::page::{Member, MemberView, ObjectKind, Text};
     use crate::trust::Trust;
     use proptest::prelude::*;
     use std::path::Path;

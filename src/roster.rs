@@ -1,8 +1,8 @@
 //! The members of one fetched group, normalised page by page as they arrive and packed
 //! tight (about 50 bytes a user): the only form in which a run keeps them.
 
-use crate::graph::{MemberView, ObjectKind, TextRef};
 use crate::normalize::{escape_for_log, Email, Phone, SkipReason};
+use crate::page::{MemberView, ObjectKind, TextRef};
 
 /// A user with a valid address: where its normalised mail and phone lie in the text.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -419,7 +419,7 @@ impl Roster {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::graph::{parse_page, Member, ObjectKind};
+    use crate::page::{parse as parse_page, Member, ObjectKind};
 
     #[test]
     fn packs_users_and_notes_the_rest() {

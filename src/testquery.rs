@@ -6,15 +6,16 @@ use std::fmt::Write as _;
 use crate::cli::Cli;
 use crate::credential::ClientAuth;
 use crate::entraidconf::{EntraConf, Env};
-use crate::error::{ConfigError, Error, Hint, Outcome};
+use crate::error::{ConfigError, Hint, Outcome};
 use crate::graph::GraphClient;
 use crate::instance;
+use crate::start::Stop;
 
 /// Runs the test query; returns the exit code (0: every config answered, 1: one did not).
-pub fn run(cli: &Cli, name: &str, entraid: Option<&str>, show: bool) -> Result<u8, Error> {
-    let (config, root) = crate::run::setup(cli)?;
+pub fn run(cli: &Cli, name: &str, entraid: Option<&str>, show: bool) -> Result<u8, Stop> {
+    let (config, root) = crate::start::setup(cli)?;
     let names = instance::select(&root, &[name.to_owned()])?;
-    let inst = instance::load(&root, &names[0], &Env::from_process()).map_err(Error::Config)?;
+    let inst = instance::load(&root, &names[0], &Env::from_process()).map_err(Stop::Config)?;
     let configs: Vec<&EntraConf> =
         inst.configs.iter().filter(|c| entraid.is_none_or(|e| c.path.file_stem().is_some_and(|s| s == e))).collect();
     if configs.is_empty() {
@@ -27,16 +28,16 @@ pub fn run(cli: &Cli, name: &str, entraid: Option<&str>, show: bool) -> Result<u
         .into());
     }
     let client = GraphClient::new(&config.http).map_err(|e| {
-        Error::from(ConfigError::new(
+        Stop::from(ConfigError::new(
             config.path.clone().unwrap_or_default(),
             e.to_string(),
             e.hint().unwrap_or_default(),
         ))
     })?;
-    let rt = crate::run::runtime()?;
+    let rt = crate::start::runtime()?;
     let mut outcome = Outcome::Success;
     for c in configs {
-        let q = c.query();
+        let q = crate::graph::GroupQuery::of(c);
         let relation = if q.nested { "transitiveMembers" } else { "members" };
         let mut out = format!("instance `{name}`, config {}\n", c.path.display());
         let _ = writeln!(out, "  tenant {}, group {} ({relation}) at {}", c.tenant, c.group, q.graph);
@@ -75,7 +76,7 @@ pub fn run(cli: &Cli, name: &str, entraid: Option<&str>, show: bool) -> Result<u
                 crate::error::print_error(&Prefixed(
                     format!("instance `{name}`, config {}", c.path.display()),
                     &e,
-                    c.hint_for(&e),
+                    e.hint_in(c.cloud),
                 ));
                 outcome = Outcome::Failed;
             }

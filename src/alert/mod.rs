@@ -1,16 +1,13 @@
-//! Alert mail when a run fails, once on recovery, and `usersync alert-test` (contract §8).
+//! Alert mail when a run fails, and once on recovery (contract §8).
 //! Providers are tried in priority order until one delivers; an alert that no
 //! provider can deliver is logged and counted, and never changes the exit code.
 
-mod config;
 mod send;
 
 use std::fmt::Write as _;
 use std::time::Duration;
 
-pub(crate) use config::RawAlert;
-pub use config::{AlertConfig, Kind, Provider, Security, OUTLOOK_SCOPE};
-
+use crate::config::alert::AlertConfig;
 use crate::config::HttpConfig;
 use crate::report::Report;
 use crate::state::AlertState;
@@ -59,7 +56,9 @@ pub fn hostname() -> String {
 }
 
 /// Control characters in text from the directory or a server, made visible.
-fn clean(s: &str) -> String {
+/// An error text on one line, for a report line.
+#[must_use]
+pub fn clean(s: &str) -> String {
     s.chars()
         .flat_map(|c| if c.is_control() && c != '\n' { c.escape_debug().collect::<Vec<_>>() } else { vec![c] })
         .collect()
@@ -180,34 +179,6 @@ pub fn after_run(cfg: &AlertConfig, http: &HttpConfig, report: &Report, state: &
         Decision::Nothing => {}
     }
     false
-}
-
-/// `usersync alert-test`: one test message through every provider, one line each.
-/// Exit 0 if at least one delivered, 1 if none did.
-pub fn test_all(config: &crate::config::Config) -> Result<u8, crate::error::Error> {
-    let Some(alert) = &config.alert else {
-        return Err(crate::error::ConfigError::new(
-            config.path.clone().unwrap_or_else(|| crate::config::DEFAULT_PATH.into()),
-            "no [alert] table, so there is nothing to test",
-            "add [alert] with from, to and at least one [[alert.provider]] (see config/usersync.toml)",
-        )
-        .into());
-    };
-    let host = hostname();
-    let mail = Mail {
-        subject: format!("[usersync] {host}: test message"),
-        body: format!(
-            "This is a test of usersync's alert mail from {host}, sent by `usersync alert-test` through each provider in turn.\n"
-        ),
-    };
-    let attempts = deliver(alert, &config.http, &mail, true);
-    for (i, a) in attempts.iter().enumerate() {
-        match &a.result {
-            Ok(()) => println!("provider {} ({}): delivered", i + 1, a.provider),
-            Err(e) => println!("provider {} ({}): failed: {}", i + 1, a.provider, clean(e)),
-        }
-    }
-    Ok(u8::from(!attempts.iter().any(|a| a.result.is_ok())))
 }
 
 #[cfg(test)]

@@ -7,7 +7,8 @@ use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{Message, SmtpTransport, Transport};
 
-use super::{AlertConfig, Kind, Mail, Provider, Security};
+use super::Mail;
+use crate::config::alert::{AlertConfig, Kind, Provider, Security};
 use crate::config::HttpConfig;
 use crate::error::Hint;
 use crate::graph::GraphClient;

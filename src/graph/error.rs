@@ -1,5 +1,6 @@
 //! Why a token request or a member fetch failed, and what the administrator should do.
 
+use crate::endpoints::Cloud;
 use crate::error::Hint;
 
 /// A fetch that did not complete. Every variant names the URL it concerns.
@@ -132,6 +133,19 @@ impl FetchError {
     pub fn is_unknown_tenant(&self) -> bool {
         matches!(self, Self::Token { aadsts: Some(90_002 | 90_038), .. })
     }
+
+    /// How to fix this error of a config in `cloud`: the error's own hint, and for an
+    /// unknown tenant while `cloud` is global, the likely reason.
+    #[must_use]
+    pub fn hint_in(&self, cloud: Cloud) -> Option<String> {
+        let hint = self.hint();
+        if cloud == Cloud::Global && self.is_unknown_tenant() {
+            let national =
+                "this tenant may be in a national cloud: set `cloud` (\"usgov\", \"usgov-dod\" or \"china\")";
+            return Some(hint.map_or_else(|| national.to_owned(), |h| format!("{h}; {national}")));
+        }
+        hint
+    }
 }
 
 impl Hint for FetchError {
@@ -162,5 +176,27 @@ impl Hint for FetchError {
             Self::Client(_) => "check [http] ca_bundle and the system's certificate store (ca-certificates)".into(),
         };
         Some(h)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unknown_tenant_in_the_global_cloud_hints_at_national_clouds() {
+        let token = |code| FetchError::Token {
+            url: "https://login.microsoftonline.com/t/oauth2/v2.0/token".into(),
+            status: 400,
+            aadsts: Some(code),
+            error: "invalid_request".into(),
+            description: String::new(),
+        };
+        let national = "this tenant may be in a national cloud: set `cloud`";
+        for code in [90_002, 90_038] {
+            assert!(token(code).hint_in(Cloud::Global).unwrap().contains(national), "{code}");
+            assert!(!token(code).hint_in(Cloud::China).unwrap().contains(national));
+        }
+        assert!(!token(7_000_215).hint_in(Cloud::Global).unwrap().contains(national));
     }
 }

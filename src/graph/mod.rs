@@ -2,7 +2,6 @@
 
 mod batch;
 mod error;
-mod page;
 mod retry;
 mod token;
 
@@ -15,11 +14,11 @@ use url::Url;
 
 pub use batch::MAX_BATCH;
 pub use error::FetchError;
-pub use page::{parse as parse_page, visit as visit_page, Member, MemberView, ObjectKind, Page, Text, TextRef};
 pub use retry::{backoff, retry_after, MAX_RETRY_AFTER};
-pub use token::Credentials;
 
 use crate::config::HttpConfig;
+use crate::credential::{Credentials, Identity};
+use crate::entraidconf::EntraConf;
 use crate::ids::GroupId;
 use crate::roster::Roster;
 
@@ -64,6 +63,12 @@ pub struct GroupQuery {
 }
 
 impl GroupQuery {
+    /// The group query of config `c` alone.
+    #[must_use]
+    pub fn of(c: &EntraConf) -> Self {
+        Self { graph: c.endpoints.graph_base(), group: c.group.clone(), nested: c.nested, mobile_phone: c.mobile_phone }
+    }
+
     /// The first page's URL.
     #[must_use]
     pub fn first_url(&self) -> String {
@@ -80,7 +85,7 @@ pub struct GraphClient {
     /// For `http://` (loopback only), which never goes through a proxy.
     local: reqwest::Client,
     max_retries: u32,
-    tokens: Mutex<HashMap<(String, String), Arc<token::TokenSlot>>>,
+    tokens: Mutex<HashMap<(Identity, String), Arc<token::TokenSlot>>>,
     requests: batch::Requests,
     /// Counters.
     pub stats: Stats,
@@ -151,7 +156,7 @@ impl GraphClient {
         let fetched = async {
             loop {
                 let body = self.page(cred, &q.graph, &url).await?;
-                let next = page::next_link(&body)
+                let next = crate::page::next_link(&body)
                     .map_err(|e| FetchError::BadPage { url: url.clone(), detail: e.to_string() })?;
                 if let Some(n) = &next {
                     if !same_origin(&origin, n) {
@@ -267,7 +272,8 @@ impl GraphClient {
 
 /// Adds the members of one page (from `url`) to `roster`; returns its `@odata.nextLink`.
 fn read_page(roster: &mut Roster, url: String, body: &[u8]) -> Result<Option<String>, FetchError> {
-    let next = visit_page(body, |m| roster.push(&m)).map_err(|e| FetchError::BadPage { url, detail: e.to_string() })?;
+    let next = crate::page::visit(body, |m| roster.push(&m))
+        .map_err(|e| FetchError::BadPage { url, detail: e.to_string() })?;
     roster.end_page();
     Ok(next)
 }
@@ -337,9 +343,9 @@ mod tests {
                 if name.starts_with("graph_") {
                     serde_json::from_slice::<GraphErrorBody>(&body).unwrap_or_else(|e| panic!("{name}: {e}"));
                 }
-                assert!(parse_page(&body).is_err(), "{name} is not a page");
+                assert!(crate::page::parse(&body).is_err(), "{name} is not a page");
             } else {
-                parse_page(&body).unwrap_or_else(|e| panic!("{name}: {e}"));
+                crate::page::parse(&body).unwrap_or_else(|e| panic!("{name}: {e}"));
                 pages += 1;
             }
         }

@@ -6,30 +6,11 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 
 use super::{FetchError, GraphClient};
-use crate::credential::ClientAuth;
+use crate::credential::{ClientAuth, Credentials};
 use crate::secret::Secret;
 
 /// Renew a cached token this long before it expires.
 const EXPIRY_MARGIN: Duration = Duration::from_secs(120);
-
-/// What a token request needs.
-#[derive(Clone, Debug)]
-pub struct Credentials {
-    /// `{authority}/{tenant}/oauth2/v2.0/token`
-    pub token_url: String,
-    /// Application (client) id.
-    pub client_id: String,
-    /// The client secret or certificate.
-    pub auth: ClientAuth,
-    /// `{graph}/.default`
-    pub scope: String,
-}
-
-impl Credentials {
-    fn key(&self) -> (String, String) {
-        (self.token_url.clone(), self.client_id.clone())
-    }
-}
 
 /// A cached token.
 #[derive(Clone)]
@@ -62,7 +43,7 @@ impl GraphClient {
     pub(super) async fn token(&self, cred: &Credentials, rejected: Option<&Secret>) -> Result<Secret, FetchError> {
         let slot = {
             let mut slots = self.tokens.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            Arc::clone(slots.entry(cred.key()).or_default())
+            Arc::clone(slots.entry(cred.token_key()).or_default())
         };
         let mut cached = slot.0.lock().await;
         if let Some(t) = cached.as_ref() {

@@ -7,6 +7,7 @@ mod batching;
 mod certificates;
 mod errors;
 mod faults;
+mod layers;
 mod metrics;
 mod network;
 mod secrets;

@@ -9,9 +9,9 @@ use libfuzzer_sys::fuzz_target;
 use usersync::entraidconf::{EntraConf, Env};
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(page) = usersync::graph::parse_page(data) {
+    if let Ok(page) = usersync::page::parse(data) {
         for m in &page.members {
-            if let Some(usersync::graph::Text::Str(s)) = &m.mail {
+            if let Some(usersync::page::Text::Str(s)) = &m.mail {
                 if let Ok(e) = usersync::normalize::Email::parse(s) {
                     assert!(!e.as_str().contains(['\n', '\r', ' ', '*', '<', '>']));
                 }
@@ -22,7 +22,7 @@ fuzz_target!(|data: &[u8]| {
         // Keys that name files are not followed: the fuzzer must not read /dev/zero.
         let names_a_file = ["_file", "ca_bundle", "client_certificate", "client_key"].iter().any(|k| text.contains(k));
         if !names_a_file {
-            let _ = EntraConf::parse(text, Path::new("fuzz.entraidconf"), &Env::default());
+            let _ = EntraConf::parse(text, Path::new("fuzz.entraidconf"), &Env::default(), usersync::trust::Trust::Trusted);
             let _ = usersync::config::Config::parse(text, Path::new("usersync.toml"));
         }
         if let Some(v) = usersync::cfgfile::lookup(text, "ALLOWEDLDAPSENDERFILE") {

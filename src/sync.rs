@@ -1,4 +1,4 @@
-//! One run, in the contract's order: node → config → lock → fetch → plan → guard → write → report.
+//! The sync, in order: node → config → lock → fetch → plan → guard → write → report.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -11,12 +11,13 @@ use tokio::task::JoinSet;
 
 use std::io::Write as _;
 
-use crate::cli::{Cli, Command, Format};
+use crate::cli::{Cli, Format};
 use crate::config::Config;
 use crate::credential::ClientAuth;
+use crate::credential::{Credentials, Identity};
 use crate::entraidconf::{EntraConf, Env};
-use crate::error::{render_error, ConfigError, Error, Hint, Outcome};
-use crate::graph::{Credentials, FetchError, GraphClient, GroupQuery};
+use crate::error::{render_error, ConfigError, Hint, Outcome};
+use crate::graph::{FetchError, GraphClient, GroupQuery};
 use crate::instance::{self, Instance};
 use crate::metrics::{self, RunFacts};
 use crate::node::{self, NodeState};
@@ -24,60 +25,22 @@ use crate::normalize::SkipReason;
 use crate::plan::Plan;
 use crate::report::{Action, CredentialReport, ErrorReport, InstanceReport, NodeReport, OutputReport, Report};
 use crate::roster::Roster;
+use crate::start::Stop;
 use crate::state::State;
 use crate::{guard, lock, write};
 
-/// Where instances live when nothing else says.
-pub const DEFAULT_SERVER_ROOT: &str = "/server";
-
-/// Runs usersync as `cli` asks; the exit code follows contract §7.
-pub fn run(cli: &Cli) -> Result<ExitCode, Error> {
-    crate::log::init(cli.verbose, cli.quiet);
-    if let Some(option) = cli.misplaced_sync_option() {
-        return Err(Error::Usage(format!("{option} belongs to a sync, not to a subcommand")));
-    }
-    if let Some(what) = cli.generate {
-        return crate::generate::print(what).map(|()| ExitCode::SUCCESS).map_err(Error::Runtime);
-    }
-    match &cli.command {
-        None => sync(cli),
-        Some(Command::Test { instance, entraid, show }) => {
-            crate::testquery::run(cli, instance, entraid.as_deref(), *show).map(ExitCode::from)
-        }
-        Some(Command::Check { instances }) => Ok(crate::check::run(cli, instances).into()),
-        Some(Command::AlertTest) => {
-            let (config, _) = setup(cli)?;
-            crate::alert::test_all(&config).map(ExitCode::from)
-        }
-    }
-}
-
-/// The global config and the server root, as the command line and the environment say.
-pub(crate) fn setup(cli: &Cli) -> Result<(Config, PathBuf), Error> {
-    let config = Config::load(cli.config.as_deref())?;
-    let root = cli
-        .server_root
-        .clone()
-        .or_else(|| config.server_root.clone())
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_SERVER_ROOT));
-    Ok((config, root))
-}
-
-/// The async runtime for network work.
-pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, Error> {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(Error::Runtime)
-}
-
-fn sync(cli: &Cli) -> Result<ExitCode, Error> {
+/// Syncs every instance `cli` names (contract order above); the exit code follows §7.
+pub fn run(cli: &Cli) -> Result<ExitCode, Stop> {
     let started = Instant::now();
-    let (config, root) = match setup(cli) {
+    let (config, root) = match crate::start::setup(cli) {
         Ok(x) => x,
         Err(e) => {
             print_report(cli, &fatal_report(cli, &e));
             return Err(e);
         }
     };
-    let result = runtime().and_then(|rt| rt.block_on(Run { cli, config: &config, root: &root }.execute()));
+    let result =
+        crate::start::runtime().and_then(|rt| rt.block_on(Run { cli, config: &config, root: &root }.execute()));
     let report = match &result {
         Ok(r) => r.clone(),
         Err(e) => fatal_report(cli, e),
@@ -92,11 +55,11 @@ fn sync(cli: &Cli) -> Result<ExitCode, Error> {
 }
 
 /// The report of a run stopped before any instance.
-fn fatal_report(cli: &Cli, e: &Error) -> Report {
+fn fatal_report(cli: &Cli, e: &Stop) -> Report {
     let mut r =
         Report { dry_run: cli.dry_run, exit_code: e.outcome().code(), errors: e.reports(), ..Report::default() };
     // A failed node check: whether this node is active is unknown.
-    r.node.checked = matches!(e, Error::Node(_));
+    r.node.checked = matches!(e, Stop::Node(_));
     r
 }
 
@@ -154,12 +117,14 @@ struct Run<'a> {
 /// The members fetched per group query, or why not.
 type Fetches = HashMap<FetchKey, Result<Arc<Roster>, Arc<FetchError>>>;
 
-/// A group as one run fetches it: the same group of the same tenant and
-/// Graph endpoint is fetched once, whatever configs name it.
+/// A group as one run fetches it: the same group, read from the same Graph by the same
+/// identity (authority, tenant, client and credential), is fetched once, whatever configs
+/// name it. Configs whose app or credential differ each fetch on their own, so that one
+/// config's broken secret or missing permission is never masked by another's.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 struct FetchKey {
+    identity: Identity,
     graph: String,
-    tenant: String,
     group: String,
     nested: bool,
 }
@@ -167,8 +132,8 @@ struct FetchKey {
 impl FetchKey {
     fn of(c: &EntraConf) -> Self {
         Self {
+            identity: c.credentials().identity(),
             graph: c.endpoints.graph_base(),
-            tenant: c.tenant.to_string(),
             group: c.group.to_string(),
             nested: c.nested,
         }
@@ -176,7 +141,7 @@ impl FetchKey {
 }
 
 impl Run<'_> {
-    async fn execute(&self) -> Result<Report, Error> {
+    async fn execute(&self) -> Result<Report, Stop> {
         let mut report = Report { dry_run: self.cli.dry_run, ..Report::default() };
         let mut outcome = Outcome::Success;
 
@@ -218,7 +183,7 @@ impl Run<'_> {
             }
         }
         let client = Arc::new(GraphClient::new(&self.config.http).map_err(|e| {
-            Error::from(ConfigError::new(
+            Stop::from(ConfigError::new(
                 self.config.http.ca_bundle.as_ref().map_or(PathBuf::from("[http]"), |(p, _)| p.clone()),
                 e.to_string(),
                 e.hint().unwrap_or_default(),
@@ -279,7 +244,7 @@ impl Run<'_> {
         }
     }
 
-    fn load_instances(&self) -> Result<Vec<Instance>, Error> {
+    fn load_instances(&self) -> Result<Vec<Instance>, Stop> {
         let env = Env::from_process();
         let names = instance::select(self.root, &self.cli.instances)?;
         let mut errors = Vec::new();
@@ -293,7 +258,7 @@ impl Run<'_> {
         if errors.is_empty() {
             Ok(instances)
         } else {
-            Err(Error::Config(errors))
+            Err(Stop::Config(errors))
         }
     }
 
@@ -409,8 +374,10 @@ fn gather(inst: &Instance, fetches: &Fetches) -> Result<Vec<Arc<Roster>>, Vec<Er
         match fetches.get(&FetchKey::of(c)) {
             Some(Ok(m)) => members.push(Arc::clone(m)),
             Some(Err(e)) => {
-                errors
-                    .push(error_report(&format!("instance `{name}`, config {}: {e}", c.path.display()), c.hint_for(e)));
+                errors.push(error_report(
+                    &format!("instance `{name}`, config {}: {e}", c.path.display()),
+                    e.hint_in(c.cloud),
+                ));
             }
             None => errors.push(error_report(
                 &format!("instance `{name}`, config {}: the fetch did not finish", c.path.display()),
@@ -483,7 +450,7 @@ async fn fetch_all(client: &Arc<GraphClient>, instances: &[Instance], http: &cra
     let deadline = http.deadline;
     let mut queries: BTreeMap<FetchKey, (Credentials, GroupQuery)> = BTreeMap::new();
     for c in instances.iter().flat_map(|i| &i.configs) {
-        let (_, q) = queries.entry(FetchKey::of(c)).or_insert_with(|| (c.credentials(), c.query()));
+        let (_, q) = queries.entry(FetchKey::of(c)).or_insert_with(|| (c.credentials(), GroupQuery::of(c)));
         q.mobile_phone |= c.mobile_phone;
     }
     let started = tokio::time::Instant::now();

@@ -5,9 +5,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::alert::AlertConfig;
+pub mod alert;
+
 use crate::error::{quote, quote_in, ConfigError};
 use crate::trust::{self, Trust};
+use alert::AlertConfig;
 
 /// Where the global config lives when `--config` is not given.
 pub const DEFAULT_PATH: &str = "/etc/usersync/usersync.toml";
@@ -22,7 +24,7 @@ struct RawConfig {
     guard: Option<RawGuard>,
     http: Option<RawHttp>,
     metrics: Option<RawMetrics>,
-    alert: Option<crate::alert::RawAlert>,
+    alert: Option<alert::RawAlert>,
 }
 
 #[derive(Debug, Deserialize)]

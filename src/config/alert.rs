@@ -1,13 +1,14 @@
 //! `[alert]` of the global config (contract §8): raw TOML, then checked providers.
+//! Sending lives in `crate::alert`.
 
 use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::credential::Credentials;
 use crate::endpoints::{parse_endpoint, Cloud, Endpoints};
 use crate::error::{quote, ConfigError};
-use crate::graph::Credentials;
 use crate::ids::{ClientId, TenantId};
 use crate::normalize::Email;
 use crate::secret::{resolve, Env, Secret};

@@ -1,4 +1,5 @@
-//! One page of `/members`: the directory objects it holds and its `@odata.nextLink`.
+//! One page of a Graph collection (`/members`): the directory objects it holds and its
+//! `@odata.nextLink`. Parsing only, no I/O.
 
 use std::borrow::Cow;
 

@@ -1,0 +1,80 @@
+//! What every command starts from (the global config, the server root, the async
+//! runtime) and the errors that stop a command before it reaches any instance.
+
+use std::path::PathBuf;
+
+use crate::cli::Cli;
+use crate::config::Config;
+use crate::error::{print_error, ConfigError, Hint, Outcome};
+use crate::node::NodeError;
+use crate::report::ErrorReport;
+
+/// Where instances live when nothing else says.
+pub const DEFAULT_SERVER_ROOT: &str = "/server";
+
+/// Why a command stopped before it reached any instance.
+#[derive(Debug, thiserror::Error)]
+pub enum Stop {
+    /// One or more configuration errors (exit 2).
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Config(Vec<ConfigError>),
+    /// The node-status command could not tell whether this node is active (exit 1).
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    /// The async runtime could not start (exit 1).
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+}
+
+impl From<ConfigError> for Stop {
+    fn from(e: ConfigError) -> Self {
+        Self::Config(vec![e])
+    }
+}
+
+impl Stop {
+    /// The outcome (and so the exit code) this stands for.
+    #[must_use]
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            Self::Config(_) => Outcome::Config,
+            Self::Node(_) | Self::Runtime(_) => Outcome::Failed,
+        }
+    }
+
+    /// The error as report entries (message and hint each).
+    #[must_use]
+    pub fn reports(&self) -> Vec<ErrorReport> {
+        let one = |message: String, hint: Option<String>| ErrorReport { message, hint };
+        match self {
+            Self::Config(errors) => errors.iter().map(|e| one(e.to_string(), e.hint())).collect(),
+            Self::Node(e) => vec![one(e.to_string(), e.hint())],
+            Self::Runtime(e) => vec![one(self.to_string(), e.hint())],
+        }
+    }
+
+    /// Prints the error, its causes and its hints on stderr, once.
+    pub fn print(&self) {
+        match self {
+            Self::Config(errors) => errors.iter().for_each(print_error),
+            Self::Node(e) => print_error(e),
+            Self::Runtime(e) => print_error(e),
+        }
+    }
+}
+
+/// The global config and the server root, as the command line and the environment say.
+pub fn setup(cli: &Cli) -> Result<(Config, PathBuf), Stop> {
+    let config = Config::load(cli.config.as_deref())?;
+    let root = cli
+        .server_root
+        .clone()
+        .or_else(|| config.server_root.clone())
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_SERVER_ROOT));
+    Ok((config, root))
+}
+
+/// The async runtime for network work.
+pub fn runtime() -> Result<tokio::runtime::Runtime, Stop> {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(Stop::Runtime)
+}
