@@ -16,8 +16,37 @@ use crate::output::{AccessRule, Output};
 use crate::render;
 use crate::roster::{Roster, When};
 
-/// The bytes of each output file as it is now; `None` where the file does not exist.
+/// The current output files, as a plan reads them. The run reads them from the file system;
+/// tests hand over bytes ([`CurrentFiles`]).
+pub trait Current {
+    /// Why a file could not be read.
+    type Error;
+    /// The file of `output`, as a stream; `None` if there is none.
+    fn stream(&mut self, output: Output) -> Result<Option<impl io::BufRead + '_>, Self::Error>;
+    /// The whole file of `output`; `None` if there is none.
+    fn read(&mut self, output: Output) -> Result<Option<Vec<u8>>, Self::Error>;
+    /// An error met while streaming the file of `output`.
+    fn stream_failed(&self, output: Output, e: io::Error) -> Self::Error;
+}
+
+/// The bytes of each output file as it is now; `None` (or no entry) where there is none.
 pub type CurrentFiles = BTreeMap<Output, Option<Vec<u8>>>;
+
+impl Current for CurrentFiles {
+    type Error = io::Error;
+
+    fn stream(&mut self, output: Output) -> io::Result<Option<impl io::BufRead + '_>> {
+        Ok(self.get(&output).and_then(Option::as_deref))
+    }
+
+    fn read(&mut self, output: Output) -> io::Result<Option<Vec<u8>>> {
+        Ok(self.get(&output).cloned().flatten())
+    }
+
+    fn stream_failed(&self, _: Output, e: io::Error) -> io::Error {
+        e
+    }
+}
 
 /// What should happen to one output.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,16 +116,28 @@ pub struct Plan<'a> {
     entries: Vec<Entry>,
 }
 
-/// Builds the plan and compares every output with `current`, keeping the changed entries.
-/// `fetched[i]` holds the members fetched for `instance.configs[i]`.
-#[must_use]
-pub fn plan<'a>(current: &CurrentFiles, fetched: &[&'a Roster], instance: &'a Instance) -> Plan<'a> {
+/// What instance `instance` should write: its entries from `fetched` (`fetched[i]` holds
+/// the members of `instance.configs[i]`), each output compared with its `current` file.
+/// With `detail`, the added and removed entries are listed too. Every output that cannot
+/// be read gives an error, and then there is no plan.
+pub fn plan<'a, C: Current>(
+    current: &mut C,
+    fetched: &[&'a Roster],
+    instance: &'a Instance,
+    detail: bool,
+) -> Result<Plan<'a>, Vec<C::Error>> {
     let mut p = Plan::new(fetched, instance);
+    let mut errors = Vec::new();
     for i in 0..p.outputs.len() {
-        let cur = current.get(&p.outputs[i].output).and_then(Option::as_deref);
-        p.compare(i, cur, true);
+        if let Err(e) = p.compare(i, current, detail) {
+            errors.push(e);
+        }
     }
-    p
+    if errors.is_empty() {
+        Ok(p)
+    } else {
+        Err(errors)
+    }
 }
 
 impl<'a> Plan<'a> {
@@ -104,7 +145,7 @@ impl<'a> Plan<'a> {
     /// are set by [`Plan::compare`], and until then it counts as changed.
     /// `fetched[i]` holds the members fetched for `instance.configs[i]`.
     #[must_use]
-    pub fn new(fetched: &[&'a Roster], instance: &'a Instance) -> Self {
+    fn new(fetched: &[&'a Roster], instance: &'a Instance) -> Self {
         let configs = instance.configs.as_slice();
         let rosters: Vec<&Roster> = fetched.iter().copied().take(configs.len()).collect();
         let mut entries = Vec::new();
@@ -159,20 +200,30 @@ impl<'a> Plan<'a> {
         counts
     }
 
-    /// Compares output `i` with the current bytes of its file (`None`: no file): sets
-    /// `before`, `after`, `added`, `removed` and `changed`, and with `detail` the changed
-    /// entries.
-    pub fn compare(&mut self, i: usize, current: Option<&[u8]>, detail: bool) {
-        // The hourly common case: the file is already exactly right, so there is no diff to make.
-        // (Reading a slice cannot fail.)
-        if !current.is_some_and(|cur| self.unchanged_in(i, cur).unwrap_or(false)) {
-            self.diff(i, current, detail);
+    /// Compares output `i` with its current file: sets `before`, `after`, `added`,
+    /// `removed` and `changed`, and with `detail` the changed entries. The file is streamed
+    /// first: when it is already right (the hourly common case) it is never held; only a
+    /// file that differs is read whole, for the diff.
+    fn compare<C: Current>(&mut self, i: usize, current: &mut C, detail: bool) -> Result<(), C::Error> {
+        let output = self.outputs[i].output;
+        let same = match current.stream(output)? {
+            None => Ok(false),
+            Some(r) => self.unchanged_in(i, r),
+        };
+        match same {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                let cur = current.read(output)?;
+                self.diff(i, cur.as_deref(), detail);
+                Ok(())
+            }
+            Err(e) => Err(current.stream_failed(output, e)),
         }
     }
 
-    /// As [`Plan::compare`], for a current file already known not to be exactly output
-    /// `i` (or no file): counts, and with `detail` lists, what is added and removed.
-    pub fn diff(&mut self, i: usize, current: Option<&[u8]>, detail: bool) {
+    /// For a current file known not to be exactly output `i` (or no file): counts, and
+    /// with `detail` lists, what is added and removed.
+    fn diff(&mut self, i: usize, current: Option<&[u8]>, detail: bool) {
         // No file yet, and no list asked for: counting needs no rendering.
         if current.is_none() && !detail {
             let after = self.count(i);
@@ -223,7 +274,7 @@ impl<'a> Plan<'a> {
     /// The hourly common case without holding the file: if `current` (the file, read as a
     /// stream) holds exactly output `i`'s lines, marks the output unchanged and returns
     /// true. Otherwise nothing is set (and reading stopped at the first difference).
-    pub fn unchanged_in(&mut self, i: usize, mut current: impl io::BufRead) -> io::Result<bool> {
+    fn unchanged_in(&mut self, i: usize, mut current: impl io::BufRead) -> io::Result<bool> {
         let mut lines = self.lines(i);
         let mut n = 0;
         while let Some(l) = lines.next() {
@@ -248,15 +299,6 @@ impl<'a> Plan<'a> {
             w.write_all(b"\n")?;
         }
         Ok(())
-    }
-
-    /// Output `i`'s content, in memory.
-    #[must_use]
-    pub fn content(&self, i: usize) -> Vec<u8> {
-        let mut v = Vec::new();
-        // Writing to a Vec cannot fail.
-        let _ = self.write_to(i, &mut v);
-        v
     }
 
     /// How many lines output `i` has. In the common order, equal lines are neighbours
@@ -435,8 +477,16 @@ mod tests {
         Instance { name: "gw".into(), dir: PathBuf::from("/server/gw"), configs, outputs, cfg_files: vec![] }
     }
 
-    fn text(p: &Plan, i: usize) -> String {
-        String::from_utf8(p.content(i)).unwrap()
+    /// The plan against no current files, with the changed entries listed.
+    pub(super) fn full<'a>(fetched: &[&'a Roster], i: &'a Instance) -> Plan<'a> {
+        plan(&mut CurrentFiles::new(), fetched, i, true).unwrap()
+    }
+
+    /// Output `i` as it would be written.
+    pub(super) fn text(p: &Plan, i: usize) -> String {
+        let mut v = Vec::new();
+        p.write_to(i, &mut v).unwrap();
+        String::from_utf8(v).unwrap()
     }
 
     #[test]
@@ -446,11 +496,11 @@ mod tests {
         let members = sample("users_list_app_only.json");
         assert_eq!(members.limited(), Some("accountEnabled"));
         let i = instance(vec![conf("a", "feeds = [\"allowed_senders\", \"access_rules\"]\n")]);
-        let p = plan(&CurrentFiles::new(), &[&members], &i);
+        let p = full(&[&members], &i);
         assert_eq!(p.outputs[0].after, 0);
         assert_eq!(p.outputs[0].skipped, BTreeMap::from([(SkipReason::EnabledUnknown, 2)]));
         let i = instance(vec![conf("a", "feeds = [\"allowed_senders\", \"access_rules\"]\ninclude_disabled = true\n")]);
-        let p = plan(&CurrentFiles::new(), &[&members], &i);
+        let p = full(&[&members], &i);
         assert_eq!(p.outputs.len(), 2);
         assert_eq!(text(&p, 0), "adams@contoso.com\nadelev@contoso.com\n");
         assert_eq!(text(&p, 1), "* adams@contoso.com <reg> - 0\n* adelev@contoso.com <reg> - 0\n");
@@ -461,7 +511,7 @@ mod tests {
     fn limited_info_sample_skips_by_reason() {
         let i = instance(vec![conf("a", "")]);
         let members = sample("group_members_limited_info_permissions_overview.json");
-        let p = plan(&CurrentFiles::new(), &[&members], &i);
+        let p = full(&[&members], &i);
         let o = &p.outputs[0];
         assert_eq!(o.after, 0);
         assert_eq!(
@@ -485,7 +535,7 @@ mod tests {
         let mb =
             roster(&[user("3", Some("off@x.com"), None, Some(false)), user("1", Some("zed@x.com"), None, Some(true))]);
         let i = instance(vec![a, b]);
-        let p = plan(&CurrentFiles::new(), &[&ma, &mb], &i);
+        let p = full(&[&ma, &mb], &i);
         let gsm = &p.outputs[0];
         assert_eq!(gsm.output, Output::GsmList);
         assert_eq!(text(&p, 0), "zed@x.com +442079460958\n");
@@ -500,9 +550,8 @@ mod tests {
         );
         assert_eq!(p.outputs[1].output, Output::AccessRules);
         // Counting without rendering agrees with the lines.
-        let mut counted = Plan::new(&[&ma, &mb], &i);
+        let counted = plan(&mut CurrentFiles::new(), &[&ma, &mb], &i, false).unwrap();
         for out in 0..counted.outputs.len() {
-            counted.compare(out, None, false);
             let got = &counted.outputs[out];
             assert_eq!(got.after, text(&p, out).lines().count(), "{}", got.output);
             assert_eq!(got.added, got.after);
@@ -527,10 +576,9 @@ mod tests {
         let ra = roster(&[user("1", Some("x@y.z"), Some("12345"), on), user("2", Some("w@y.z"), None, on)]);
         let rb = roster(&[user("1", Some("X@y.z"), Some("99999"), on), user("3", Some("w@y.z"), Some("12345"), on)]);
         let i = instance(vec![a, b]);
-        let full = plan(&CurrentFiles::new(), &[&ra, &rb], &i);
-        let mut counted = Plan::new(&[&ra, &rb], &i);
+        let full = full(&[&ra, &rb], &i);
+        let counted = plan(&mut CurrentFiles::new(), &[&ra, &rb], &i, false).unwrap();
         for k in 0..counted.outputs.len() {
-            counted.compare(k, None, false);
             assert_eq!(counted.outputs[k].after, text(&full, k).lines().count(), "{}", counted.outputs[k].output);
         }
         assert_eq!(text(&full, 0), "w@y.z\nx@y.z\n");
@@ -544,14 +592,14 @@ mod tests {
         let members = sample("group_transitivemembers_example1.json");
         let mut cur = CurrentFiles::new();
         cur.insert(Output::AllowedSenders, Some(b"old@contoso.com\n".to_vec()));
-        let p = plan(&cur, &[&members], &i);
+        let p = plan(&mut cur, &[&members], &i, true).unwrap();
         let o = &p.outputs[0];
         assert_eq!((o.before, o.after), (1, 1));
         assert_eq!((o.added, o.removed), (1, 1));
         assert_eq!(o.changes.added, ["group1@contoso.com"]);
         assert_eq!(o.changes.removed, ["old@contoso.com"]);
         cur.insert(Output::AllowedSenders, Some(b"group1@contoso.com\n".to_vec()));
-        assert!(!plan(&cur, &[&members], &i).outputs[0].changed);
+        assert!(!plan(&mut cur, &[&members], &i, true).unwrap().outputs[0].changed);
     }
 
     #[test]
@@ -652,11 +700,11 @@ mod proptests {
 
     fn lines(members: &[Member], inst: &Instance) -> Vec<(Output, Vec<String>)> {
         let r = Roster::of(true, members.iter().map(MemberView::from));
-        let p = plan(&CurrentFiles::new(), &[&r], inst);
+        let p = super::tests::full(&[&r], inst);
         p.outputs
             .iter()
             .enumerate()
-            .map(|(i, o)| (o.output, String::from_utf8(p.content(i)).unwrap().lines().map(str::to_owned).collect()))
+            .map(|(i, o)| (o.output, super::tests::text(&p, i).lines().map(str::to_owned).collect()))
             .collect()
     }
 

@@ -1,5 +1,6 @@
 //! The sync, in order: node → config → lock → fetch → plan → guard → write → report.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -22,11 +23,13 @@ use crate::instance::{self, Instance};
 use crate::metrics::{self, RunFacts};
 use crate::node::{self, NodeState};
 use crate::normalize::SkipReason;
-use crate::plan::Plan;
+use crate::output::Output;
+use crate::plan::{self, Plan};
 use crate::report::{Action, CredentialReport, ErrorReport, InstanceReport, NodeReport, OutputReport, Report};
 use crate::roster::Roster;
 use crate::start::Stop;
 use crate::state::State;
+use crate::write::WriteError;
 use crate::{guard, lock, write};
 
 /// Syncs every instance `cli` names (contract order above); the exit code follows §7.
@@ -285,32 +288,16 @@ impl Run<'_> {
             Err(errors) => return (failed_instance(inst, "failed", errors), Outcome::Failed),
         };
         let rosters: Vec<&Roster> = rosters.iter().map(AsRef::as_ref).collect();
-        let mut p = Plan::new(&rosters, inst);
-        // Each current file is first streamed: when it is already right (the hourly
-        // common case) it is never held. Otherwise it is read whole, compared and dropped
-        // before the next one.
-        // Each output's directory is opened once, here: the write goes through the same
-        // descriptor, so a directory swapped for a symlink meanwhile is not followed.
         let detail = self.cli.dry_run || self.cli.format == Format::Json;
-        let mut errors = Vec::new();
-        let mut targets = Vec::new();
-        for (i, place) in inst.outputs.values().enumerate() {
-            let compared = inst.target(place).and_then(|t| {
-                match t.unchanged(|r| p.unchanged_in(i, r)) {
-                    Ok(true) => Ok(()),
-                    Ok(false) => t.read_current().map(|cur| p.diff(i, cur.as_deref(), detail)),
-                    Err(e) => Err(e),
-                }
-                .map(|()| t)
-            });
-            match compared {
-                Ok(t) => targets.push(t),
-                Err(e) => errors.push(error_report(&format!("instance `{name}`: {e}"), e.hint())),
+        let mut files = Outputs { inst, targets: BTreeMap::new() };
+        let p = match plan::plan(&mut files, &rosters, inst, detail) {
+            Ok(p) => p,
+            Err(errors) => {
+                let errors =
+                    errors.iter().map(|e| error_report(&format!("instance `{name}`: {e}"), e.hint())).collect();
+                return (failed_instance(inst, "failed", errors), Outcome::Failed);
             }
-        }
-        if !errors.is_empty() {
-            return (failed_instance(inst, "failed", errors), Outcome::Failed);
-        }
+        };
         for s in &p.skips {
             let (config, id, reason, value) = (s.config.display(), &s.id, s.reason, &s.value);
             match reason {
@@ -344,7 +331,7 @@ impl Run<'_> {
                 }
             }
         }
-        write_outputs(inst, p, &targets)
+        write_outputs(inst, p, &files.targets)
     }
 
     /// The node check again, right before an instance's first write; `Some` stops the
@@ -392,12 +379,51 @@ fn gather(inst: &Instance, fetches: &Fetches) -> Result<Vec<Arc<Roster>>, Vec<Er
     }
 }
 
-/// Writes every changed output of `p` through `targets` (one per output, in order); each
-/// write is atomic on its own.
-fn write_outputs(inst: &Instance, p: Plan<'_>, targets: &[write::Target]) -> (InstanceReport, Outcome) {
+/// An instance's output files as the plan reads them. Each output's directory is opened
+/// once, when its file is first read; the write goes through the same descriptor, so a
+/// directory swapped for a symlink meanwhile is not followed.
+struct Outputs<'i> {
+    inst: &'i Instance,
+    targets: BTreeMap<Output, write::Target>,
+}
+
+impl Outputs<'_> {
+    fn target(&mut self, output: Output) -> Result<&write::Target, WriteError> {
+        match self.targets.entry(output) {
+            Entry::Occupied(t) => Ok(t.into_mut()),
+            Entry::Vacant(v) => {
+                // Every output the plan reads is one of the instance's.
+                let place = &self.inst.outputs[&output];
+                Ok(v.insert(self.inst.target(place)?))
+            }
+        }
+    }
+}
+
+impl plan::Current for Outputs<'_> {
+    type Error = WriteError;
+
+    fn stream(&mut self, output: Output) -> Result<Option<impl std::io::BufRead + '_>, WriteError> {
+        self.target(output)?.stream()
+    }
+
+    fn read(&mut self, output: Output) -> Result<Option<Vec<u8>>, WriteError> {
+        self.target(output)?.read_current()
+    }
+
+    fn stream_failed(&self, output: Output, source: std::io::Error) -> WriteError {
+        let path = self.inst.outputs.get(&output).map(|o| o.path.clone()).unwrap_or_default();
+        WriteError { path, action: "read", source }
+    }
+}
+
+/// Writes every changed output of `p` through `targets`; each write is atomic on its own.
+fn write_outputs(inst: &Instance, p: Plan<'_>, targets: &BTreeMap<Output, write::Target>) -> (InstanceReport, Outcome) {
     let mut actions = Vec::new();
     let mut errors = Vec::new();
-    for ((i, o), target) in p.outputs.iter().enumerate().zip(targets) {
+    for (i, o) in p.outputs.iter().enumerate() {
+        // The plan read every output, so each has its target.
+        let target = &targets[&o.output];
         match target.clean_stale_temps() {
             Ok(0) => {}
             Ok(n) => {

@@ -149,16 +149,10 @@ impl Target {
         }
     }
 
-    /// Whether `same` finds the current file (streamed through a buffer) already right;
-    /// false when there is no file.
-    pub fn unchanged(
-        &self,
-        same: impl FnOnce(io::BufReader<io::Take<File>>) -> io::Result<bool>,
-    ) -> Result<bool, WriteError> {
-        match self.open_current()? {
-            None => Ok(false),
-            Some(f) => same(io::BufReader::with_capacity(1 << 16, f.take(READ_CAP))).map_err(self.err("read")),
-        }
+    /// The current file, streamed through a buffer (at most [`READ_CAP`] bytes), or `None`
+    /// if there is no file.
+    pub fn stream(&self) -> Result<Option<io::BufReader<io::Take<File>>>, WriteError> {
+        Ok(self.open_current()?.map(|f| io::BufReader::with_capacity(1 << 16, f.take(READ_CAP))))
     }
 
     /// Removes temp files a killed run left next to the output; returns how many.
