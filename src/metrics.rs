@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use crate::report::Report;
+use crate::report::{InstanceOutcome, Report};
 use crate::state::State;
 
 /// What the textfile is made from.
@@ -113,7 +113,7 @@ pub fn render(f: &RunFacts<'_>) -> String {
     // Instances this run did not reach (a passive node, a config error) are not up.
     let mut up: BTreeMap<&str, bool> = f.state.last_success.keys().map(|i| (i.as_str(), false)).collect();
     for i in &r.instances {
-        up.insert(&i.name, i.outcome == "ok");
+        up.insert(&i.name, i.outcome == InstanceOutcome::Ok);
     }
     if r.node.active == Some(false) && !r.dry_run {
         up.clear();
@@ -124,7 +124,11 @@ pub fn render(f: &RunFacts<'_>) -> String {
     }
     m.head("usersync_guard_refused", "gauge", "1 if a guard refused the instance's write in the last run.");
     for i in &r.instances {
-        m.sample("usersync_guard_refused", &[("instance", &i.name)], if i.outcome == "refused" { 1.0 } else { 0.0 });
+        m.sample(
+            "usersync_guard_refused",
+            &[("instance", &i.name)],
+            if i.outcome == InstanceOutcome::Refused { 1.0 } else { 0.0 },
+        );
     }
     let outputs = || r.instances.iter().flat_map(|i| i.outputs.iter().map(move |o| (i.name.as_str(), o)));
     for (name, help, value) in [

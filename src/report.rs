@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use crate::cli::Format;
+use crate::error::Outcome;
 use crate::normalize::SkipReason;
 use crate::output::Output;
 use crate::plan::OutputPlan;
@@ -39,6 +40,53 @@ impl Action {
             Self::Failed => "failed",
             Self::SkippedPassive => "skipped-passive",
         }
+    }
+}
+
+/// How an instance ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InstanceOutcome {
+    /// Synced (or, in a dry run, would be).
+    Ok,
+    /// A fetch, a read or a write failed.
+    Failed,
+    /// A guard refused its write.
+    Refused,
+    /// Another run holds its lock.
+    Locked,
+    /// The node turned passive before its write.
+    SkippedPassive,
+}
+
+impl InstanceOutcome {
+    /// How it counts towards the exit code.
+    #[must_use]
+    pub fn exit(self) -> Outcome {
+        match self {
+            Self::Ok | Self::SkippedPassive => Outcome::Success,
+            Self::Failed => Outcome::Failed,
+            Self::Refused => Outcome::Refused,
+            Self::Locked => Outcome::Locked,
+        }
+    }
+
+    /// Its name in reports.
+    #[must_use]
+    pub fn word(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Failed => "failed",
+            Self::Refused => "refused",
+            Self::Locked => "locked",
+            Self::SkippedPassive => "skipped-passive",
+        }
+    }
+}
+
+impl std::fmt::Display for InstanceOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.word())
     }
 }
 
@@ -117,8 +165,8 @@ pub struct ErrorReport {
 pub struct InstanceReport {
     /// Directory name.
     pub name: String,
-    /// `ok`, `failed`, `refused`, `locked` or `skipped-passive`.
-    pub outcome: &'static str,
+    /// How it ended.
+    pub outcome: InstanceOutcome,
     /// Its outputs.
     pub outputs: Vec<OutputReport>,
     /// Members skipped, by reason, counted once per config (not per output).

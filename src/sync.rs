@@ -25,7 +25,9 @@ use crate::node::{self, NodeState};
 use crate::normalize::SkipReason;
 use crate::output::Output;
 use crate::plan::{self, Plan};
-use crate::report::{Action, CredentialReport, ErrorReport, InstanceReport, NodeReport, OutputReport, Report};
+use crate::report::{
+    Action, CredentialReport, ErrorReport, InstanceOutcome, InstanceReport, NodeReport, OutputReport, Report,
+};
 use crate::roster::Roster;
 use crate::start::Stop;
 use crate::state::State;
@@ -80,7 +82,7 @@ fn record(config: &Config, report: &Report, started: Instant) {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let mut state = State::load(&config.state_dir);
     let mut changed = false;
-    for i in report.instances.iter().filter(|i| i.outcome == "ok") {
+    for i in report.instances.iter().filter(|i| i.outcome == InstanceOutcome::Ok) {
         state.last_success.insert(i.name.clone(), now.as_secs());
         changed = true;
     }
@@ -207,12 +209,11 @@ impl Run<'_> {
                     runnable.push(inst);
                 }
                 Err(e) => {
-                    let o = if matches!(e, lock::LockError::Held(_)) { Outcome::Locked } else { Outcome::Failed };
-                    outcome = outcome.max(o);
-                    let label = if o == Outcome::Locked { "locked" } else { "failed" };
+                    let held = matches!(e, lock::LockError::Held(_));
                     let errors = vec![error_report(&format!("instance `{}`: {e}", inst.name), e.hint())];
-                    let ir = failed_instance(&inst, label, errors);
+                    let ir = if held { locked_instance(&inst, errors) } else { failed_instance(&inst, errors) };
                     print_errors(&ir.errors);
+                    outcome = outcome.max(ir.outcome.exit());
                     report.instances.push(ir);
                 }
             }
@@ -230,9 +231,9 @@ impl Run<'_> {
 
         // 5-7. Per instance: plan, guard, write.
         for inst in &runnable {
-            let (ir, o) = self.sync_instance(inst, &mut fetches, &mut uses).await;
+            let ir = self.sync_instance(inst, &mut fetches, &mut uses).await;
             print_errors(&ir.errors);
-            outcome = outcome.max(o);
+            outcome = outcome.max(ir.outcome.exit());
             report.instances.push(ir);
         }
         report.exit_code = outcome.code();
@@ -270,7 +271,7 @@ impl Run<'_> {
         inst: &Instance,
         fetches: &mut Fetches,
         uses: &mut HashMap<FetchKey, usize>,
-    ) -> (InstanceReport, Outcome) {
+    ) -> InstanceReport {
         let name = &inst.name;
         let rosters = gather(inst, fetches);
         // Members no later instance needs are freed once this one is done.
@@ -285,7 +286,7 @@ impl Run<'_> {
         }
         let rosters = match rosters {
             Ok(r) => r,
-            Err(errors) => return (failed_instance(inst, "failed", errors), Outcome::Failed),
+            Err(errors) => return failed_instance(inst, errors),
         };
         let rosters: Vec<&Roster> = rosters.iter().map(AsRef::as_ref).collect();
         let detail = self.cli.dry_run || self.cli.format == Format::Json;
@@ -295,7 +296,7 @@ impl Run<'_> {
             Err(errors) => {
                 let errors =
                     errors.iter().map(|e| error_report(&format!("instance `{name}`: {e}"), e.hint())).collect();
-                return (failed_instance(inst, "failed", errors), Outcome::Failed);
+                return failed_instance(inst, errors);
             }
         };
         for s in &p.skips {
@@ -318,17 +319,14 @@ impl Run<'_> {
         } else if !refusals.is_empty() {
             let errors = refusals.iter().map(|r| error_report(&r.to_string(), r.hint())).collect();
             let action = if self.cli.dry_run { Action::DryRun } else { Action::Refused };
-            return (planned_instance(inst, p, "refused", action, errors), Outcome::Refused);
+            return planned_instance(inst, p, InstanceOutcome::Refused, action, errors);
         }
         if self.cli.dry_run {
-            return (planned_instance(inst, p, "ok", Action::DryRun, vec![]), Outcome::Success);
+            return planned_instance(inst, p, InstanceOutcome::Ok, Action::DryRun, vec![]);
         }
         if p.outputs.iter().any(|o| o.changed) {
-            match self.recheck_node(inst).await {
-                None => {}
-                Some((outcome, label, action, errors)) => {
-                    return (planned_instance(inst, p, label, action, errors), outcome)
-                }
+            if let Some((outcome, action, errors)) = self.recheck_node(inst).await {
+                return planned_instance(inst, p, outcome, action, errors);
             }
         }
         write_outputs(inst, p, &files.targets)
@@ -336,17 +334,17 @@ impl Run<'_> {
 
     /// The node check again, right before an instance's first write; `Some` stops the
     /// write and says how the instance ends.
-    async fn recheck_node(&self, inst: &Instance) -> Option<(Outcome, &'static str, Action, Vec<ErrorReport>)> {
+    async fn recheck_node(&self, inst: &Instance) -> Option<(InstanceOutcome, Action, Vec<ErrorReport>)> {
         let n = self.node_config()?;
         match node::check(n).await {
             Ok(NodeState::Active(_)) => None,
             Ok(NodeState::Passive(s)) => {
                 tracing::info!(instance = %inst.name, state = %s.escape_debug(), "node turned passive before the write: nothing written");
-                Some((Outcome::Success, "skipped-passive", Action::SkippedPassive, vec![]))
+                Some((InstanceOutcome::SkippedPassive, Action::SkippedPassive, vec![]))
             }
             Err(e) => {
                 let errors = vec![error_report(&format!("instance `{}`: {e}", inst.name), e.hint())];
-                Some((Outcome::Failed, "failed", Action::Failed, errors))
+                Some((InstanceOutcome::Failed, Action::Failed, errors))
             }
         }
     }
@@ -418,7 +416,7 @@ impl plan::Current for Outputs<'_> {
 }
 
 /// Writes every changed output of `p` through `targets`; each write is atomic on its own.
-fn write_outputs(inst: &Instance, p: Plan<'_>, targets: &BTreeMap<Output, write::Target>) -> (InstanceReport, Outcome) {
+fn write_outputs(inst: &Instance, p: Plan<'_>, targets: &BTreeMap<Output, write::Target>) -> InstanceReport {
     let mut actions = Vec::new();
     let mut errors = Vec::new();
     for (i, o) in p.outputs.iter().enumerate() {
@@ -445,15 +443,15 @@ fn write_outputs(inst: &Instance, p: Plan<'_>, targets: &BTreeMap<Output, write:
     }
     let skipped = p.skip_counts();
     let outputs = p.outputs.into_iter().zip(actions).map(|(o, a)| OutputReport::planned(o, a)).collect();
-    let (label, outcome) = if errors.is_empty() { ("ok", Outcome::Success) } else { ("failed", Outcome::Failed) };
-    (InstanceReport { name: inst.name.clone(), outcome: label, outputs, skipped, errors }, outcome)
+    let outcome = if errors.is_empty() { InstanceOutcome::Ok } else { InstanceOutcome::Failed };
+    InstanceReport { name: inst.name.clone(), outcome, outputs, skipped, errors }
 }
 
 /// A report of `p` where changed outputs got `action` and the others were unchanged.
 fn planned_instance(
     inst: &Instance,
     p: Plan<'_>,
-    outcome: &'static str,
+    outcome: InstanceOutcome,
     action: Action,
     errors: Vec<ErrorReport>,
 ) -> InstanceReport {
@@ -530,12 +528,16 @@ fn print_errors(errors: &[ErrorReport]) {
     }
 }
 
-/// A report of an instance that got no plan: every output `failed`, or none when locked.
-fn failed_instance(inst: &Instance, outcome: &'static str, errors: Vec<ErrorReport>) -> InstanceReport {
-    let outputs = if outcome == "locked" {
-        Vec::new()
-    } else {
-        inst.outputs.iter().map(|(o, p)| OutputReport::unplanned(*o, p.path.clone(), Action::Failed)).collect()
-    };
+/// A report of an instance that got no plan: every output `failed`.
+fn failed_instance(inst: &Instance, errors: Vec<ErrorReport>) -> InstanceReport {
+    let outputs =
+        inst.outputs.iter().map(|(o, p)| OutputReport::unplanned(*o, p.path.clone(), Action::Failed)).collect();
+    let outcome = InstanceOutcome::Failed;
     InstanceReport { name: inst.name.clone(), outcome, outputs, skipped: BTreeMap::new(), errors }
+}
+
+/// A report of an instance whose lock another run holds: no outputs.
+fn locked_instance(inst: &Instance, errors: Vec<ErrorReport>) -> InstanceReport {
+    let outcome = InstanceOutcome::Locked;
+    InstanceReport { name: inst.name.clone(), outcome, outputs: Vec::new(), skipped: BTreeMap::new(), errors }
 }

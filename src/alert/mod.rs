@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::config::alert::AlertConfig;
 use crate::config::HttpConfig;
-use crate::report::Report;
+use crate::report::{InstanceOutcome, Report};
 use crate::state::AlertState;
 
 /// What a run's outcome calls for.
@@ -79,7 +79,7 @@ pub fn compose(decision: Decision, report: &Report, host: &str, repeat: Duration
     let troubled: Vec<String> = report
         .instances
         .iter()
-        .filter(|i| i.outcome != "ok")
+        .filter(|i| i.outcome != InstanceOutcome::Ok)
         .map(|i| format!("{} {}", clean(&i.name), i.outcome))
         .collect();
     let subject = match decision {
@@ -207,7 +207,7 @@ mod tests {
         let mut r = Report { exit_code: 1, ..Report::default() };
         r.instances.push(crate::report::InstanceReport {
             name: "gw\u{1b}1".into(),
-            outcome: "failed",
+            outcome: InstanceOutcome::Failed,
             outputs: vec![],
             skipped: std::collections::BTreeMap::new(),
             errors: vec![crate::report::ErrorReport {
