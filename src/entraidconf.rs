@@ -17,9 +17,9 @@ use std::sync::Arc;
 
 const HINT_REFERENCE: &str = "see the `.entraidconf` table in the README, or config/example.entraidconf";
 
-/// The file as written, before any check.
+/// The file as written, before any check. Its defaults are here (`Default`), once.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 struct RawEntraConf {
     tenant_id: Option<String>,
     client_id: Option<String>,
@@ -33,14 +33,41 @@ struct RawEntraConf {
     client_key_credential: Option<String>,
     assertion_algorithm: Option<String>,
     group_id: Option<String>,
-    query_filter: Option<String>,
-    feeds: Option<Vec<String>>,
-    nested: Option<bool>,
-    access_rule: Option<String>,
-    include_disabled: Option<bool>,
-    cloud: Option<String>,
+    query_filter: String,
+    feeds: Vec<String>,
+    nested: bool,
+    access_rule: String,
+    include_disabled: bool,
+    cloud: String,
     authority_host: Option<String>,
     graph_endpoint: Option<String>,
+}
+
+impl Default for RawEntraConf {
+    fn default() -> Self {
+        Self {
+            tenant_id: None,
+            client_id: None,
+            client_secret: None,
+            client_secret_file: None,
+            client_secret_credential: None,
+            client_secret_expires: None,
+            client_certificate: None,
+            client_certificate_credential: None,
+            client_key: None,
+            client_key_credential: None,
+            assertion_algorithm: None,
+            group_id: None,
+            query_filter: "mail".into(),
+            feeds: vec!["allowed_senders".into()],
+            nested: false,
+            access_rule: "registration".into(),
+            include_disabled: false,
+            cloud: "global".into(),
+            authority_host: None,
+            graph_endpoint: None,
+        }
+    }
 }
 
 /// A checked `.entraidconf`: everything the rest of the program may rely on.
@@ -226,7 +253,7 @@ impl EntraConf {
             (ClientAuth::Secret(secret), secret_file, expires)
         };
 
-        let query_filter = raw.query_filter.unwrap_or_else(|| "mail".into());
+        let query_filter = raw.query_filter;
         let mut mail = false;
         let mut mobile_phone = false;
         for attr in query_filter.split(',').map(str::trim) {
@@ -250,7 +277,7 @@ impl EntraConf {
             ));
         }
 
-        let feed_names = raw.feeds.unwrap_or_else(|| vec!["allowed_senders".into()]);
+        let feed_names = raw.feeds;
         if feed_names.is_empty() {
             return Err(bad(
                 "feeds",
@@ -276,23 +303,21 @@ impl EntraConf {
             ));
         }
 
-        let access_rule = match raw.access_rule {
-            None => AccessRule::default(),
-            Some(s) => AccessRule::from_name(&s).ok_or_else(|| {
-                bad("access_rule", format!("unknown style `{}`", quote(&s)), "use \"registration\" or \"sms\"")
-            })?,
-        };
+        let access_rule = AccessRule::from_name(&raw.access_rule).ok_or_else(|| {
+            bad(
+                "access_rule",
+                format!("unknown style `{}`", quote(&raw.access_rule)),
+                "use \"registration\" or \"sms\"",
+            )
+        })?;
 
-        let cloud = match raw.cloud {
-            None => Cloud::Global,
-            Some(s) => Cloud::from_name(&s).ok_or_else(|| {
-                bad(
-                    "cloud",
-                    format!("unknown cloud `{}`", quote(&s)),
-                    "use \"global\", \"usgov\", \"usgov-dod\" or \"china\"",
-                )
-            })?,
-        };
+        let cloud = Cloud::from_name(&raw.cloud).ok_or_else(|| {
+            bad(
+                "cloud",
+                format!("unknown cloud `{}`", quote(&raw.cloud)),
+                "use \"global\", \"usgov\", \"usgov-dod\" or \"china\"",
+            )
+        })?;
         let endpoint = |key: &str, v: Option<String>, default: &str| {
             parse_endpoint(v.as_deref().unwrap_or(default)).map_err(|m| {
                 bad(key, m, "use an https:// host such as https://graph.microsoft.com (http:// is accepted for 127.0.0.1, [::1] and localhost only), or remove the key and set `cloud`")
@@ -313,9 +338,9 @@ impl EntraConf {
             group,
             mobile_phone,
             feeds,
-            nested: raw.nested.unwrap_or(false),
+            nested: raw.nested,
             access_rule,
-            include_disabled: raw.include_disabled.unwrap_or(false),
+            include_disabled: raw.include_disabled,
             cloud,
             endpoints,
             trust,

@@ -52,10 +52,9 @@ impl fmt::Display for Output {
 }
 
 /// Line style of the `access_rules` output.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum AccessRule {
     /// `* user@example.com <reg> - 0`
-    #[default]
     Registration,
     /// `user@example.com * <sms> - 0`
     Sms,

@@ -16,24 +16,32 @@ use crate::secret::{resolve, Env, Secret};
 /// The scope of a client-credentials token for SMTP AUTH XOAUTH2 in Exchange Online.
 pub const OUTLOOK_SCOPE: &str = "https://outlook.office365.com/.default";
 
+/// `[alert]` as written; its defaults are here (`Default` impls), once.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub(crate) struct RawAlert {
     from: Option<String>,
-    to: Option<Vec<String>>,
-    repeat_hours: Option<u64>,
-    #[serde(default)]
+    to: Vec<String>,
+    repeat_hours: u64,
     provider: Vec<RawProvider>,
 }
 
+impl Default for RawAlert {
+    fn default() -> Self {
+        Self { from: None, to: Vec::new(), repeat_hours: 24, provider: Vec::new() }
+    }
+}
+
+/// A `[[alert.provider]]` as written. `port` defaults by `security` (587, or 465 for
+/// `tls`) and `priority` to the provider's position, so both are set when checked.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 struct RawProvider {
     kind: Option<String>,
     priority: Option<i64>,
     host: Option<String>,
     port: Option<u16>,
-    security: Option<String>,
+    security: String,
     username: Option<String>,
     password: Option<Secret>,
     password_file: Option<std::path::PathBuf>,
@@ -43,9 +51,33 @@ struct RawProvider {
     client_secret: Option<Secret>,
     client_secret_file: Option<std::path::PathBuf>,
     client_secret_credential: Option<String>,
-    cloud: Option<String>,
+    cloud: String,
     authority_host: Option<String>,
     graph_endpoint: Option<String>,
+}
+
+impl Default for RawProvider {
+    fn default() -> Self {
+        Self {
+            kind: None,
+            priority: None,
+            host: None,
+            port: None,
+            security: "starttls".into(),
+            username: None,
+            password: None,
+            password_file: None,
+            password_credential: None,
+            tenant_id: None,
+            client_id: None,
+            client_secret: None,
+            client_secret_file: None,
+            client_secret_credential: None,
+            cloud: "global".into(),
+            authority_host: None,
+            graph_endpoint: None,
+        }
+    }
 }
 
 /// How an SMTP connection is protected.
@@ -146,7 +178,7 @@ impl AlertConfig {
         };
         let from = addr("from", raw.from.as_deref().unwrap_or_default())?;
         let mut to = Vec::new();
-        for t in raw.to.unwrap_or_default() {
+        for t in raw.to {
             let e = addr("to", &t)?;
             if !to.contains(&e) {
                 to.push(e);
@@ -171,11 +203,11 @@ impl AlertConfig {
             let n = i + 1;
             let pbad = |key: &str, msg: String, hint: &str| bad(&format!("provider[{n}].{key}"), msg, hint);
             let kind = p.kind.clone().unwrap_or_default();
-            let security = match p.security.as_deref() {
-                None | Some("starttls") => Security::StartTls,
-                Some("tls") => Security::Tls,
-                Some("none") => Security::None,
-                Some(o) => {
+            let security = match p.security.as_str() {
+                "starttls" => Security::StartTls,
+                "tls" => Security::Tls,
+                "none" => Security::None,
+                o => {
                     return Err(pbad(
                         "security",
                         format!("unknown mode `{}`", quote(o)),
@@ -190,16 +222,13 @@ impl AlertConfig {
                     .filter(|h| !h.is_empty())
                     .ok_or_else(|| pbad("host", "is missing".into(), "give the SMTP server's host name"))
             };
-            let cloud = match p.cloud.as_deref() {
-                None => Cloud::Global,
-                Some(c) => Cloud::from_name(c).ok_or_else(|| {
-                    pbad(
-                        "cloud",
-                        format!("unknown cloud `{}`", quote(c)),
-                        "use \"global\", \"usgov\", \"usgov-dod\" or \"china\"",
-                    )
-                })?,
-            };
+            let cloud = Cloud::from_name(&p.cloud).ok_or_else(|| {
+                pbad(
+                    "cloud",
+                    format!("unknown cloud `{}`", quote(&p.cloud)),
+                    "use \"global\", \"usgov\", \"usgov-dod\" or \"china\"",
+                )
+            })?;
             let endpoint = |key: &str, v: &Option<String>, default: &str| {
                 parse_endpoint(v.as_deref().unwrap_or(default)).map_err(|m| pbad(key, m, "use an https:// host"))
             };
@@ -280,6 +309,6 @@ impl AlertConfig {
             providers.push(Provider { priority: p.priority.unwrap_or(i64::try_from(n).unwrap_or(i64::MAX)), kind });
         }
         providers.sort_by_key(|p| p.priority);
-        Ok(Self { from, to, repeat: Duration::from_secs(raw.repeat_hours.unwrap_or(24).max(1) * 3600), providers })
+        Ok(Self { from, to, repeat: Duration::from_secs(raw.repeat_hours.max(1) * 3600), providers })
     }
 }

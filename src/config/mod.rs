@@ -15,46 +15,79 @@ use alert::AlertConfig;
 pub const DEFAULT_PATH: &str = "/etc/usersync/usersync.toml";
 const HINT_REFERENCE: &str = "see the `usersync.toml` table in the README, or config/usersync.toml";
 
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
+/// The file as written. Every default of the file is here (`Default` impls), once.
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 struct RawConfig {
     server_root: Option<PathBuf>,
-    state_dir: Option<PathBuf>,
+    state_dir: PathBuf,
     node: Option<RawNode>,
-    guard: Option<RawGuard>,
-    http: Option<RawHttp>,
-    metrics: Option<RawMetrics>,
+    guard: RawGuard,
+    http: RawHttp,
+    metrics: RawMetrics,
     alert: Option<alert::RawAlert>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+impl Default for RawConfig {
+    fn default() -> Self {
+        Self {
+            server_root: None,
+            state_dir: PathBuf::from("/var/lib/usersync"),
+            node: None,
+            guard: RawGuard::default(),
+            http: RawHttp::default(),
+            metrics: RawMetrics::default(),
+            alert: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
 struct RawMetrics {
     textfile: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 struct RawNode {
-    status_command: Option<Vec<String>>,
-    active_states: Option<Vec<String>>,
+    status_command: Vec<String>,
+    active_states: Vec<String>,
+}
+
+impl Default for RawNode {
+    fn default() -> Self {
+        Self { status_command: Vec::new(), active_states: vec!["ACTIVE".into(), "ACTIVE FAKE".into()] }
+    }
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 struct RawGuard {
-    max_removed: Option<u64>,
-    max_removed_percent: Option<u64>,
+    max_removed: u64,
+    max_removed_percent: u64,
+}
+
+impl Default for RawGuard {
+    fn default() -> Self {
+        Self { max_removed: 500, max_removed_percent: 50 }
+    }
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 struct RawHttp {
-    timeout_seconds: Option<u64>,
-    max_retries: Option<u32>,
-    deadline_seconds: Option<u64>,
-    max_concurrency: Option<usize>,
+    timeout_seconds: u64,
+    max_retries: u32,
+    deadline_seconds: u64,
+    max_concurrency: usize,
     ca_bundle: Option<PathBuf>,
+}
+
+impl Default for RawHttp {
+    fn default() -> Self {
+        Self { timeout_seconds: 60, max_retries: 6, deadline_seconds: 1500, max_concurrency: 4, ca_bundle: None }
+    }
 }
 
 /// The checked global configuration.
@@ -98,7 +131,8 @@ pub struct GuardConfig {
 
 impl Default for GuardConfig {
     fn default() -> Self {
-        Self { max_removed: 500, max_removed_percent: 50 }
+        let r = RawGuard::default();
+        Self { max_removed: r.max_removed, max_removed_percent: r.max_removed_percent }
     }
 }
 
@@ -119,11 +153,12 @@ pub struct HttpConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
+        let r = RawHttp::default();
         Self {
-            timeout: Duration::from_secs(60),
-            max_retries: 6,
-            deadline: Duration::from_secs(1500),
-            max_concurrency: 4,
+            timeout: Duration::from_secs(r.timeout_seconds),
+            max_retries: r.max_retries,
+            deadline: Duration::from_secs(r.deadline_seconds),
+            max_concurrency: r.max_concurrency,
             ca_bundle: None,
         }
     }
@@ -188,66 +223,55 @@ impl Config {
             }
         };
         let server_root = raw.server_root.map(|p| absolute("server_root", p)).transpose()?;
-        let state_dir = absolute("state_dir", raw.state_dir.unwrap_or_else(|| PathBuf::from("/var/lib/usersync")))?;
+        let state_dir = absolute("state_dir", raw.state_dir)?;
 
         let node = match raw.node {
             None => None,
             Some(n) => {
-                let status_command = n.status_command.unwrap_or_default();
-                if status_command.first().is_none_or(String::is_empty) {
+                if n.status_command.first().is_none_or(String::is_empty) {
                     return Err(bad("node.status_command", "is missing or empty".into(), "give the program and its arguments, e.g. [\"/opt/Sec@GW/bin/get_status.sh\", \"/opt/Sec@GW\"], or remove [node] on a single node"));
                 }
-                let active_states = n.active_states.unwrap_or_else(|| vec!["ACTIVE".into(), "ACTIVE FAKE".into()]);
-                if active_states.is_empty() {
+                if n.active_states.is_empty() {
                     return Err(bad(
                         "node.active_states",
                         "is empty, so no node could ever be active".into(),
                         "list the states that mean active, e.g. [\"ACTIVE\", \"ACTIVE FAKE\"]",
                     ));
                 }
-                Some(NodeConfig { status_command, active_states })
+                Some(NodeConfig { status_command: n.status_command, active_states: n.active_states })
             }
         };
 
-        let mut guard = GuardConfig::default();
-        if let Some(g) = raw.guard {
-            guard.max_removed = g.max_removed.unwrap_or(guard.max_removed);
-            guard.max_removed_percent = g.max_removed_percent.unwrap_or(guard.max_removed_percent);
-            if guard.max_removed_percent > 100 {
-                return Err(bad(
-                    "guard.max_removed_percent",
-                    format!("{} is more than 100", guard.max_removed_percent),
-                    "use a percentage from 0 to 100",
-                ));
-            }
+        let g = raw.guard;
+        if g.max_removed_percent > 100 {
+            return Err(bad(
+                "guard.max_removed_percent",
+                format!("{} is more than 100", g.max_removed_percent),
+                "use a percentage from 0 to 100",
+            ));
         }
+        let guard = GuardConfig { max_removed: g.max_removed, max_removed_percent: g.max_removed_percent };
 
-        let mut http = HttpConfig::default();
-        if let Some(h) = raw.http {
-            if let Some(t) = h.timeout_seconds {
-                if t == 0 {
-                    return Err(bad("http.timeout_seconds", "must be at least 1".into(), "the default is 60"));
-                }
-                http.timeout = Duration::from_secs(t);
+        let (h, default) = (raw.http, RawHttp::default());
+        let at_least_1 = |key: &str, v: u64, default: u64| {
+            if v == 0 {
+                Err(bad(key, "must be at least 1".into(), &format!("the default is {default}")))
+            } else {
+                Ok(Duration::from_secs(v))
             }
-            http.max_retries = h.max_retries.unwrap_or(http.max_retries);
-            if let Some(c) = h.max_concurrency {
-                if c == 0 || c > 64 {
-                    return Err(bad("http.max_concurrency", format!("{c} is not from 1 to 64"), "the default is 4"));
-                }
-                http.max_concurrency = c;
-            }
-            if let Some(d) = h.deadline_seconds {
-                if d == 0 {
-                    return Err(bad(
-                        "http.deadline_seconds",
-                        "must be at least 1".into(),
-                        "the default is 1500 (25 minutes)",
-                    ));
-                }
-                http.deadline = Duration::from_secs(d);
-            }
-            if let Some(ca) = h.ca_bundle {
+        };
+        let timeout = at_least_1("http.timeout_seconds", h.timeout_seconds, default.timeout_seconds)?;
+        let deadline = at_least_1("http.deadline_seconds", h.deadline_seconds, default.deadline_seconds)?;
+        if h.max_concurrency == 0 || h.max_concurrency > 64 {
+            return Err(bad(
+                "http.max_concurrency",
+                format!("{} is not from 1 to 64", h.max_concurrency),
+                &format!("the default is {}", default.max_concurrency),
+            ));
+        }
+        let ca_bundle = match h.ca_bundle {
+            None => None,
+            Some(ca) => {
                 let bytes = trust::read(&ca).map(|(b, _)| b).map_err(|e| {
                     bad(
                         "http.ca_bundle",
@@ -262,12 +286,13 @@ impl Config {
                         "point it at a PEM file (-----BEGIN CERTIFICATE-----)",
                     ));
                 }
-                http.ca_bundle = Some((ca, bytes));
+                Some((ca, bytes))
             }
-        }
+        };
+        let http =
+            HttpConfig { timeout, max_retries: h.max_retries, deadline, max_concurrency: h.max_concurrency, ca_bundle };
 
-        let metrics_textfile =
-            raw.metrics.and_then(|m| m.textfile).map(|p| absolute("metrics.textfile", p)).transpose()?;
+        let metrics_textfile = raw.metrics.textfile.map(|p| absolute("metrics.textfile", p)).transpose()?;
         let alert = raw.alert.map(|a| AlertConfig::from_raw(a, file)).transpose()?;
         Ok(Self {
             path: path.map(Path::to_path_buf),
