@@ -172,7 +172,7 @@ impl Phone {
         if s.is_empty() {
             return Err(SkipReason::NoPhone);
         }
-        let trunk = if s.starts_with('+') { s.as_bytes().windows(3).position(|w| w == b"(0)") } else { None };
+        let trunk = trunk_at(s);
         let start = out.len();
         for (i, c) in s.char_indices() {
             if trunk.is_some_and(|t| (t..t + 3).contains(&i))
@@ -203,6 +203,18 @@ impl Phone {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// Where a `(0)` trunk prefix starts when it comes right after the `+country` code (1 to 3
+/// digits, then optional spaces): `+44 (0)20 …`. A `(0)` anywhere else is kept as a `0`.
+fn trunk_at(s: &str) -> Option<usize> {
+    let b = s.as_bytes();
+    let country = b.strip_prefix(b"+")?.iter().take_while(|c| c.is_ascii_digit()).count();
+    if !(1..=3).contains(&country) {
+        return None;
+    }
+    let at = 1 + country + b[1 + country..].iter().take_while(|c| **c == b' ').count();
+    b[at..].starts_with(b"(0)").then_some(at)
 }
 
 /// A directory value made safe for a log line: escaped, and cut to 120 characters.
@@ -265,6 +277,10 @@ mod tests {
     #[test]
     fn phones() {
         assert_eq!(Phone::parse("+44 (0)20 7946 0958").unwrap().as_str(), "+442079460958");
+        assert_eq!(Phone::parse("+44(0)20 7946 0958").unwrap().as_str(), "+442079460958");
+        // Not right after the country code: the 0 is a digit of the number.
+        assert_eq!(Phone::parse("+44 20 (0)7946 0958").unwrap().as_str(), "+4420079460958");
+        assert_eq!(Phone::parse("+4420 (0)7946").unwrap().as_str(), "+442007946");
         assert_eq!(Phone::parse("040-123 1234").unwrap().as_str(), "0401231234");
         assert_eq!(Phone::parse("+358 40 123.4567").unwrap().as_str(), "+358401234567");
         assert_eq!(Phone::parse("(040) 123/1234").unwrap().as_str(), "0401231234");
