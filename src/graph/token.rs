@@ -128,6 +128,36 @@ mod tests {
         std::fs::read(format!("{}/tests/fixtures/graph/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
     }
 
+    /// The same app asking for two scopes (Graph, and Exchange Online for SMTP) gets two
+    /// tokens: a token for one audience is no good for the other.
+    #[test]
+    fn the_token_cache_keeps_one_token_per_scope() {
+        let app = usersync_sim::bench_app();
+        let sim = usersync_sim::Sim::start(usersync_sim::Directory { apps: vec![app.clone()], ..Default::default() })
+            .unwrap();
+        let client = GraphClient::new(&crate::config::HttpConfig::default()).unwrap();
+        let cred = |scope: &str| Credentials {
+            token_url: format!("{}/{}/oauth2/v2.0/token", sim.url(), app.tenant),
+            client_id: app.client_id.clone(),
+            auth: ClientAuth::Secret(Secret::new(app.client_secret.clone())),
+            scope: scope.to_owned(),
+        };
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let (graph, outlook) = (cred(&format!("{}/.default", sim.url())), cred(crate::config::alert::OUTLOOK_SCOPE));
+        let (a, b, a2) = rt.block_on(async {
+            (
+                client.token(&graph, None).await.unwrap(),
+                client.token(&outlook, None).await.unwrap(),
+                client.token(&graph, None).await.unwrap(),
+            )
+        });
+        assert_ne!(a, b, "another scope, another token");
+        assert_eq!(a, a2, "the same scope, the cached token");
+        let scopes: Vec<String> =
+            sim.requests().iter().map(|r| r.form.get("scope").cloned().unwrap_or_default()).collect();
+        assert_eq!(scopes, [graph.scope.clone(), outlook.scope.clone()]);
+    }
+
     #[test]
     fn token_samples_parse() {
         for f in ["token_success.json", "token_success_graph_auth_v2_service.json"] {

@@ -513,6 +513,64 @@ fn a_group_named_by_several_configs_is_fetched_once_with_one_token() {
     assert_eq!(r.token_requests(), 1);
 }
 
+/// The same group through another config whose secret is wrong: that config fails with its
+/// own error, and the other's fetch does not hide it.
+#[test]
+fn a_shared_group_is_fetched_per_credential_so_a_broken_secret_is_not_masked() {
+    let mut r = Run::new()
+        .group(STAFF, staff_members())
+        .conf("gw", "broken", &format!("group_id = \"{STAFF}\"\nclient_secret = \"not-the-secret\"\n"))
+        .conf("gw", "staff", &format!("group_id = \"{STAFF}\"\n"))
+        .args(&["-q"])
+        .expect_exit(1)
+        .expect_file(SENDERS, None);
+    let out = r.run();
+    let broken = r.root().join("gw/config/entraid/broken.entraidconf");
+    assert_eq!(
+        out.stderr,
+        format!(
+            "error: instance `gw`, config {}: token request to {}/{TENANT}/oauth2/v2.0/token failed with HTTP 401: invalid_client: AADSTS7000215: Invalid client secret provided.\nhint: the client secret is wrong: paste the secret's Value (not its Secret ID) from App registrations > the app > Certificates & secrets\n",
+            broken.display(),
+            r.sim.url()
+        )
+    );
+    assert_eq!(r.token_requests(), 2, "one token per credential");
+    assert_eq!(r.member_requests().len(), 1, "only the good credential reached Graph");
+}
+
+/// The same group through a second app that lacks User.Read.All: that config fails with
+/// the permission hint, although the first app could read the group.
+#[test]
+fn a_shared_group_is_fetched_per_app_so_a_missing_permission_is_not_masked() {
+    const OTHER: &str = "77777777-7777-8888-9999-000000000000";
+    let mut r = Run::new().group(STAFF, staff_members());
+    r.sim.state().directory.apps.push(usersync_sim::App {
+        tenant: TENANT.into(),
+        client_id: OTHER.into(),
+        client_secret: SECRET.into(),
+        limited: true,
+        certificate: None,
+    });
+    r = r
+        .conf("gw", "a", &format!("group_id = \"{STAFF}\"\n"))
+        .conf("gw", "b", &format!("group_id = \"{STAFF}\"\nclient_id = \"{OTHER}\"\n"))
+        .args(&["-q"])
+        .expect_exit(1)
+        .expect_file(SENDERS, None);
+    let out = r.run();
+    let b = r.root().join("gw/config/entraid/b.entraidconf");
+    assert!(
+        out.stderr.starts_with(&format!(
+            "error: instance `gw`, config {}: group {STAFF}: Graph returned 4 users but none with mail, mobilePhone or accountEnabled",
+            b.display()
+        )),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(out.stderr.lines().filter(|l| l.starts_with("error:")).count(), 1, "{}", out.stderr);
+    assert_eq!((r.token_requests(), r.member_requests().len()), (2, 2));
+}
+
 #[test]
 fn users_without_any_attribute_mean_a_missing_permission_not_an_empty_list() {
     let mut r = one_conf().file(SENDERS, "old@example.com\n");
