@@ -18,7 +18,7 @@ pub enum Error {
     #[error("{0}")]
     Usage(String),
     /// What `--generate` prints could not be written (exit 1).
-    #[error("cannot write to standard output: {0}")]
+    #[error("cannot write to standard output")]
     Output(#[source] io::Error),
 }
 

@@ -844,3 +844,18 @@ fn check_finds_config_path_and_permission_problems_offline() {
     assert!(!out.stdout.contains(SECRET) && !out.stderr.contains(SECRET));
     assert!(r.sim.requests().is_empty(), "check needs no network");
 }
+
+#[test]
+fn a_generate_that_cannot_write_says_so() {
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_usersync"))
+        .args(["--generate", "man"])
+        .stdout(full)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "error: cannot write to standard output\n  caused by: No space left on device (os error 28)\nhint: standard output is closed or full: redirect it to a file with room\n"
+    );
+}
