@@ -62,7 +62,7 @@ where
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| crate::graph::FetchError::Client(e.to_string()))?;
+        .map_err(|e| crate::graph::FetchError::Internal(format!("cannot start the async runtime: {e}")))?;
     rt.block_on(f(client))
 }
 

@@ -213,7 +213,7 @@ fn bad(url: &str, detail: &str) -> Failure {
 }
 
 fn stopped(url: &str) -> FetchError {
-    FetchError::Client(format!("the request for {url} was dropped before it was answered"))
+    FetchError::Internal(format!("the request for {url} was dropped before it was answered"))
 }
 
 #[cfg(test)]

@@ -120,9 +120,18 @@ pub enum FetchError {
         /// `[http] deadline_seconds`
         seconds: u64,
     },
-    /// The HTTP client could not be built.
+    /// The HTTPS client could not be set up (certificates).
     #[error("cannot set up HTTPS: {0}")]
-    Client(String),
+    Tls(String),
+    /// A request could not be built from the configured endpoint.
+    #[error("cannot build the request: {0}")]
+    Request(String),
+    /// The client assertion could not be signed with the certificate's key.
+    #[error("cannot sign the client assertion: {0}")]
+    Signing(String),
+    /// usersync itself failed (a task stopped, the runtime could not start).
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 const PERMISSIONS: &str = "in the Entra admin center, open App registrations > the app > API permissions, add the Microsoft Graph application permissions GroupMember.Read.All and User.Read.All, then click \"Grant admin consent\"";
@@ -173,7 +182,10 @@ impl Hint for FetchError {
             Self::BadToken { .. } => "check authority_host / cloud: the token endpoint did not behave like Entra ID".into(),
             Self::LimitedInformation { .. } => format!("the app lacks User.Read.All, so Graph hides the users' attributes; {PERMISSIONS}"),
             Self::Deadline { .. } => "Graph is slow or throttling hard; nothing of this instance was written and the next run tries again. If runs are legitimately this long, raise [http] deadline_seconds".into(),
-            Self::Client(_) => "check [http] ca_bundle and the system's certificate store (ca-certificates)".into(),
+            Self::Tls(_) => "check [http] ca_bundle and the system's certificate store (ca-certificates)".into(),
+            Self::Request(_) => "check graph_endpoint / authority_host (or `cloud`) in the config".into(),
+            Self::Signing(_) => "check client_key: an unencrypted RSA key that belongs to client_certificate".into(),
+            Self::Internal(_) => "nothing was written; run again with -vv, and report the log if it happens again".into(),
         };
         Some(h)
     }
@@ -198,5 +210,22 @@ mod tests {
             assert!(!token(code).hint_in(Cloud::China).unwrap().contains(national));
         }
         assert!(!token(7_000_215).hint_in(Cloud::Global).unwrap().contains(national));
+    }
+
+    /// Only a TLS problem points at the CA bundle.
+    #[test]
+    fn each_local_failure_hints_at_its_own_cause() {
+        let hint = |e: FetchError| e.hint().unwrap_or_default();
+        assert!(hint(FetchError::Tls("bad PEM".into())).contains("ca_bundle"));
+        for e in [
+            FetchError::Request("relative URL without a base".into()),
+            FetchError::Signing("InvalidRsaKey".into()),
+            FetchError::Internal("the page parser stopped".into()),
+        ] {
+            let (text, h) = (e.to_string(), hint(e));
+            assert!(!h.contains("ca_bundle"), "{text}: {h}");
+        }
+        assert!(hint(FetchError::Request(String::new())).contains("graph_endpoint"));
+        assert!(hint(FetchError::Signing(String::new())).contains("client_key"));
     }
 }

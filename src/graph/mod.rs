@@ -114,13 +114,13 @@ impl GraphClient {
                 .redirect(reqwest::redirect::Policy::none())
                 .user_agent(concat!("usersync/", env!("CARGO_PKG_VERSION")));
             if let Some((_, pem)) = &cfg.ca_bundle {
-                for cert in reqwest::Certificate::from_pem_bundle(pem).map_err(|e| FetchError::Client(e.to_string()))? {
+                for cert in reqwest::Certificate::from_pem_bundle(pem).map_err(|e| FetchError::Tls(e.to_string()))? {
                     b = b.add_root_certificate(cert);
                 }
             }
             Ok(b)
         };
-        let build = |b: reqwest::ClientBuilder| b.build().map_err(|e| FetchError::Client(e.to_string()));
+        let build = |b: reqwest::ClientBuilder| b.build().map_err(|e| FetchError::Tls(e.to_string()));
         Ok(Self {
             http: build(builder()?)?,
             local: build(builder()?.no_proxy())?,
@@ -138,7 +138,7 @@ impl GraphClient {
     /// `value`); a blocking thread parses and sorts the pages it hands over, a few pages
     /// behind, so the next request never waits for a parse.
     pub async fn members(&self, cred: &Credentials, q: &GroupQuery) -> Result<Roster, FetchError> {
-        let origin = Url::parse(&q.graph).map_err(|e| FetchError::Client(e.to_string()))?;
+        let origin = Url::parse(&q.graph).map_err(|e| FetchError::Request(format!("{}: {e}", q.graph)))?;
         let mut url = q.first_url();
         let mut seen = HashSet::from([url.clone()]);
         let (pages_tx, mut pages_rx) = tokio::sync::mpsc::channel::<(String, Vec<u8>)>(PAGES_AHEAD);
@@ -178,7 +178,7 @@ impl GraphClient {
         };
         let fetched = fetched.await;
         drop(pages_tx);
-        let parsed = parser.await.map_err(|e| FetchError::Client(format!("the page parser stopped: {e}")))?;
+        let parsed = parser.await.map_err(|e| FetchError::Internal(format!("the page parser stopped: {e}")))?;
         fetched?;
         let (roster, pages) = parsed?;
         if let Some(missing) = roster.limited() {
@@ -213,12 +213,12 @@ impl GraphClient {
         from: &str,
         message: &serde_json::Value,
     ) -> Result<(), FetchError> {
-        let mut url = Url::parse(graph).map_err(|e| FetchError::Client(e.to_string()))?;
+        let mut url = Url::parse(graph).map_err(|e| FetchError::Request(format!("{graph}: {e}")))?;
         url.path_segments_mut()
-            .map_err(|()| FetchError::Client(format!("{graph} cannot take a path")))?
+            .map_err(|()| FetchError::Request(format!("{graph} cannot take a path")))?
             .extend(["v1.0", "users", from, "sendMail"]);
         let url = url.to_string();
-        let body = serde_json::to_vec(message).map_err(|e| FetchError::Client(e.to_string()))?;
+        let body = serde_json::to_vec(message).map_err(|e| FetchError::Internal(e.to_string()))?;
         let token = self.token(cred, None).await?;
         let a = self
             .try_send(&url, || {

@@ -37,7 +37,7 @@ pub(super) enum Failure {
 impl Failure {
     pub(super) fn of(e: &reqwest::Error) -> Self {
         if e.is_builder() {
-            Self::Fatal(FetchError::Client(chain(e)))
+            Self::Fatal(FetchError::Request(chain(e)))
         } else {
             Self::Transient(chain(e))
         }

@@ -74,9 +74,7 @@ impl GraphClient {
             match &cred.auth {
                 ClientAuth::Secret(s) => f.push(("client_secret", s.expose().to_owned())),
                 ClientAuth::Certificate(c) => {
-                    let a = c
-                        .assertion(&cred.client_id, url)
-                        .map_err(|e| FetchError::Client(format!("cannot sign the client assertion: {e}")))?;
+                    let a = c.assertion(&cred.client_id, url).map_err(|e| FetchError::Signing(e.to_string()))?;
                     f.push(("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".into()));
                     f.push(("client_assertion", a.expose().to_owned()));
                 }

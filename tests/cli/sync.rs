@@ -707,7 +707,7 @@ fn hostile_directory_values_add_no_line_and_are_reported_by_reason() {
         .args(&["--format", "json"])
         .expect_exit(0)
         .expect_file(SENDERS, Some("good@example.com\nk@xn--bcher-kva.example\nph@x.com\n"))
-        .expect_file(GSM, Some("good@example.com +358401234567\nk@xn--bcher-kva.example +358401\n"))
+        .expect_file(GSM, Some("good@example.com +358401234567\nk@xn--bcher-kva.example +3584001\n"))
         .expect_file(RULES, Some("* good@example.com <reg> - 0\n* k@xn--bcher-kva.example <reg> - 0\n* ph@x.com <reg> - 0\n"));
     r.sim.state().page_faults.push(PageFault { page: 0, times: 1, fault: Fault::Body(body) });
     let out = r.run();
