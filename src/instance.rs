@@ -144,9 +144,9 @@ pub fn load(root: &Path, name: &str, env: &Env) -> Result<Instance, Vec<ConfigEr
             }
         }
     }
-    let mut seen: BTreeMap<&Path, Output> = BTreeMap::new();
+    let mut seen: BTreeMap<PathBuf, Output> = BTreeMap::new();
     for (output, p) in &outputs {
-        if let Some(first) = seen.insert(&p.path, *output) {
+        if let Some(first) = seen.insert(same_file(&p.path), *output) {
             errors.push(
                 ConfigError::new(
                     &p.path,
@@ -162,6 +162,14 @@ pub fn load(root: &Path, name: &str, env: &Env) -> Result<Instance, Vec<ConfigEr
     } else {
         Err(errors)
     }
+}
+
+/// What `path` names, for telling whether two outputs are one file: its directory with `..`
+/// and symlinks resolved (when it exists), and its name.
+fn same_file(path: &Path) -> PathBuf {
+    let dir = trust::parent(path);
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    dir.join(path.file_name().unwrap_or_default())
 }
 
 /// Where `output` goes: the `.cfg` override if set, else the default path. Each `.cfg`

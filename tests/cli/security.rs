@@ -500,21 +500,18 @@ check: 3 errors, 1 warnings
 
 #[test]
 fn two_outputs_in_one_file_are_a_configuration_error() {
-    let mut r = one_conf()
-        .conf(
-            "gw",
-            "sms",
-            &format!("group_id = \"{STAFF}\"\nfeeds = [\"gsm_list\"]\nquery_filter = \"mail,mobilePhone\"\n"),
-        )
-        .file("gw/config/compose.cfg", "LDAPGSMLISTFILE=config/allowed_senders_ldap.txt\n")
-        .expect_exit(2)
-        .expect_file(SENDERS, None);
-    let out = r.run();
-    assert!(
-        out.stderr.contains(
-            "config/allowed_senders_ldap.txt: both allowed_senders and gsm_list would be written to this file"
-        ),
-        "{}",
-        out.stderr
-    );
+    for path in ["config/allowed_senders_ldap.txt", "lists/../config/allowed_senders_ldap.txt"] {
+        let mut r = one_conf()
+            .conf("gw", "sms", &format!("group_id = \"{STAFF}\"\nfeeds = [\"gsm_list\"]\nquery_filter = \"mail,mobilePhone\"\n"))
+            .file("gw/config/compose.cfg", &format!("LDAPGSMLISTFILE={path}\n"))
+            .file("gw/lists/.keep", "")
+            .expect_exit(2)
+            .expect_file(SENDERS, None);
+        let out = r.run();
+        assert!(
+            out.stderr.contains(&format!("gw/{path}: both allowed_senders and gsm_list would be written to this file")),
+            "{path}: {}",
+            out.stderr
+        );
+    }
 }
