@@ -55,6 +55,7 @@ impl Hint for Error {
 /// Runs usersync as `cli` asks; the exit code follows the behaviour reference (§7).
 pub fn run(cli: &Cli) -> Result<ExitCode, Error> {
     crate::log::init(cli.verbose, cli.quiet);
+    tracing::trace!(version = crate::cli::VERSION, command = ?cli.command, instances = ?cli.instances, dry_run = cli.dry_run, "usersync starts");
     if let Some(option) = cli.misplaced_sync_option() {
         return Err(Error::Usage(format!("{option} belongs to a sync, not to a subcommand")));
     }

@@ -2,7 +2,6 @@
 //! path and permission. One line per finding; exit 2 if any is an error.
 
 use std::fmt;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -161,18 +160,8 @@ fn check_instance(inst: &Instance, out: &mut Vec<Finding>) {
     }
     for c in &inst.configs {
         let holds = if matches!(c.auth, ClientAuth::Certificate(_)) { "a private key" } else { "a client secret" };
-        let f = &c.secret_file;
-        if let Ok(m) = std::fs::metadata(f) {
-            let mode = m.permissions().mode() & 0o777;
-            if mode & 0o077 != 0 {
-                out.push(warning(
-                    format!(
-                        "{who}: {} holds {holds} and is readable by group or others (mode {mode:04o})",
-                        f.display()
-                    ),
-                    &format!("chmod 600 {}", f.display()),
-                ));
-            }
+        if let Some((message, hint)) = crate::secret::exposure(&c.secret_file, holds) {
+            out.push(warning(format!("{who}: {message}"), &hint));
         }
         if let Some(finding) = expiry(&who, c, now) {
             out.push(finding);

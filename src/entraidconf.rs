@@ -385,6 +385,9 @@ fn certificate(
             })?;
     let key = read_source("client_key", raw.key, raw.key_credential, path, env, confine)?;
     let key_file = key.as_ref().map_or_else(|| cert.1.clone(), |(_, f)| f.clone());
+    if !env.credentials_directory.as_deref().is_some_and(|d| key_file.starts_with(d)) {
+        crate::secret::warn_if_exposed(&key_file, "a private key");
+    }
     let c = Certificate::from_pem(&cert.0, key.as_ref().map(|(k, _)| k.as_slice()), algorithm).map_err(|e| {
         let from = key.as_ref().filter(|_| e.in_key).map_or(&cert.1, |(_, f)| f);
         ConfigError::new(path, format!("{}: {}", from.display(), e.message), e.hint)

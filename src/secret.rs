@@ -81,7 +81,6 @@ pub fn resolve(
         return Err(ConfigError::new(path, what, one_of));
     }
     let (value, source) = if let Some(s) = inline {
-        warn_if_world_readable(path);
         (s.expose().to_owned(), path.to_owned())
     } else {
         let file_key = format!("{key}_file");
@@ -95,6 +94,9 @@ pub fn resolve(
         })?;
         (text, source)
     };
+    if !env.credentials_directory.as_deref().is_some_and(|d| source.starts_with(d)) {
+        warn_if_exposed(&source, if key == "password" { "a password" } else { "a client secret" });
+    }
     let value = value.trim();
     if value.is_empty() {
         return Err(ConfigError::new(
@@ -145,7 +147,6 @@ pub fn read_source(
             .map_err(|e| {
                 ConfigError::new(path, format!("key `{file_key}`: cannot read {}: {}", f.display(), resolve::explain(&e)), "check the path (relative paths are taken from the config's directory) and that usersync's user can read it")
             })?;
-            warn_if_world_readable(&f);
             Ok(Some((bytes, f)))
         }
         (None, Some(name)) => {
@@ -199,12 +200,25 @@ fn read_beneath(dir: &Path, f: &Path) -> Result<std::io::Result<Vec<u8>>, (Strin
     }
 }
 
-fn warn_if_world_readable(path: &Path) {
+/// Whether group or others may read `path`, which holds `holds` (a client secret, a
+/// password, a private key): the warning that both a run (in its log) and `usersync check`
+/// give, and its fix.
+#[must_use]
+pub fn exposure(path: &Path, holds: &str) -> Option<(String, String)> {
     use std::os::unix::fs::PermissionsExt;
-    if let Ok(m) = std::fs::metadata(path) {
-        if m.permissions().mode() & 0o004 != 0 {
-            tracing::warn!(file = %path.display(), "file holding a secret is readable by every user; chmod o-r it");
-        }
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+    (mode & 0o044 != 0).then(|| {
+        (
+            format!("{} holds {holds} and is readable by group or others (mode {mode:04o})", path.display()),
+            format!("chmod 600 {}", path.display()),
+        )
+    })
+}
+
+/// Logs [`exposure`]'s warning, if any.
+pub fn warn_if_exposed(path: &Path, holds: &str) {
+    if let Some((message, hint)) = exposure(path, holds) {
+        tracing::warn!("{message}; hint: {hint}");
     }
 }
 

@@ -7,13 +7,8 @@ fn assert_clean(what: &str, out: &Output) {
         assert!(!s.contains(SECRET), "{what}: the client secret leaked:\n{s}");
         assert!(!s.contains("sim-access-token"), "{what}: an access token leaked:\n{s}");
     }
-    assert!(
-        out.stderr.contains("TRACE")
-            || out.stderr.contains("DEBUG")
-            || out.stderr.contains("error")
-            || out.stdout.contains("check:"),
-        "{what}: trace logging is on"
-    );
+    // Proof that the search above looked at a trace log: its first line.
+    assert!(out.stderr.contains(" TRACE usersync starts"), "{what}: trace logging was not on:\n{}", out.stderr);
 }
 
 fn traced(r: Run, args: &[&str]) -> Run {
@@ -46,4 +41,28 @@ fn no_subcommand_prints_a_secret_or_token_even_when_failing() {
         r.sim.state().page_faults.push(PageFault { page: 0, times: 2, fault: Fault::RevokeTokens });
         assert_clean(&format!("{what} with a rejected token"), &r.run());
     }
+}
+
+/// A run and `usersync check` use one rule: a file holding a secret that group or others
+/// may read is warned about (a run used to warn only when every user could read it).
+#[test]
+fn a_group_readable_secret_file_is_warned_about_by_a_run_as_by_check() {
+    let r = Run::new().group(STAFF, staff_members()).file("gw/config/entraid/staff.secret", SECRET).conf(
+        "gw",
+        "staff",
+        &format!("group_id = \"{STAFF}\"\nclient_secret_file = \"staff.secret\"\n"),
+    );
+    let secret = r.root().join("gw/config/entraid/staff.secret");
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
+    let warning = format!("{} holds a client secret and is readable by group or others (mode 0640)", secret.display());
+    let mut r = r.expect_exit(0);
+    let out = r.run();
+    assert!(out.stderr.contains(&format!("WARN {warning}; hint: chmod 600 {}", secret.display())), "{}", out.stderr);
+    r = r.args(&["check"]).expect_exit(0);
+    let out = r.run();
+    assert!(
+        out.stdout.contains(&format!("warning: instance `gw`: {warning} (hint: chmod 600 {})", secret.display())),
+        "{}",
+        out.stdout
+    );
 }

@@ -502,7 +502,11 @@ check: 3 errors, 1 warnings
 fn two_outputs_in_one_file_are_a_configuration_error() {
     for path in ["config/allowed_senders_ldap.txt", "lists/../config/allowed_senders_ldap.txt"] {
         let mut r = one_conf()
-            .conf("gw", "sms", &format!("group_id = \"{STAFF}\"\nfeeds = [\"gsm_list\"]\nquery_filter = \"mail,mobilePhone\"\n"))
+            .conf(
+                "gw",
+                "sms",
+                &format!("group_id = \"{STAFF}\"\nfeeds = [\"gsm_list\"]\nquery_filter = \"mail,mobilePhone\"\n"),
+            )
             .file("gw/config/compose.cfg", &format!("LDAPGSMLISTFILE={path}\n"))
             .file("gw/lists/.keep", "")
             .expect_exit(2)
