@@ -234,14 +234,10 @@ fn kind_of(m: &std::fs::Metadata) -> &'static str {
     }
 }
 
-/// The name of `uid` in `/etc/passwd`.
+/// The name of `uid`, through the system's name services (`getpwuid_r`): local users,
+/// and LDAP, SSSD or systemd ones alike.
 fn user_name(uid: u32) -> Option<String> {
-    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
-    passwd.lines().find_map(|l| {
-        let mut f = l.split(':');
-        let name = f.next()?;
-        (f.nth(1)?.parse::<u32>().ok()? == uid).then(|| name.to_owned())
-    })
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).ok().flatten().map(|u| u.name)
 }
 
 #[cfg(test)]

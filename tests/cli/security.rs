@@ -519,3 +519,38 @@ fn two_outputs_in_one_file_are_a_configuration_error() {
         );
     }
 }
+
+/// Owners are named through NSS (`getpwuid_r`), not by reading /etc/passwd: a gateway user
+/// known only to LDAP or SSSD raises no "no user name" warning. libnss_wrapper stands in
+/// for such a name service.
+#[test]
+fn check_names_owners_through_nss() {
+    let Some(wrapper) = ["/usr/lib/x86_64-linux-gnu/libnss_wrapper.so", "/usr/lib/aarch64-linux-gnu/libnss_wrapper.so"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+    else {
+        eprintln!("skipped: libnss_wrapper is not installed (apt-get install libnss-wrapper; tests/setup does it)");
+        return;
+    };
+    if !as_root() {
+        return;
+    }
+    let r = one_conf().file(SENDERS, "old@example.com\n");
+    std::os::unix::fs::chown(r.root().join(SENDERS), Some(4242), Some(4242)).unwrap();
+    let (passwd, group) = (r.path().join("passwd"), r.path().join("group"));
+    std::fs::write(&passwd, "root:x:0:0:root:/root:/bin/sh\ngateway:x:4242:4242:gw:/nonexistent:/usr/sbin/nologin\n")
+        .unwrap();
+    std::fs::write(&group, "root:x:0:\ngateway:x:4242:\n").unwrap();
+    let warning =
+        format!("output allowed_senders {}: its owner, uid 4242, has no user name", r.root().join(SENDERS).display());
+    let mut r = r.args(&["check"]).expect_exit(0);
+    let out = r.run();
+    assert!(out.stdout.contains(&warning), "without the name service, uid 4242 has no name:\n{}", out.stdout);
+    let mut r = r
+        .env("LD_PRELOAD", wrapper)
+        .env("NSS_WRAPPER_PASSWD", &passwd.display().to_string())
+        .env("NSS_WRAPPER_GROUP", &group.display().to_string())
+        .expect_exit(0);
+    let out = r.run();
+    assert!(!out.stdout.contains("has no user name"), "{}", out.stdout);
+}

@@ -325,10 +325,10 @@ impl Smtp {
             .args(args)
             .stdout(std::process::Stdio::null())
             .spawn()
-            .expect("python3 runs tests/smtp/server.py (pip install -r tests/smtp/requirements.txt)");
+            .expect("python3 runs tests/smtp/server.py (bash tests/setup)");
         let mut s = Self { child, port: 0, out };
         let ready = usersync_sim::wait_for(std::time::Duration::from_secs(15), || port_file.exists());
-        assert!(ready, "the SMTP test server did not start; is aiosmtpd installed (tests/smtp/requirements.txt)?");
+        assert!(ready, "the SMTP test server did not start; is aiosmtpd installed (bash tests/setup)?");
         s.port = std::fs::read_to_string(&port_file).expect("port").trim().parse().expect("a port");
         s
     }
