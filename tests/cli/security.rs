@@ -521,7 +521,7 @@ fn two_outputs_in_one_file_are_a_configuration_error() {
 }
 
 /// Owners are named through NSS (`getpwuid_r`), not by reading /etc/passwd: a gateway user
-/// known only to LDAP or SSSD raises no "no user name" warning. libnss_wrapper stands in
+/// known only to LDAP or SSSD raises no "no user name" warning. `libnss_wrapper` stands in
 /// for such a name service.
 #[test]
 fn check_names_owners_through_nss() {
