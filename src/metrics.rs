@@ -88,14 +88,15 @@ pub fn render(f: &RunFacts<'_>) -> String {
         m.head("usersync_node_active", "gauge", "1 if this node was active (or has no node check) in the last run.")
             .sample("usersync_node_active", &[], if r.node.active == Some(false) { 0.0 } else { 1.0 });
     }
+    // Gauges: each run writes its own count; a counter would have to keep growing.
     m.head(
-        "usersync_graph_requests_total",
-        "counter",
-        "HTTP requests to Entra ID and Graph in the last run, retries included.",
+        "usersync_last_run_graph_requests",
+        "gauge",
+        "HTTP requests to Entra ID and Graph in the last run, retries included (a JSON batch counts once).",
     )
-    .sample("usersync_graph_requests_total", &[], r.graph_requests as f64);
-    m.head("usersync_graph_retries_total", "counter", "Retried requests in the last run.").sample(
-        "usersync_graph_retries_total",
+    .sample("usersync_last_run_graph_requests", &[], r.graph_requests as f64);
+    m.head("usersync_last_run_graph_retries", "gauge", "Retried requests in the last run.").sample(
+        "usersync_last_run_graph_retries",
         &[],
         r.graph_retries as f64,
     );

@@ -18,6 +18,9 @@ fn with_metrics(r: Run, extra: &str) -> Run {
 fn scrape(r: &Run) -> HashMap<String, f64> {
     let text = std::fs::read_to_string(r.path().join("usersync.prom")).expect("textfile written");
     let s = Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("valid text format");
+    // Every value is the last run's: a counter would reset each run, which Prometheus
+    // reads as a restart.
+    assert!(!text.contains(" counter\n"), "no family may be a counter:\n{text}");
     let mut out = HashMap::new();
     for sample in &s.samples {
         assert!(text.contains(&format!("# HELP {} ", sample.metric)), "{} has no HELP", sample.metric);
@@ -47,8 +50,8 @@ fn a_successful_run_then_a_failed_one() {
     assert_eq!(m["usersync_skipped_entries{instance=gw,reason=no-mail}"], 1.0);
     assert_eq!(m["usersync_skipped_entries{instance=gw,reason=disabled}"], 1.0);
     assert_eq!(m["usersync_skipped_entries{instance=gw,reason=device}"], 1.0);
-    assert_eq!(m["usersync_graph_requests_total{}"], 2.0);
-    assert_eq!(m["usersync_graph_retries_total{}"], 0.0);
+    assert_eq!(m["usersync_last_run_graph_requests{}"], 2.0);
+    assert_eq!(m["usersync_last_run_graph_retries{}"], 0.0);
     assert!(m["usersync_run_duration_seconds{}"] > 0.0);
     let success = m["usersync_last_success_timestamp_seconds{instance=gw}"];
     assert!((success - m["usersync_last_run_timestamp_seconds{}"]).abs() < 2.0);
