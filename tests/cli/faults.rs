@@ -261,6 +261,12 @@ fn kill_mid_write(trials: usize) {
     r.run();
     assert_eq!(temp_files(&dir), 0, "the next run cleans stale temp files");
     eprintln!("{trials} kills, {killed_with_temp} left a temp file behind (full run {full_run:?})");
+    // Half the trials wait for a temp file before killing: unless enough kills landed
+    // while one existed, this test did not test a write cut short (19 to 20 of 25 do).
+    assert!(
+        killed_with_temp >= trials / 3,
+        "only {killed_with_temp} of {trials} kills landed while a temp file existed"
+    );
 }
 
 #[test]
