@@ -56,7 +56,6 @@ pub fn hostname() -> String {
 }
 
 /// Control characters in text from the directory or a server, made visible.
-/// An error text on one line, for a report line.
 #[must_use]
 pub fn clean(s: &str) -> String {
     s.chars()

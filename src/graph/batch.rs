@@ -168,8 +168,14 @@ impl GraphClient {
             }
             // The batch itself was refused: say so, rather than blame a page.
             Ok(a) => {
+                let refused = match graph_error(&url, &a) {
+                    FetchError::Graph { url, status, code, message } => {
+                        FetchError::BatchRefused { url, status, code, message }
+                    }
+                    other => other,
+                };
                 for p in pages {
-                    let _ = p.reply.send(Err(Failure::Fatal(graph_error(&url, &a))));
+                    let _ = p.reply.send(Err(Failure::Fatal(refused.clone())));
                 }
                 return;
             }

@@ -32,6 +32,19 @@ pub enum FetchError {
         /// Graph error message.
         message: String,
     },
+    /// A JSON batch was refused as a whole (Graph answers a batch 200 and each request in
+    /// it on its own, so something between this host and Graph refuses batches).
+    #[error("{url} answered HTTP {status} {code}: {message}")]
+    BatchRefused {
+        /// The `$batch` URL.
+        url: String,
+        /// HTTP status.
+        status: u16,
+        /// Error code, if the answer had one.
+        code: String,
+        /// Error message.
+        message: String,
+    },
     /// Throttling, server errors or connection failures went on past `max_retries`.
     #[error("{url} still failed after {attempts} attempts; last: {last}")]
     Exhausted {
@@ -177,6 +190,7 @@ impl Hint for FetchError {
             Self::Graph { status: 400, .. } => "Graph refused the request; check group_id and query_filter".into(),
             Self::Graph { status: 401, .. } | Self::TokenRejectedTwice { .. } => format!("the access token is not accepted by Graph; check `cloud` / graph_endpoint match the tenant's cloud, and {PERMISSIONS}"),
             Self::Graph { .. } => "Microsoft Graph failed; try again later and check https://status.cloud.microsoft".into(),
+            Self::BatchRefused { .. } => "something between this host and Graph refuses JSON batches: allow POST /v1.0/$batch, or set [http] max_concurrency to at least the number of groups, and pages never share a request".into(),
             Self::Exhausted { .. } | Self::RetryAfterTooLong { .. } => "Graph or the network is failing or throttling; the files were left as they were. Check connectivity (and HTTPS_PROXY) from this host; the next run will try again, or raise [http] max_retries".into(),
             Self::BadPage { .. } | Self::ForeignNextLink { .. } | Self::PageLoop { .. } | Self::TooLarge { .. } => "the answer could not be trusted, so nothing was written; check for a proxy rewriting responses, then retry".into(),
             Self::BadToken { .. } => "check authority_host / cloud: the token endpoint did not behave like Entra ID".into(),

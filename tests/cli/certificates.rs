@@ -256,7 +256,8 @@ fn the_textfile_exports_credential_expiry() {
         .conf("gw", "sales", &format!("group_id = \"{SALES}\"\nclient_secret_expires = \"2027-05-01\"\n"))
         .group(SALES, vec![])
         .global(&format!("[metrics]\ntextfile = \"{}\"\n", textfile.display()))
-        .args(&["--force"])
+        // Two groups: their INFO lines come in the order the fetches end.
+        .args(&["--force", "-q"])
         .expect_exit(0);
     r.run();
     let text = std::fs::read_to_string(textfile).unwrap();

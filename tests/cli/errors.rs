@@ -17,15 +17,17 @@ fn golden(name: &str, mut r: Run) {
         .file(SENDERS, "old@example.com\n")
         .expect_exit(1)
         .expect_file(SENDERS, Some("old@example.com\n"));
-    let out = r.run();
-    let got = out.stderr.replace(&r.root().display().to_string(), "{root}").replace(&r.sim.url(), "{sim}");
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/errors").join(format!("{name}.stderr"));
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(&path, &got).unwrap();
+        r = r.ignore_stderr();
+        let out = r.run();
+        std::fs::write(&path, r.placeholders(&out.stderr)).unwrap();
+        return;
     }
     let want = std::fs::read_to_string(&path)
         .unwrap_or_else(|_| panic!("{} missing; run with UPDATE_GOLDEN=1", path.display()));
-    assert_eq!(got, want, "{name}: stderr differs from {}", path.display());
+    r = r.expect_stderr(&want);
+    r.run();
 }
 
 fn token_fault(status: u16, body: String) -> Run {

@@ -38,14 +38,45 @@ pub struct Output {
     pub stderr: String,
 }
 
-/// A server root in a temp dir, a simulator, and the command to run.
+thread_local! {
+    /// Runs so far of the test on this thread (each test has a thread of its own).
+    static RUNS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// 1 for the test's first run, 2 for its second, whatever `Run` each came from.
+fn next_run_of_this_test() -> usize {
+    RUNS.with(|r| {
+        r.set(r.get() + 1);
+        r.get()
+    })
+}
+
+/// What a run must print on stderr, after [`Run::placeholders`].
+#[derive(Clone, Debug)]
+enum Stderr {
+    /// Exactly what `tests/fixtures/stderr/<test>.<n>.stderr` holds for the test's `n`th
+    /// run (`UPDATE_GOLDEN=1` writes it, for review).
+    Golden,
+    /// Exactly this.
+    Exactly(String),
+    /// Whatever it is: the test says so (its stderr is not deterministic: retry jitter,
+    /// random ports, the order of concurrent fetches), and checks what matters itself.
+    Ignored,
+}
+
+/// A server root in a temp dir, a simulator, and the command to run. Every run checks the
+/// exit status (0 unless told otherwise), stderr (exactly, against the test's golden file
+/// unless given or explicitly ignored) and the files expected; expectations stay for the
+/// next run until changed.
+#[must_use]
 pub struct Run {
     dir: tempfile::TempDir,
     pub sim: Sim,
     args: Vec<String>,
     envs: Vec<(String, String)>,
-    expect_exit: Option<i32>,
-    expect_files: Vec<(String, Option<String>)>,
+    expect_exit: i32,
+    stderr: Stderr,
+    expect_files: std::collections::BTreeMap<String, Option<String>>,
 }
 
 impl Run {
@@ -68,7 +99,15 @@ impl Run {
     fn with(sim: Sim) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir_all(dir.path().join("server")).expect("server root");
-        Self { dir, sim, args: vec![], envs: vec![], expect_exit: None, expect_files: vec![] }
+        Self {
+            dir,
+            sim,
+            args: vec![],
+            envs: vec![],
+            expect_exit: 0,
+            stderr: Stderr::Golden,
+            expect_files: std::collections::BTreeMap::new(),
+        }
     }
 
     /// The temp dir holding `server/` and `usersync.toml`.
@@ -170,16 +209,53 @@ impl Run {
         self
     }
 
-    /// The next run must exit with `code`.
+    /// Runs from now on must exit with `code` (0 until this is called).
     pub fn expect_exit(mut self, code: i32) -> Self {
-        self.expect_exit = Some(code);
+        self.expect_exit = code;
         self
     }
 
-    /// After the next run, `rel` must hold exactly `content` (`None`: must not exist).
-    pub fn expect_file(mut self, rel: &str, content: Option<&str>) -> Self {
-        self.expect_files.push((rel.into(), content.map(Into::into)));
+    /// Runs from now on must print exactly `text` on stderr (see [`Run::placeholders`]),
+    /// instead of what the test's golden files hold.
+    pub fn expect_stderr(mut self, text: &str) -> Self {
+        self.stderr = Stderr::Exactly(text.to_owned());
         self
+    }
+
+    /// Runs from now on may print anything on stderr: the test checks what matters itself.
+    pub fn ignore_stderr(mut self) -> Self {
+        self.stderr = Stderr::Ignored;
+        self
+    }
+
+    /// After each run from now on, `rel` must hold exactly `content` (`None`: must not
+    /// exist); this replaces what was expected of `rel` before.
+    pub fn expect_file(mut self, rel: &str, content: Option<&str>) -> Self {
+        self.expect_files.insert(rel.into(), content.map(Into::into));
+        self
+    }
+
+    /// Stderr with what differs from run to run put as `{root}` (the server root), `{tmp}`
+    /// (the temp dir), `{sim}` (the simulator's URL), `{time}` (a log line's timestamp),
+    /// `{host}` (this host's name), `{version}` (usersync's version and commit), `{port}`
+    /// (a loopback server's ephemeral port) and `{ms}` (a backoff's jittered wait).
+    pub fn placeholders(&self, stderr: &str) -> String {
+        static TIME: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+            regex::Regex::new(r"(?m)^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z ").expect("regex")
+        });
+        static PORT: std::sync::LazyLock<regex::Regex> =
+            std::sync::LazyLock::new(|| regex::Regex::new(r"(localhost|127\.0\.0\.1):\d+").expect("regex"));
+        static WAIT: std::sync::LazyLock<regex::Regex> =
+            std::sync::LazyLock::new(|| regex::Regex::new(r"wait_ms=\d+").expect("regex"));
+        let s = stderr
+            .replace(&self.root().display().to_string(), "{root}")
+            .replace(&self.path().display().to_string(), "{tmp}")
+            .replace(&self.sim.url(), "{sim}")
+            .replace(usersync::cli::VERSION, "{version}")
+            .replace(&format!(" {}: ", usersync::alert::hostname()), " {host}: ");
+        let s = TIME.replace_all(&s, "{time} ");
+        let s = PORT.replace_all(&s, "$1:{port}");
+        WAIT.replace_all(&s, "wait_ms={ms}").into_owned()
     }
 
     /// The command line the next run uses.
@@ -237,11 +313,28 @@ impl Run {
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         };
-        if let Some(code) = self.expect_exit.take() {
-            assert_eq!(o.code, code, "exit code\n--- stdout\n{}\n--- stderr\n{}", o.stdout, o.stderr);
+        assert_eq!(o.code, self.expect_exit, "exit code\n--- stdout\n{}\n--- stderr\n{}", o.stdout, o.stderr);
+        let got = self.placeholders(&o.stderr);
+        match &self.stderr {
+            Stderr::Golden => {
+                let test = std::thread::current().name().unwrap_or("unnamed").replace("::", "/");
+                let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("tests/fixtures/stderr")
+                    .join(format!("{test}.{}.stderr", next_run_of_this_test()));
+                if std::env::var_os("UPDATE_GOLDEN").is_some() {
+                    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+                    std::fs::write(&path, &got).expect("write the golden file");
+                }
+                let want = std::fs::read_to_string(&path).unwrap_or_else(|_| {
+                    panic!("{} is missing: run with UPDATE_GOLDEN=1 and review it\n--- stderr\n{got}", path.display())
+                });
+                assert_eq!(got, want, "stderr differs from {}\n--- stdout\n{}", path.display(), o.stdout);
+            }
+            Stderr::Exactly(want) => assert_eq!(got, *want, "stderr\n--- stdout\n{}", o.stdout),
+            Stderr::Ignored => {}
         }
-        for (rel, want) in std::mem::take(&mut self.expect_files) {
-            assert_eq!(self.read(&rel), want, "content of {rel}\n--- stdout\n{}\n--- stderr\n{}", o.stdout, o.stderr);
+        for (rel, want) in &self.expect_files {
+            assert_eq!(self.read(rel), *want, "content of {rel}\n--- stdout\n{}\n--- stderr\n{}", o.stdout, o.stderr);
         }
         o
     }
