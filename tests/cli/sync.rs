@@ -189,7 +189,7 @@ fn the_guard_refuses_to_gut_a_list_until_forced() {
         out.stderr
     );
     assert!(out.stderr.contains("--force"), "{}", out.stderr);
-    let rules: String = (0..10).map(|i| format!("* u{i:05}@example.com <reg> - 0\n")).collect();
+    let rules: String = sender_lines(0..10).lines().map(|l| format!("* {l} <reg> - 0\n")).collect::<Vec<_>>().concat();
     r = r
         .args(&["--force"])
         .expect_exit(0)
