@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod credential;
 pub mod date;
+pub mod delta_state;
 pub mod endpoints;
 pub mod entraidconf;
 pub mod error;

@@ -26,7 +26,7 @@ pub enum ObjectKind {
 }
 
 impl ObjectKind {
-    fn from_type(t: &str) -> Self {
+    pub(crate) fn from_type(t: &str) -> Self {
         match t.trim_start_matches('#') {
             "microsoft.graph.user" => Self::User,
             "microsoft.graph.group" => Self::Group,
@@ -38,7 +38,7 @@ impl ObjectKind {
     }
 
     /// The kind implied by a collection's `@odata.context`, e.g. `…/$metadata#users(id,mail)`.
-    fn from_context(context: Option<&str>) -> Self {
+    pub(crate) fn from_context(context: Option<&str>) -> Self {
         let Some(c) = context.and_then(|c| c.rsplit_once("$metadata#")).map(|(_, c)| c) else {
             return Self::Untyped;
         };
@@ -291,6 +291,118 @@ pub fn visit(body: &[u8], mut f: impl FnMut(MemberView<'_>)) -> Result<Option<St
     Ok(raw.next_link)
 }
 
+/// Where a delta page leads: exactly one of them is set on a well-formed page.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Links {
+    /// `@odata.nextLink`: more pages of this round (even after an empty page).
+    pub next: Option<String>,
+    /// `@odata.deltaLink`: the round is complete; the link of the next round.
+    pub delta: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawDeltaPage<'a> {
+    #[serde(rename = "@odata.context", borrow)]
+    context: Option<Cow<'a, str>>,
+    #[serde(rename = "@odata.nextLink")]
+    next_link: Option<String>,
+    #[serde(rename = "@odata.deltaLink")]
+    delta_link: Option<String>,
+    #[serde(borrow)]
+    value: Vec<RawDeltaObject<'a>>,
+}
+
+/// An object of a delta page: a group with its `members@delta`, or a user (the fields of
+/// [`RawMember`], which `#[serde(flatten)]` cannot carry as raw JSON).
+#[derive(Deserialize)]
+struct RawDeltaObject<'a> {
+    #[serde(rename = "@odata.type", borrow)]
+    odata_type: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    mail: Option<&'a RawValue>,
+    #[serde(rename = "mobilePhone", borrow)]
+    mobile_phone: Option<&'a RawValue>,
+    #[serde(rename = "accountEnabled")]
+    account_enabled: Option<bool>,
+    #[serde(rename = "members@delta", borrow, default)]
+    members: Vec<RawDeltaMember<'a>>,
+    #[serde(rename = "@removed")]
+    removed: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+struct RawDeltaMember<'a> {
+    #[serde(rename = "@odata.type", borrow)]
+    odata_type: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    id: Cow<'a, str>,
+    #[serde(rename = "@removed")]
+    removed: Option<serde::de::IgnoredAny>,
+}
+
+/// A change to a group's direct membership, from `members@delta`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberChange<'a> {
+    /// The member's object id.
+    pub id: Cow<'a, str>,
+    /// What it is (`@odata.type`; a user when Graph leaves it out).
+    pub kind: ObjectKind,
+    /// It left the group (or was deleted): `@removed`.
+    pub removed: bool,
+}
+
+/// Hands every `members@delta` entry of group `group` on a `groups/delta` page to `f`.
+/// A large group's members are split over pages that repeat the group object; objects of
+/// other groups are ignored. A page without a `value` array is an error.
+pub fn visit_group_delta(
+    body: &[u8],
+    group: &str,
+    mut f: impl FnMut(MemberChange<'_>),
+) -> Result<Links, serde_json::Error> {
+    let raw: RawDeltaPage = serde_json::from_slice(body)?;
+    for g in raw.value.into_iter().filter(|g| g.id.as_deref().is_some_and(|id| id.eq_ignore_ascii_case(group))) {
+        for m in g.members {
+            let kind = m.odata_type.as_deref().map_or(ObjectKind::User, ObjectKind::from_type);
+            f(MemberChange { id: m.id, kind, removed: m.removed.is_some() });
+        }
+    }
+    Ok(Links { next: raw.next_link, delta: raw.delta_link })
+}
+
+/// A user on a `users/delta` page: its selected attributes now, or that it is gone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UserChange<'a> {
+    /// Created, restored or changed: every selected attribute as it is now; one that was
+    /// never set is absent.
+    Now(MemberView<'a>),
+    /// Deleted (`@removed`, soft or for good): it is no member of anything any more.
+    Removed(Cow<'a, str>),
+}
+
+/// Hands every user on a `users/delta` page to `f`. A page without a `value` array is an
+/// error.
+pub fn visit_user_delta(body: &[u8], mut f: impl FnMut(UserChange<'_>)) -> Result<Links, serde_json::Error> {
+    let raw: RawDeltaPage = serde_json::from_slice(body)?;
+    let default_kind = ObjectKind::from_context(raw.context.as_deref());
+    for m in raw.value {
+        let id = m.id.unwrap_or_default();
+        if m.removed.is_some() {
+            f(UserChange::Removed(id));
+            continue;
+        }
+        f(UserChange::Now(MemberView {
+            id,
+            kind: m.odata_type.as_deref().map_or(default_kind, ObjectKind::from_type),
+            mail: m.mail.and_then(text),
+            mobile_phone: m.mobile_phone.and_then(text),
+            account_enabled: m.account_enabled,
+        }));
+    }
+    Ok(Links { next: raw.next_link, delta: raw.delta_link })
+}
+
 fn text(raw: &RawValue) -> Option<TextRef<'_>> {
     let json = raw.get();
     // The common case: a string without escapes is its own text.
@@ -352,6 +464,78 @@ mod tests {
         assert_eq!(next_link(br#"{"@odata.context":"c","value":[]}"#).unwrap(), None);
         assert!(next_link(br#"{"@odata.nextLink":"https://g/2"}"#).is_ok_and(|l| l.is_some()));
         assert!(parse(br#"{"@odata.nextLink":"https://g/2"}"#).is_err(), "no value: the full parse fails");
+    }
+
+    fn fixture(name: &str) -> Vec<u8> {
+        std::fs::read(format!("{}/tests/fixtures/graph/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    }
+
+    #[test]
+    fn group_delta_samples_give_member_changes_and_links() {
+        let changes = |name: &str, group: &str| {
+            let mut out = Vec::new();
+            let links =
+                visit_group_delta(&fixture(name), group, |c| out.push((c.id.into_owned(), c.kind, c.removed))).unwrap();
+            (out, links)
+        };
+        let (c, links) = changes("groups_delta_changes_member_removed.json", "2e5807ce-58f3-4a94-9b37-ffff2e085957");
+        assert_eq!(
+            c,
+            [
+                ("632f6bb2-3ec8-4c1f-9073-0027a8c6859".to_owned(), ObjectKind::User, true),
+                ("37de1ae3-408f-4702-8636-20824abda004".to_owned(), ObjectKind::User, false)
+            ]
+        );
+        assert!(links.next.is_none() && links.delta.is_some());
+        let (c, links) = changes("groups_delta_initial_page.json", "c2f798fd-f95d-4623-8824-63aec21fffff");
+        assert_eq!(c.len(), 2);
+        assert!(c.iter().all(|(_, k, removed)| *k == ObjectKind::User && !removed));
+        assert!(links.next.is_some() && links.delta.is_none());
+        let (c, links) = changes("groups_delta_no_changes.json", "2e5807ce-58f3-4a94-9b37-ffff2e085957");
+        assert!(c.is_empty() && links.delta.is_some());
+        let (c, _) = changes("groups_delta_final_page_deltalink.json", "bed7f0d4-750e-4e7e-ffff-169002d06fc9");
+        assert!(c.is_empty(), "a group without members has no members@delta");
+        let (c, _) = changes("group_delta_api_response1.json", "nobody");
+        assert!(c.is_empty(), "other groups are ignored");
+    }
+
+    #[test]
+    fn user_delta_samples_give_users_now_and_removals() {
+        for name in [
+            "users_delta_changes_with_removed_changed.json",
+            "users_delta_default_properties.json",
+            "users_delta_final_page_deltalink.json",
+            "users_delta_initial_with_removed.json",
+            "users_delta_minimal.json",
+            "users_delta_select_three.json",
+        ] {
+            let mut now = Vec::new();
+            let mut removed = Vec::new();
+            let links = visit_user_delta(&fixture(name), |u| match u {
+                UserChange::Now(m) => now.push(Member::from(m)),
+                UserChange::Removed(id) => removed.push(id.into_owned()),
+            })
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(links.next.is_some() != links.delta.is_some(), "{name}: one link");
+            assert!(now.iter().all(|m| m.kind == ObjectKind::User), "{name}: users by @odata.context");
+            match name {
+                "users_delta_changes_with_removed_changed.json" => {
+                    assert_eq!(removed, ["8ffff70c-1c63-4860-b963-e34ec660931d"]);
+                }
+                "users_delta_initial_with_removed.json" => {
+                    assert_eq!(
+                        (now.len(), removed.as_slice()),
+                        (3, &["86462606-fde0-4fc4-9e0c-a20eb73e54c6".to_owned()][..])
+                    );
+                }
+                "users_delta_default_properties.json" => {
+                    assert_eq!(now[0].mail, Some(Text::Str("mail-value".into())));
+                    assert_eq!(now[0].mobile_phone, Some(Text::Str("mobilePhone-value".into())));
+                }
+                "users_delta_select_three.json" => assert_eq!(now[0].mobile_phone, None, "null is unset"),
+                _ => assert!(removed.is_empty(), "{name}"),
+            }
+        }
     }
 
     #[test]

@@ -265,6 +265,52 @@ fn check_current(st: &Stat) -> io::Result<Stat> {
     Ok(*st)
 }
 
+/// A new version of a file, written next to it but not yet in its place: [`Staged::commit`]
+/// puts it there atomically; dropped uncommitted, it is removed. For state that may only
+/// move on once something else succeeded.
+#[derive(Debug)]
+pub struct Staged {
+    target: Target,
+    tmp: OsString,
+    file: File,
+    mode: u32,
+    committed: bool,
+}
+
+impl Staged {
+    /// A temporary file next to `path` (its directory as the path names it), to be filled
+    /// through [`Staged::file`]; it gets `mode` on commit.
+    pub fn create(path: &Path, mode: u32) -> Result<Self, WriteError> {
+        let target = Target::open(path, None)?;
+        let (file, tmp) = target.create_temp()?;
+        Ok(Self { target, tmp, file, mode, committed: false })
+    }
+
+    /// The file to write the new content to.
+    pub fn file(&mut self) -> &mut File {
+        &mut self.file
+    }
+
+    /// fsync, the mode, rename over the old file, directory fsync.
+    pub fn commit(mut self) -> Result<(), WriteError> {
+        let t = &self.target;
+        fchmod(&self.file, Mode::from(self.mode & 0o777)).map_err(|e| t.err("set the mode of the new")(e.into()))?;
+        self.file.sync_all().map_err(t.err("fsync the new"))?;
+        renameat(&t.dir, &self.tmp, &t.dir, &t.name).map_err(|e| t.err("rename the new file over")(e.into()))?;
+        self.committed = true;
+        rustix::fs::fsync(t.dir.as_fd()).map_err(|e| t.err("fsync the directory of")(e.into()))
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.committed {
+            // Nothing of an uncommitted version may stay; there is nobody to tell.
+            let _ = unlinkat(&self.target.dir, &self.tmp, AtFlags::empty());
+        }
+    }
+}
+
 /// Replaces the file at `path` (its directory taken as the path names it) with `content`,
 /// atomically as [`Target::write_with`]; a new file gets `new_mode`.
 pub fn write_file(path: &Path, new_mode: u32, content: &[u8]) -> Result<(), WriteError> {
@@ -315,6 +361,24 @@ mod tests {
             .collect();
         left.sort();
         assert_eq!(left, [".usersync-list.txt.link.tmp", ".usersync-other.txt.x.tmp", "list.txt.tmp"]);
+    }
+
+    #[test]
+    fn a_staged_file_replaces_the_old_one_only_when_committed() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("state");
+        std::fs::write(&p, "old").unwrap();
+        let mut s = Staged::create(&p, 0o600).unwrap();
+        s.file().write_all(b"new").unwrap();
+        drop(s);
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "old");
+        assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 1, "the uncommitted temp file is gone");
+        let mut s = Staged::create(&p, 0o600).unwrap();
+        s.file().write_all(b"new").unwrap();
+        s.commit().unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "new");
+        assert_eq!(std::fs::metadata(&p).unwrap().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 1);
     }
 
     #[test]

@@ -54,7 +54,7 @@ fn graph() -> BTreeMap<String, BTreeSet<String>> {
 /// without cycles).
 const LAYERS: &[&[&str]] = &[
     &["cli", "ids", "output", "normalize", "date", "cfgfile", "secret", "error", "trust", "resolve", "log"],
-    &["page", "roster", "credential", "endpoints", "write", "lock"],
+    &["page", "roster", "credential", "endpoints", "write", "lock", "delta_state"],
     &["config", "entraidconf", "instance"],
     &["render", "plan", "guard"],
     &["graph", "node", "state"],
