@@ -38,6 +38,7 @@ struct RawEntraConf {
     nested: bool,
     access_rule: String,
     include_disabled: bool,
+    delta: bool,
     cloud: String,
     authority_host: Option<String>,
     graph_endpoint: Option<String>,
@@ -63,6 +64,7 @@ impl Default for RawEntraConf {
             nested: false,
             access_rule: "registration".into(),
             include_disabled: false,
+            delta: true,
             cloud: "global".into(),
             authority_host: None,
             graph_endpoint: None,
@@ -72,6 +74,7 @@ impl Default for RawEntraConf {
 
 /// A checked `.entraidconf`: everything the rest of the program may rely on.
 #[derive(Debug, Clone)]
+#[allow(clippy::struct_excessive_bools)] // one per boolean key of the file
 pub struct EntraConf {
     /// The file it came from.
     pub path: PathBuf,
@@ -99,6 +102,8 @@ pub struct EntraConf {
     pub access_rule: AccessRule,
     /// Keep accounts whose `accountEnabled` is false.
     pub include_disabled: bool,
+    /// Read only what changed (delta queries) when the global `[delta]` allows it.
+    pub delta: bool,
     /// The `cloud` key.
     pub cloud: Cloud,
     /// Login and Graph hosts.
@@ -341,6 +346,7 @@ impl EntraConf {
             nested: raw.nested,
             access_rule,
             include_disabled: raw.include_disabled,
+            delta: raw.delta,
             cloud,
             endpoints,
             trust,

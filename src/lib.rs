@@ -15,6 +15,7 @@ pub mod delta_state;
 pub mod endpoints;
 pub mod entraidconf;
 pub mod error;
+pub mod fetch;
 mod generate;
 pub mod graph;
 pub mod guard;

@@ -101,6 +101,7 @@ pub fn render(f: &RunFacts<'_>) -> String {
         r.graph_retries as f64,
     );
 
+    delta_families(&mut m, f.state);
     m.head(
         "usersync_alert_delivery_failed",
         "gauge",
@@ -165,4 +166,35 @@ pub fn render(f: &RunFacts<'_>) -> String {
         }
     }
     text
+}
+/// The delta families, from what `state_dir` keeps.
+#[allow(clippy::cast_precision_loss)] // counts far below 2^52
+fn delta_families(m: &mut Family<'_>, state: &State) {
+    // Kept in state_dir, so a real counter: it only grows.
+    m.head(
+        "usersync_delta_resyncs",
+        "counter",
+        "Times a config's delta links were found no good and its group read in full, by reason.",
+    );
+    for (instance, configs) in &state.delta_resyncs {
+        for (config, reasons) in configs {
+            for (reason, n) in reasons {
+                m.sample(
+                    "usersync_delta_resyncs",
+                    &[("instance", instance), ("config", config), ("reason", reason)],
+                    *n as f64,
+                );
+            }
+        }
+    }
+    m.head(
+        "usersync_delta_drift_entries",
+        "gauge",
+        "Members the delta state had wrong at the config's last safety-net full read.",
+    );
+    for (instance, configs) in &state.delta_drift {
+        for (config, n) in configs {
+            m.sample("usersync_delta_drift_entries", &[("instance", instance), ("config", config)], *n as f64);
+        }
+    }
 }

@@ -173,6 +173,23 @@ pub struct InstanceReport {
     pub skipped: BTreeMap<SkipReason, u64>,
     /// Its errors.
     pub errors: Vec<ErrorReport>,
+    /// How each config's group was read.
+    pub reads: Vec<ReadReport>,
+}
+
+/// How one config's group was read.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReadReport {
+    /// The `.entraidconf` file.
+    pub config: PathBuf,
+    /// `full` or `delta`.
+    pub read: &'static str,
+    /// Why in full: `first`, `resync:<reason>`, `safety-net`, `disabled` or `nested`.
+    pub reason: Option<String>,
+    /// Graph requests made for the group (a users round counts for each group of its app).
+    pub requests: u64,
+    /// A safety-net read: members the delta state had wrong.
+    pub drift: Option<u64>,
 }
 
 /// A client credential whose expiry is known.
@@ -243,6 +260,17 @@ impl Report {
         for i in &self.instances {
             if i.outputs.is_empty() {
                 let _ = writeln!(s, "{}: {}", i.name, i.outcome);
+            }
+            for r in &i.reads {
+                let _ = write!(s, "{}: config {}: {} read", i.name, r.config.display(), r.read);
+                if let Some(reason) = &r.reason {
+                    let _ = write!(s, " ({reason})");
+                }
+                let _ = write!(s, ", {} request{}", r.requests, if r.requests == 1 { "" } else { "s" });
+                if let Some(d) = r.drift {
+                    let _ = write!(s, ", {d} members drifted");
+                }
+                s.push('\n');
             }
             for o in &i.outputs {
                 let _ = write!(s, "{}: {} {}: {}", i.name, o.output, o.path.display(), o.action.word());

@@ -14,6 +14,13 @@ pub struct State {
     /// What the alerts said so far.
     #[serde(default)]
     pub alert: AlertState,
+    /// Instance → config → reason → how many times its group's delta links were found no
+    /// good, since the state began (a counter).
+    #[serde(default)]
+    pub delta_resyncs: BTreeMap<String, BTreeMap<String, BTreeMap<String, u64>>>,
+    /// Instance → config → the members the delta state had wrong at the last safety-net read.
+    #[serde(default)]
+    pub delta_drift: BTreeMap<String, BTreeMap<String, u64>>,
 }
 
 /// Alert state: is a failure going on, and when was it last reported.
@@ -64,7 +71,7 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let dir = t.path().join("state");
         assert_eq!(State::load(&dir), State::default());
-        let s = State { last_success: BTreeMap::from([("gw".into(), 42)]), alert: AlertState::default() };
+        let s = State { last_success: BTreeMap::from([("gw".into(), 42)]), ..State::default() };
         s.save(&dir).unwrap();
         assert_eq!(State::load(&dir), s);
         std::fs::write(dir.join("state.json"), "{").unwrap();

@@ -1,24 +1,21 @@
 //! The sync, in order: node → config → lock → fetch → plan → guard → write → report.
 
 use std::collections::btree_map::Entry;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
-
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 
 use std::io::Write as _;
 
 use crate::cli::{Cli, Format};
 use crate::config::Config;
 use crate::credential::ClientAuth;
-use crate::credential::{Credentials, Identity};
-use crate::entraidconf::{EntraConf, Env};
+use crate::entraidconf::Env;
 use crate::error::{render_error, ConfigError, Hint, Outcome};
-use crate::graph::{FetchError, GraphClient, GroupQuery};
+use crate::fetch::{self, FetchKey};
+use crate::graph::{FetchError, GraphClient};
 use crate::instance::{self, Instance};
 use crate::metrics::{self, RunFacts};
 use crate::node::{self, NodeState};
@@ -26,7 +23,8 @@ use crate::normalize::SkipReason;
 use crate::output::Output;
 use crate::plan::{self, Plan};
 use crate::report::{
-    Action, CredentialReport, ErrorReport, InstanceOutcome, InstanceReport, NodeReport, OutputReport, Report,
+    Action, CredentialReport, ErrorReport, InstanceOutcome, InstanceReport, NodeReport, OutputReport, ReadReport,
+    Report,
 };
 use crate::roster::Roster;
 use crate::start::Stop;
@@ -86,6 +84,20 @@ fn record(config: &Config, report: &Report, started: Instant) {
         state.last_success.insert(i.name.clone(), now.as_secs());
         changed = true;
     }
+    for i in &report.instances {
+        for r in &i.reads {
+            let config = r.config.display().to_string();
+            if let Some(reason) = r.reason.as_deref().and_then(|r| r.strip_prefix("resync:")) {
+                let per = state.delta_resyncs.entry(i.name.clone()).or_default().entry(config.clone()).or_default();
+                *per.entry(reason.to_owned()).or_default() += 1;
+                changed = true;
+            }
+            if let Some(d) = r.drift {
+                state.delta_drift.entry(i.name.clone()).or_default().insert(config, d);
+                changed = true;
+            }
+        }
+    }
     let mut alert_failed = false;
     if let Some(alert) = &config.alert {
         let before = state.alert;
@@ -117,32 +129,6 @@ struct Run<'a> {
     cli: &'a Cli,
     config: &'a Config,
     root: &'a Path,
-}
-
-/// The members fetched per group query, or why not.
-type Fetches = HashMap<FetchKey, Result<Arc<Roster>, Arc<FetchError>>>;
-
-/// A group as one run fetches it: the same group, read from the same Graph by the same
-/// identity (authority, tenant, client and credential), is fetched once, whatever configs
-/// name it. Configs whose app or credential differ each fetch on their own, so that one
-/// config's broken secret or missing permission is never masked by another's.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-struct FetchKey {
-    identity: Identity,
-    graph: String,
-    group: String,
-    nested: bool,
-}
-
-impl FetchKey {
-    fn of(c: &EntraConf) -> Self {
-        Self {
-            identity: c.credentials().identity(),
-            graph: c.endpoints.graph_base(),
-            group: c.group.to_string(),
-            nested: c.nested,
-        }
-    }
 }
 
 impl Run<'_> {
@@ -219,8 +205,15 @@ impl Run<'_> {
             }
         }
 
-        // 4. Fetch every group once, a few at a time.
-        let mut fetches = fetch_all(&client, &runnable, &self.config.http).await;
+        // 4. Fetch every group once, a few at a time: in full, or only what changed.
+        let settings = fetch::Settings {
+            http: &self.config.http,
+            delta: self.config.delta,
+            state_dir: &self.config.state_dir,
+            dry_run: self.cli.dry_run,
+            now: SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs(),
+        };
+        let fetch::Fetches { groups: mut fetches, staged } = fetch::fetch_all(&client, &runnable, &settings).await;
         // How many instances still need each group: its members are dropped after the last one.
         let mut uses: HashMap<FetchKey, usize> = HashMap::new();
         for c in runnable.iter().flat_map(|i| &i.configs) {
@@ -230,11 +223,23 @@ impl Run<'_> {
         report.graph_retries = client.stats.retries();
 
         // 5-7. Per instance: plan, guard, write.
+        let mut committed: HashSet<FetchKey> = runnable.iter().flat_map(|i| &i.configs).map(FetchKey::of).collect();
         for inst in &runnable {
             let ir = self.sync_instance(inst, &mut fetches, &mut uses).await;
             print_errors(&ir.errors);
             outcome = outcome.max(ir.outcome.exit());
+            if ir.outcome != InstanceOutcome::Ok || self.cli.dry_run {
+                for c in &inst.configs {
+                    committed.remove(&FetchKey::of(c));
+                }
+            }
             report.instances.push(ir);
+        }
+        // 8. The delta state moves on only for groups whose every instance was written or
+        // found unchanged; the others see the same changes again next run.
+        for e in fetch::commit(staged, |k| committed.contains(k)) {
+            let hint = e.hint().unwrap_or_default();
+            tracing::error!(error = %e, %hint, "cannot keep the delta state: the next run reads the changes again");
         }
         report.exit_code = outcome.code();
         Ok(report)
@@ -266,7 +271,20 @@ impl Run<'_> {
         }
     }
 
+    /// Plans, guards and writes one instance; its report says how each config was read.
     async fn sync_instance(
+        &self,
+        inst: &Instance,
+        fetches: &mut Fetches,
+        uses: &mut HashMap<FetchKey, usize>,
+    ) -> InstanceReport {
+        let reads = reads(inst, fetches);
+        let mut ir = self.plan_and_write(inst, fetches, uses).await;
+        ir.reads = reads;
+        ir
+    }
+
+    async fn plan_and_write(
         &self,
         inst: &Instance,
         fetches: &mut Fetches,
@@ -284,11 +302,11 @@ impl Run<'_> {
                 }
             }
         }
-        let rosters = match rosters {
+        let groups = match rosters {
             Ok(r) => r,
             Err(errors) => return failed_instance(inst, errors),
         };
-        let rosters: Vec<&Roster> = rosters.iter().map(AsRef::as_ref).collect();
+        let rosters: Vec<&Roster> = groups.iter().map(|f| &f.roster).collect();
         let detail = self.cli.dry_run || self.cli.format == Format::Json;
         let mut files = Outputs { inst, targets: BTreeMap::new() };
         let p = match plan::plan(&mut files, &rosters, inst, detail) {
@@ -350,8 +368,26 @@ impl Run<'_> {
     }
 }
 
+/// The members fetched per group, or why not.
+type Fetches = HashMap<FetchKey, Result<Arc<fetch::Fetched>, Arc<FetchError>>>;
+
+/// How each config of `inst` was read, for the report.
+fn reads(inst: &Instance, fetches: &Fetches) -> Vec<ReadReport> {
+    let mut out = Vec::new();
+    for c in &inst.configs {
+        if let Some(Ok(f)) = fetches.get(&FetchKey::of(c)) {
+            let (read, reason) = match &f.read {
+                fetch::Read::Delta => ("delta", None),
+                fetch::Read::Full(r) => ("full", Some(r.to_string())),
+            };
+            out.push(ReadReport { config: c.path.clone(), read, reason, requests: f.requests, drift: f.drift });
+        }
+    }
+    out
+}
+
 /// The members of every config of `inst`, or every reason why not.
-fn gather(inst: &Instance, fetches: &Fetches) -> Result<Vec<Arc<Roster>>, Vec<ErrorReport>> {
+fn gather(inst: &Instance, fetches: &Fetches) -> Result<Vec<Arc<fetch::Fetched>>, Vec<ErrorReport>> {
     let name = &inst.name;
     let mut members = Vec::new();
     let mut errors = Vec::new();
@@ -444,7 +480,7 @@ fn write_outputs(inst: &Instance, p: Plan<'_>, targets: &BTreeMap<Output, write:
     let skipped = p.skip_counts();
     let outputs = p.outputs.into_iter().zip(actions).map(|(o, a)| OutputReport::planned(o, a)).collect();
     let outcome = if errors.is_empty() { InstanceOutcome::Ok } else { InstanceOutcome::Failed };
-    InstanceReport { name: inst.name.clone(), outcome, outputs, skipped, errors }
+    InstanceReport { name: inst.name.clone(), outcome, outputs, skipped, errors, reads: vec![] }
 }
 
 /// A report of `p` where changed outputs got `action` and the others were unchanged.
@@ -464,53 +500,7 @@ fn planned_instance(
             OutputReport::planned(o, a)
         })
         .collect();
-    InstanceReport { name: inst.name.clone(), outcome, outputs, skipped, errors }
-}
-
-/// Fetches every distinct group of `instances`. The client keeps at most
-/// `[http] max_concurrency` requests in flight; as each request can carry a batch of
-/// pages, up to that many batches' worth of groups are paged at once.
-async fn fetch_all(client: &Arc<GraphClient>, instances: &[Instance], http: &crate::config::HttpConfig) -> Fetches {
-    let deadline = http.deadline;
-    let mut queries: BTreeMap<FetchKey, (Credentials, GroupQuery)> = BTreeMap::new();
-    for c in instances.iter().flat_map(|i| &i.configs) {
-        let (_, q) = queries.entry(FetchKey::of(c)).or_insert_with(|| (c.credentials(), GroupQuery::of(c)));
-        q.mobile_phone |= c.mobile_phone;
-    }
-    let started = tokio::time::Instant::now();
-    let keys: Vec<FetchKey> = queries.keys().cloned().collect();
-    let limit = Arc::new(Semaphore::new(http.max_concurrency * crate::graph::MAX_BATCH));
-    let mut set = JoinSet::new();
-    for (key, (cred, q)) in queries {
-        let client = Arc::clone(client);
-        let limit = Arc::clone(&limit);
-        set.spawn(async move {
-            let _permit = limit.acquire_owned().await;
-            let r = client.members(&cred, &q).await.map(Arc::new).map_err(Arc::new);
-            (key, r)
-        });
-    }
-    let mut out = HashMap::new();
-    let deadline = tokio::time::Instant::now() + deadline;
-    loop {
-        match tokio::time::timeout_at(deadline, set.join_next()).await {
-            Ok(Some(Ok((key, r)))) => {
-                out.insert(key, r);
-            }
-            // A fetch task that panicked: its instances fail as "did not finish".
-            Ok(Some(Err(_))) => {}
-            Ok(None) => break,
-            Err(_) => {
-                set.abort_all();
-                let seconds = (deadline - started).as_secs();
-                for key in keys.into_iter().filter(|k| !out.contains_key(k)).collect::<Vec<_>>() {
-                    out.insert(key, Err(Arc::new(FetchError::Deadline { seconds })));
-                }
-                break;
-            }
-        }
-    }
-    out
+    InstanceReport { name: inst.name.clone(), outcome, outputs, skipped, errors, reads: vec![] }
 }
 
 fn error_report(message: &str, hint: Option<String>) -> ErrorReport {
@@ -533,11 +523,12 @@ fn failed_instance(inst: &Instance, errors: Vec<ErrorReport>) -> InstanceReport 
     let outputs =
         inst.outputs.iter().map(|(o, p)| OutputReport::unplanned(*o, p.path.clone(), Action::Failed)).collect();
     let outcome = InstanceOutcome::Failed;
-    InstanceReport { name: inst.name.clone(), outcome, outputs, skipped: BTreeMap::new(), errors }
+    InstanceReport { name: inst.name.clone(), outcome, outputs, skipped: BTreeMap::new(), errors, reads: vec![] }
 }
 
 /// A report of an instance whose lock another run holds: no outputs.
 fn locked_instance(inst: &Instance, errors: Vec<ErrorReport>) -> InstanceReport {
     let outcome = InstanceOutcome::Locked;
-    InstanceReport { name: inst.name.clone(), outcome, outputs: Vec::new(), skipped: BTreeMap::new(), errors }
+    let (outputs, skipped) = (Vec::new(), BTreeMap::new());
+    InstanceReport { name: inst.name.clone(), outcome, outputs, skipped, errors, reads: vec![] }
 }

@@ -207,6 +207,7 @@ mod tests {
         r.instances.push(crate::report::InstanceReport {
             name: "gw\u{1b}1".into(),
             outcome: InstanceOutcome::Failed,
+            reads: vec![],
             outputs: vec![],
             skipped: std::collections::BTreeMap::new(),
             errors: vec![crate::report::ErrorReport {

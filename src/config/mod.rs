@@ -25,6 +25,7 @@ struct RawConfig {
     guard: RawGuard,
     http: RawHttp,
     metrics: RawMetrics,
+    delta: RawDelta,
     alert: Option<alert::RawAlert>,
 }
 
@@ -37,8 +38,22 @@ impl Default for RawConfig {
             guard: RawGuard::default(),
             http: RawHttp::default(),
             metrics: RawMetrics::default(),
+            delta: RawDelta::default(),
             alert: None,
         }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawDelta {
+    enabled: bool,
+    full_sync_hours: u64,
+}
+
+impl Default for RawDelta {
+    fn default() -> Self {
+        Self { enabled: true, full_sync_hours: 24 }
     }
 }
 
@@ -107,6 +122,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// Prometheus textfile to write after every real run.
     pub metrics_textfile: Option<PathBuf>,
+    /// Incremental reads.
+    pub delta: DeltaConfig,
     /// Alert mail.
     pub alert: Option<AlertConfig>,
 }
@@ -118,6 +135,22 @@ pub struct NodeConfig {
     pub status_command: Vec<String>,
     /// Trimmed outputs that mean "this node is active".
     pub active_states: Vec<String>,
+}
+
+/// `[delta]`
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeltaConfig {
+    /// Read only what changed, where a config allows it.
+    pub enabled: bool,
+    /// A full read runs anyway when the last one is older than this.
+    pub full_sync: Duration,
+}
+
+impl Default for DeltaConfig {
+    fn default() -> Self {
+        let r = RawDelta::default();
+        Self { enabled: r.enabled, full_sync: Duration::from_secs(r.full_sync_hours * 3600) }
+    }
 }
 
 /// `[guard]`
@@ -293,6 +326,20 @@ impl Config {
             HttpConfig { timeout, max_retries: h.max_retries, deadline, max_concurrency: h.max_concurrency, ca_bundle };
 
         let metrics_textfile = raw.metrics.textfile.map(|p| absolute("metrics.textfile", p)).transpose()?;
+        if raw.delta.full_sync_hours == 0 {
+            return Err(bad(
+                "delta.full_sync_hours",
+                "must be at least 1".into(),
+                &format!(
+                    "the default is {}; to read in full every run, set [delta] enabled = false",
+                    RawDelta::default().full_sync_hours
+                ),
+            ));
+        }
+        let delta = DeltaConfig {
+            enabled: raw.delta.enabled,
+            full_sync: Duration::from_secs(raw.delta.full_sync_hours.saturating_mul(3600)),
+        };
         let alert = raw.alert.map(|a| AlertConfig::from_raw(a, file)).transpose()?;
         Ok(Self {
             path: path.map(Path::to_path_buf),
@@ -302,6 +349,7 @@ impl Config {
             guard,
             http,
             metrics_textfile,
+            delta,
             alert,
         })
     }

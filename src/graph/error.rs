@@ -142,6 +142,12 @@ pub enum FetchError {
     /// The client assertion could not be signed with the certificate's key.
     #[error("cannot sign the client assertion: {0}")]
     Signing(String),
+    /// The delta state turned out unreadable while it was read (a resync).
+    #[error("the delta state {0} is unreadable")]
+    StateCorrupt(String),
+    /// The delta state could not be written.
+    #[error("cannot keep the delta state: {0}")]
+    State(String),
     /// usersync itself failed (a task stopped, the runtime could not start).
     #[error("internal error: {0}")]
     Internal(String),
@@ -154,6 +160,26 @@ impl FetchError {
     #[must_use]
     pub fn is_unknown_tenant(&self) -> bool {
         matches!(self, Self::Token { aadsts: Some(90_002 | 90_038), .. })
+    }
+
+    /// A failure writing the delta state.
+    #[must_use]
+    pub fn state(e: &crate::write::WriteError) -> Self {
+        Self::State(e.to_string())
+    }
+
+    /// Graph says the delta link can no longer be used, and why: a full read starts over.
+    /// `400 syncStateNotFound` (the token expired), `400`/`410 resyncRequired`, and
+    /// `410 Gone` (a reset; its `Location` is the initial query, which a full read redoes).
+    #[must_use]
+    pub fn resync_reason(&self) -> Option<&'static str> {
+        match self {
+            Self::Graph { status: 400, code, .. } if code == "syncStateNotFound" => Some("syncStateNotFound"),
+            Self::Graph { status: 400 | 410, code, .. } if code == "resyncRequired" => Some("resyncRequired"),
+            Self::Graph { status: 410, .. } => Some("gone"),
+            Self::StateCorrupt(_) => Some("state-corrupt"),
+            _ => None,
+        }
     }
 
     /// How to fix this error of a config in `cloud`: the error's own hint, and for an
@@ -199,6 +225,8 @@ impl Hint for FetchError {
             Self::Tls(_) => "check [http] ca_bundle and the system's certificate store (ca-certificates)".into(),
             Self::Request(_) => "check graph_endpoint / authority_host (or `cloud`) in the config".into(),
             Self::Signing(_) => "check client_key: an unencrypted RSA key that belongs to client_certificate".into(),
+            Self::StateCorrupt(_) => "the next run reads the group in full and writes a new state".into(),
+            Self::State(_) => "usersync's user must be able to write state_dir (under systemd it is the StateDirectory, /var/lib/usersync); or set [delta] enabled = false".into(),
             Self::Internal(_) => "nothing was written; run again with -vv, and report the log if it happens again".into(),
         };
         Some(h)

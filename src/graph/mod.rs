@@ -1,6 +1,7 @@
 //! The thin Microsoft Graph client: tokens, member paging with status checks, retries.
 
 mod batch;
+mod delta;
 mod error;
 mod retry;
 mod token;
@@ -13,6 +14,7 @@ use serde::Deserialize;
 use url::Url;
 
 pub use batch::MAX_BATCH;
+pub use delta::{MembershipRound, UsersRound, LOOKUP_BATCH, USERS_SELECT};
 pub use error::FetchError;
 pub use retry::{backoff, retry_after, MAX_RETRY_AFTER};
 
@@ -137,7 +139,15 @@ impl GraphClient {
     /// This task only fetches (it reads each page's `@odata.nextLink` from the keys before
     /// `value`); a blocking thread parses and sorts the pages it hands over, a few pages
     /// behind, so the next request never waits for a parse.
-    pub async fn members(&self, cred: &Credentials, q: &GroupQuery) -> Result<Roster, FetchError> {
+    ///
+    /// With `keep`, every member also goes into a new delta state, and the drift from the
+    /// old one is counted.
+    pub async fn members(
+        &self,
+        cred: &Credentials,
+        q: &GroupQuery,
+        keep: Option<Keep>,
+    ) -> Result<FullRead, FetchError> {
         let origin = Url::parse(&q.graph).map_err(|e| FetchError::Request(format!("{}: {e}", q.graph)))?;
         let mut url = q.first_url();
         let mut seen = HashSet::from([url.clone()]);
@@ -145,13 +155,24 @@ impl GraphClient {
         let phones = q.mobile_phone;
         let parser = tokio::task::spawn_blocking(move || {
             let mut roster = Roster::new(phones);
-            let mut pages = 0u32;
+            let mut keep = keep;
+            let mut pages = 0u64;
             while let Some((url, body)) = pages_rx.blocking_recv() {
-                read_page(&mut roster, url, &body)?;
+                read_page(&mut roster, keep.as_mut(), url, &body)?;
                 pages += 1;
             }
             roster.finish();
-            Ok::<_, FetchError>((roster, pages))
+            let (state, drift) = match keep {
+                None => (None, None),
+                Some(k) => {
+                    if let Some(e) = k.failed {
+                        return Err(e);
+                    }
+                    let drift = k.before.map(|b| k.drift + b.len() as u64);
+                    (Some(k.writer.finish().map_err(|e| FetchError::state(&e))?), drift)
+                }
+            };
+            Ok::<_, FetchError>(FullRead { roster, pages, state, drift })
         });
         let fetched = async {
             loop {
@@ -180,13 +201,14 @@ impl GraphClient {
         drop(pages_tx);
         let parsed = parser.await.map_err(|e| FetchError::Internal(format!("the page parser stopped: {e}")))?;
         fetched?;
-        let (roster, pages) = parsed?;
-        if let Some(missing) = roster.limited() {
-            let (group, users) = (q.group.to_string(), roster.user_objects());
+        let read = parsed?;
+        if let Some(missing) = read.roster.limited() {
+            let (group, users) = (q.group.to_string(), read.roster.user_objects());
             return Err(FetchError::LimitedInformation { group, users, missing });
         }
-        tracing::info!(group = %q.group, nested = q.nested, pages, objects = roster.objects(), "fetched group members");
-        Ok(roster)
+        let (pages, objects) = (read.pages, read.roster.objects());
+        tracing::info!(group = %q.group, nested = q.nested, pages, objects, "fetched group members");
+        Ok(read)
     }
 
     /// The client for `url`: a plain `http://` request (which endpoints allow for loopback
@@ -241,7 +263,7 @@ impl GraphClient {
         let url = q.first_url();
         let body = self.page(cred, &q.graph, &url).await?;
         let mut roster = Roster::new(q.mobile_phone);
-        let next = read_page(&mut roster, url, &body)?;
+        let next = read_page(&mut roster, None, url, &body)?;
         roster.finish();
         Ok((roster, next.is_some()))
     }
@@ -249,10 +271,42 @@ impl GraphClient {
     /// One page's body (alone or in a JSON batch, with retries); renews the token once
     /// if Graph says it is invalid.
     async fn page(&self, cred: &Credentials, graph: &str, url: &str) -> Result<Vec<u8>, FetchError> {
+        self.renewing(
+            cred,
+            url,
+            |token| async move { self.with_retries(url, || self.get_page(graph, url, &token)).await },
+        )
+        .await
+    }
+
+    /// The body of a `POST` of JSON `body` to `url` (with retries), checked as a page is.
+    async fn post_page(&self, cred: &Credentials, url: &str, body: &[u8]) -> Result<Vec<u8>, FetchError> {
+        self.renewing(cred, url, |token| async move {
+            self.try_send(url, || {
+                Ok(self
+                    .http(url)
+                    .post(url)
+                    .bearer_auth(token.expose())
+                    .header(reqwest::header::ACCEPT, "application/json")
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(body.to_vec()))
+            })
+            .await
+        })
+        .await
+    }
+
+    /// Sends with a valid token until the answer is a 200, whose body it returns; a 401
+    /// `InvalidAuthenticationToken` renews the token once, any other answer fails.
+    async fn renewing<F, Fut>(&self, cred: &Credentials, url: &str, send: F) -> Result<Vec<u8>, FetchError>
+    where
+        F: Fn(crate::secret::Secret) -> Fut,
+        Fut: std::future::Future<Output = Result<retry::Answer, FetchError>>,
+    {
         let mut token = self.token(cred, None).await?;
         let mut renewed = false;
         loop {
-            let a = self.with_retries(url, || self.get_page(graph, url, &token)).await?;
+            let a = send(token.clone()).await?;
             if a.status == reqwest::StatusCode::OK {
                 return Ok(a.body);
             }
@@ -270,10 +324,62 @@ impl GraphClient {
     }
 }
 
-/// Adds the members of one page (from `url`) to `roster`; returns its `@odata.nextLink`.
-fn read_page(roster: &mut Roster, url: String, body: &[u8]) -> Result<Option<String>, FetchError> {
-    let next = crate::page::visit(body, |m| roster.push(&m))
-        .map_err(|e| FetchError::BadPage { url, detail: e.to_string() })?;
+/// What a full read keeps besides the roster: a new delta state, and the digests of the old
+/// one's members, to count how far it had drifted.
+pub struct Keep {
+    /// The new state.
+    pub writer: crate::delta_state::Writer,
+    /// Keep phones.
+    pub phones: bool,
+    /// The old state's member digests; taken out as they are met again.
+    pub before: Option<HashSet<u64>>,
+    /// Members not in the old state so far.
+    pub drift: u64,
+    /// The first error writing the state.
+    pub failed: Option<FetchError>,
+}
+
+impl Keep {
+    fn push(&mut self, m: &crate::page::MemberView<'_>) {
+        let r = crate::delta_state::Record::of(m, self.phones);
+        if let Some(before) = &mut self.before {
+            self.drift += u64::from(!before.remove(&r.digest()));
+        }
+        if self.failed.is_none() {
+            if let Err(e) = self.writer.push(&r) {
+                self.failed = Some(FetchError::state(&e));
+            }
+        }
+    }
+}
+
+/// A full read: the members, the pages read, and what `Keep` kept.
+pub struct FullRead {
+    /// The members.
+    pub roster: Roster,
+    /// Pages read.
+    pub pages: u64,
+    /// The new delta state, staged.
+    pub state: Option<crate::write::Staged>,
+    /// Members that differ from the old state (either way), when there was one.
+    pub drift: Option<u64>,
+}
+
+/// Adds the members of one page (from `url`) to `roster`, and to `keep`; returns the
+/// page's `@odata.nextLink`.
+fn read_page(
+    roster: &mut Roster,
+    mut keep: Option<&mut Keep>,
+    url: String,
+    body: &[u8],
+) -> Result<Option<String>, FetchError> {
+    let next = crate::page::visit(body, |m| {
+        roster.push(&m);
+        if let Some(k) = keep.as_deref_mut() {
+            k.push(&m);
+        }
+    })
+    .map_err(|e| FetchError::BadPage { url, detail: e.to_string() })?;
     roster.end_page();
     Ok(next)
 }

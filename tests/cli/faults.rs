@@ -103,17 +103,18 @@ fn the_run_deadline_stops_a_slow_run_cleanly() {
         .group(SALES, users(2))
         .conf("fast", "sales", &format!("group_id = \"{SALES}\"\n"))
         // The fast instance needs well under a second, even on a loaded CI machine (2 s was
-        // too tight there); the slow one stalls far past the deadline.
-        .global("[http]\ntimeout_seconds = 60\ndeadline_seconds = 5\n")
+        // too tight there); the slow one stalls far past the deadline. Full reads: this is
+        // about the deadline, and a first delta run makes two more requests.
+        .global("[http]\ntimeout_seconds = 90\ndeadline_seconds = 8\n[delta]\nenabled = false\n")
         .file(SENDERS, "old@example.com\n")
         .expect_exit(1)
         .expect_file(SENDERS, Some("old@example.com\n"))
         .expect_file("fast/config/allowed_senders_ldap.txt", Some(&sender_lines(0..2)));
-    r.sim.state().group_latency.insert(STAFF.into(), Duration::from_secs(30));
+    r.sim.state().group_latency.insert(STAFF.into(), Duration::from_secs(60));
     let started = Instant::now();
     let out = r.run();
-    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
-    assert!(out.stderr.contains("the run deadline of 5 s passed"), "{}", out.stderr);
+    assert!(started.elapsed() < Duration::from_secs(15), "took {:?}", started.elapsed());
+    assert!(out.stderr.contains("the run deadline of 8 s passed"), "{}", out.stderr);
 }
 
 #[test]
@@ -214,7 +215,13 @@ fn kill_mid_write(trials: usize) {
     let confs = format!("group_id = \"{STAFF}\"\nquery_filter = \"mail,mobilePhone\"\nfeeds = [\"allowed_senders\", \"gsm_list\", \"access_rules\"]\n");
     // The runs here set the scene and clean up after kills: what they log depends on where
     // the last kill landed. The subject is the files, checked below.
-    let mut r = Run::new().conf("gw", "staff", &confs).args(&["--force"]).expect_exit(0).ignore_stderr();
+    // Full reads: this is about the writes, and every flip would be a 20,000-member delta.
+    let mut r = Run::new()
+        .global("[delta]\nenabled = false\n")
+        .conf("gw", "staff", &confs)
+        .args(&["--force"])
+        .expect_exit(0)
+        .ignore_stderr();
     let all = users(2 * N);
     let members = |flip: bool| if flip { all[N / 2..N + N / 2].to_vec() } else { all[..N].to_vec() };
     let outputs = [SENDERS, GSM, RULES];

@@ -58,7 +58,7 @@ const LAYERS: &[&[&str]] = &[
     &["config", "entraidconf", "instance"],
     &["render", "plan", "guard"],
     &["graph", "node", "state"],
-    &["report", "metrics", "alert"],
+    &["report", "metrics", "alert", "fetch"],
     &["start"],
     &["sync", "check", "testquery", "alert_test", "generate"],
     &["app"],

@@ -373,12 +373,13 @@ fn a_dry_run_prints_the_changes_and_writes_nothing() {
         .expect_exit(0)
         .expect_file(SENDERS, Some("alice@example.com\ngone@example.com\n"));
     let out = r.run();
-    let path = r.root().join(SENDERS);
+    let (path, conf) = (r.root().join(SENDERS), r.root().join("gw/config/entraid/staff.entraidconf"));
     assert_eq!(
         out.stdout,
-        format!("gw: allowed_senders {}: dry-run (2 -> 2 entries, +1 -1; skipped: 1 device, 1 disabled, 1 no-mail)\n+ carol@example.com\n- gone@example.com\n", path.display())
+        format!("gw: config {}: full read (first), 1 request\ngw: allowed_senders {}: dry-run (2 -> 2 entries, +1 -1; skipped: 1 device, 1 disabled, 1 no-mail)\n+ carol@example.com\n- gone@example.com\n", conf.display(), path.display())
     );
     assert!(!r.root().join("gw/config/entraid/usersync.lock").exists(), "a dry run takes no lock");
+    assert!(!r.path().join("state/delta").exists(), "a dry run keeps no delta state");
 }
 
 #[test]

@@ -339,18 +339,26 @@ impl Run {
         o
     }
 
-    /// The next members request answers `status` once (no `Retry-After`).
+    /// The next Graph request (a members page or a delta round's) answers `status` once
+    /// (no `Retry-After`).
     pub fn fail_once(&self, status: u16) {
-        self.sim.state().page_faults.push(PageFault {
-            page: 0,
-            times: 1,
-            fault: Fault::Status { status, retry_after: None, body: String::new() },
-        });
+        self.sim.state().graph_faults.push(Fault::Status { status, retry_after: None, body: String::new() });
     }
 
     /// Members requests the simulator saw, in order.
     pub fn member_requests(&self) -> Vec<usersync_sim::Request> {
-        self.sim.requests().into_iter().filter(|r| r.method == "GET").collect()
+        let members =
+            |r: &usersync_sim::Request| r.path.ends_with("/members") || r.path.ends_with("/transitiveMembers");
+        self.sim.requests().into_iter().filter(|r| r.method == "GET" && members(r)).collect()
+    }
+
+    /// Delta and lookup requests the simulator saw (`groups/delta`, `users/delta`,
+    /// `getByIds`, `users?$filter`), in order.
+    pub fn delta_requests(&self) -> Vec<usersync_sim::Request> {
+        let delta = |r: &usersync_sim::Request| {
+            r.path.ends_with("/delta") || r.path.ends_with("/getByIds") || r.path == "/v1.0/users"
+        };
+        self.sim.requests().into_iter().filter(delta).collect()
     }
 
     /// Token requests the simulator saw.

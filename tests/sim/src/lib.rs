@@ -19,6 +19,7 @@ use axum::{Form, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+mod delta;
 mod tls;
 pub use tls::{Proxy, TestPki};
 
@@ -46,6 +47,9 @@ pub struct Directory {
     pub apps: Vec<App>,
     /// Group id → direct members (full JSON objects with `@odata.type` and `id`).
     pub groups: BTreeMap<String, Vec<Value>>,
+    /// Users of the tenant in none of the groups (their changes show in `users/delta`).
+    #[serde(default)]
+    pub users: Vec<Value>,
 }
 
 /// What to do instead of answering normally.
@@ -69,6 +73,8 @@ pub enum Fault {
     Stall(Duration),
     /// Answer normally, but with an `@odata.nextLink` to this (earlier) page: a page loop.
     LoopTo(usize),
+    /// A delta reset: `410 Gone` with a `Location` of the initial query.
+    Gone,
 }
 
 /// A fault on a members page: page `page` (0-based) of any group, the next `times` requests.
@@ -138,6 +144,23 @@ pub struct State {
     pub batch_sizes: Vec<usize>,
     /// Answer every `$batch` request with this status (as a proxy blocking batches would).
     pub batch_status: Option<u16>,
+    /// Faults on the next Graph requests of any kind (members pages, delta rounds,
+    /// lookups), in order, one per request; before `page_faults` and `delta_faults`.
+    pub graph_faults: Vec<Fault>,
+    /// Faults on delta and lookup requests, in order, one per request.
+    pub delta_faults: Vec<Fault>,
+    /// Entries a delta page holds (0: 200).
+    pub delta_page_size: usize,
+    /// Delta tokens of versions before this are expired (`400 syncStateNotFound`).
+    pub expired_before: usize,
+    /// Delta rounds start this many versions before their token: the changes come again.
+    pub replay: usize,
+    /// Every delta round starts with an empty page that carries a nextLink.
+    pub empty_delta_pages: bool,
+    /// `getByIds` answers Graph's default user set, without `accountEnabled`.
+    pub getbyids_ignores_select: bool,
+    snapshots: Vec<delta::Snapshot>,
+    rounds: HashMap<String, Arc<Vec<Value>>>,
     not_before: HashMap<(String, usize), Instant>,
     /// Tokens issued and still valid, with their app.
     tokens: HashMap<String, App>,
@@ -238,6 +261,10 @@ impl Sim {
 fn router(state: Shared) -> Router {
     Router::new()
         .route("/{tenant}/oauth2/v2.0/token", post(token))
+        .route("/v1.0/groups/delta", get(delta_get))
+        .route("/v1.0/users/delta", get(delta_get))
+        .route("/v1.0/users", get(delta_get))
+        .route("/v1.0/directoryObjects/getByIds", post(delta_post))
         .route("/v1.0/groups/{id}/{relation}", get(members))
         .route("/v1.0/$batch", post(batch))
         .route("/v1.0/users/{from}/sendMail", post(send_mail))
@@ -300,7 +327,7 @@ fn fault_response(f: &Fault) -> Response {
             r
         }
         Fault::Body(b) => (StatusCode::OK, [("content-type", "application/json")], b.clone()).into_response(),
-        Fault::RevokeTokens | Fault::Stall(_) | Fault::LoopTo(_) => {
+        Fault::RevokeTokens | Fault::Stall(_) | Fault::LoopTo(_) | Fault::Gone => {
             graph_error(500, "SimulatorBug", "this fault is handled before answering")
         }
     }
@@ -559,6 +586,67 @@ async fn members(
     member_page(&state, id, relation, q, headers).await
 }
 
+async fn delta_get(
+    AxState(state): AxState<Shared>,
+    uri: axum::http::Uri,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let _counted = InFlight::new(&state);
+    delta_request(&state, "GET", uri.path().to_owned(), q, headers, String::new()).await
+}
+
+async fn delta_post(
+    AxState(state): AxState<Shared>,
+    uri: axum::http::Uri,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    let _counted = InFlight::new(&state);
+    delta_request(&state, "POST", uri.path().to_owned(), q, headers, body).await
+}
+
+/// A delta or lookup request, asked for alone or in a batch.
+async fn delta_request(
+    state: &Shared,
+    method: &'static str,
+    path: String,
+    q: HashMap<String, String>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let (authorization, accept_encoding) = (header("authorization"), header("accept-encoding"));
+    let delay = lock(state).latency;
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let mut s = lock(state);
+    let app = authorization.as_deref().and_then(|a| a.strip_prefix("Bearer ")).and_then(|t| s.tokens.get(t)).cloned();
+    let (status, resp) = match app {
+        None => (401, graph_error(401, "InvalidAuthenticationToken", "Access token has expired or is not yet valid.")),
+        Some(app) => {
+            // Graph's links name the host it was reached as (a proxy may have routed it).
+            let scheme = s.base.split("://").next().unwrap_or("http").to_owned();
+            let base = header("host").map_or_else(|| s.base.clone(), |h| format!("{scheme}://{h}"));
+            delta::answer(&mut s, &base, &path, &q, &body, &app)
+        }
+    };
+    s.requests.push(Request {
+        at: Instant::now(),
+        method,
+        path,
+        query: q,
+        form: HashMap::new(),
+        authorization,
+        accept_encoding,
+        status,
+        page: None,
+    });
+    resp
+}
+
 /// Counts a Graph request in `State::in_flight` while it is being answered.
 struct InFlight(Shared);
 
@@ -671,7 +759,7 @@ async fn batch(AxState(state): AxState<Shared>, headers: HeaderMap, body: String
     for r in b.requests {
         let state = Arc::clone(&state);
         let mut item_headers = HeaderMap::new();
-        for name in ["authorization", "accept-encoding"] {
+        for name in ["authorization", "accept-encoding", "host"] {
             if let Some(v) = headers.get(name) {
                 item_headers.insert(name, v.clone());
             }
@@ -680,12 +768,16 @@ async fn batch(AxState(state): AxState<Shared>, headers: HeaderMap, body: String
             let target = reqwest::Url::parse(&format!("http://graph/v1.0/{}", r.url.trim_start_matches('/'))).ok();
             let parts: Option<Vec<String>> =
                 target.as_ref().and_then(|u| u.path_segments()).map(|p| p.map(str::to_owned).collect());
+            let q: HashMap<String, String> = target.iter().flat_map(|u| u.query_pairs().into_owned()).collect();
             let resp = match parts.as_deref() {
                 Some([v, groups, id, relation]) if r.method == "GET" && v == "v1.0" && groups == "groups" => {
-                    let q = target.iter().flat_map(|u| u.query_pairs().into_owned()).collect();
                     member_page(&state, id.clone(), relation.clone(), q, item_headers).await
                 }
-                _ => graph_error(400, "BadRequest", "The simulator batches only GET of group members."),
+                Some([v, ..]) if r.method == "GET" && v == "v1.0" => {
+                    let path = format!("/{}", parts.as_deref().unwrap_or_default().join("/"));
+                    delta_request(&state, "GET", path, q, item_headers, String::new()).await
+                }
+                _ => graph_error(400, "BadRequest", "The simulator batches only GET requests."),
             };
             let (head, body) = resp.into_parts();
             let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
@@ -741,9 +833,15 @@ fn answer_members(
     }
     let mut loop_to = None;
     let due = s.page_faults.iter().position(|f| f.page == page && f.times > 0 && !matches!(f.fault, Fault::Stall(_)));
-    if let Some(i) = due {
-        s.page_faults[i].times -= 1;
-        let fault = s.page_faults[i].fault.clone();
+    let next = if s.graph_faults.is_empty() {
+        due.map(|i| {
+            s.page_faults[i].times -= 1;
+            s.page_faults[i].fault.clone()
+        })
+    } else {
+        Some(s.graph_faults.remove(0))
+    };
+    if let Some(fault) = next {
         match fault {
             Fault::RevokeTokens => s.tokens.clear(),
             Fault::LoopTo(p) => loop_to = Some(p),
@@ -843,7 +941,7 @@ pub fn device(id: &str) -> Value {
 /// enabled users each, with mail and phone, for benchmarks; the app is `bench_app()`.
 #[must_use]
 pub fn generated(groups: usize, members: usize) -> Directory {
-    let mut d = Directory { apps: vec![bench_app()], groups: BTreeMap::new() };
+    let mut d = Directory { apps: vec![bench_app()], groups: BTreeMap::new(), users: Vec::new() };
     for g in 0..groups {
         // Graph pages in object-id order, which is no order of the addresses:
         // number the addresses by a permutation of the page order.

@@ -1,0 +1,563 @@
+//! How each group of a run is read: in full, or only what changed since the last run
+//! (delta queries), with the delta state that makes the next run incremental. A group is
+//! read once per run for every config that names it with the same app, credential and
+//! endpoints; one users round per app serves all its groups.
+//!
+//! The new state is only staged here. It is committed once every instance that used it was
+//! written or found unchanged, so that a dry run, a guard refusal or a failed write sees the
+//! same changes again next time.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::config::{DeltaConfig, HttpConfig};
+use crate::credential::{Credentials, Identity};
+use crate::delta_state::{self, Header, Record, Unusable};
+use crate::entraidconf::EntraConf;
+use crate::graph::{FetchError, FullRead, GraphClient, GroupQuery, Keep, MembershipRound, UsersRound};
+use crate::instance::Instance;
+use crate::page::ObjectKind;
+use crate::roster::Roster;
+use crate::write::Staged;
+
+/// A group as one run fetches it: the same group, read from the same Graph by the same
+/// identity (authority, tenant, client and credential), is fetched once, whatever configs
+/// name it. Configs whose app or credential differ each fetch on their own, so that one
+/// config's broken secret or missing permission is never masked by another's.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FetchKey {
+    identity: Identity,
+    graph: String,
+    group: String,
+    nested: bool,
+}
+
+impl FetchKey {
+    /// The fetch config `c` takes part in.
+    #[must_use]
+    pub fn of(c: &EntraConf) -> Self {
+        Self {
+            identity: c.credentials().identity(),
+            graph: c.endpoints.graph_base(),
+            group: c.group.to_string(),
+            nested: c.nested,
+        }
+    }
+
+    /// The app the group is read with: one users round serves all its groups.
+    fn app(&self) -> (Identity, String) {
+        (self.identity.clone(), self.graph.clone())
+    }
+}
+
+/// Why a group was read in full.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FullReason {
+    /// No delta state yet.
+    First,
+    /// Graph or the state said the delta links are no good: why.
+    Resync(String),
+    /// The last full read is older than `[delta] full_sync_hours`.
+    SafetyNet,
+    /// Delta is off (`delta = false`, or `[delta] enabled = false`).
+    Disabled,
+    /// `nested = true`: delta does not follow transitive membership.
+    Nested,
+}
+
+impl std::fmt::Display for FullReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::First => f.write_str("first"),
+            Self::Resync(r) => write!(f, "resync:{r}"),
+            Self::SafetyNet => f.write_str("safety-net"),
+            Self::Disabled => f.write_str("disabled"),
+            Self::Nested => f.write_str("nested"),
+        }
+    }
+}
+
+/// How a group was read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Read {
+    /// Every page of its members.
+    Full(FullReason),
+    /// Only what changed.
+    Delta,
+}
+
+/// One group, read.
+#[derive(Debug)]
+pub struct Fetched {
+    /// Its members.
+    pub roster: Roster,
+    /// How it was read.
+    pub read: Read,
+    /// Graph requests made for it (pages and lookups; a users round counts for each group
+    /// of its app).
+    pub requests: u64,
+    /// A safety-net read: how many members the delta state had wrong (either way).
+    pub drift: Option<u64>,
+}
+
+/// Every group of a run, read or failed, and the new delta states staged for commit.
+#[derive(Default)]
+pub struct Fetches {
+    /// Per group.
+    pub groups: HashMap<FetchKey, Result<Arc<Fetched>, Arc<FetchError>>>,
+    /// New delta states, to commit once every instance that used the group succeeded.
+    pub staged: HashMap<FetchKey, Staged>,
+}
+
+/// What a run's fetch needs to know.
+pub struct Settings<'a> {
+    /// `[http]`
+    pub http: &'a HttpConfig,
+    /// `[delta]`
+    pub delta: DeltaConfig,
+    /// Where delta states live.
+    pub state_dir: &'a Path,
+    /// A dry run keeps no state.
+    pub dry_run: bool,
+    /// Unix seconds now.
+    pub now: u64,
+}
+
+/// One group to read, and how.
+struct Plan {
+    cred: Credentials,
+    query: GroupQuery,
+    /// Where its state lives, or why delta is off for it.
+    state: Result<delta_state::Key, FullReason>,
+    how: How,
+}
+
+enum How {
+    /// A full read, for this reason.
+    Full(FullReason),
+    /// A delta round from the state's links.
+    Delta(Header),
+}
+
+/// Reads every distinct group of `instances`. At most `[http] max_concurrency` requests are
+/// in flight; the whole fetch ends by `[http] deadline_seconds`.
+pub async fn fetch_all(client: &Arc<GraphClient>, instances: &[Instance], s: &Settings<'_>) -> Fetches {
+    // Per group: its query (phones if any config wants them) and why delta is off, if it is.
+    let mut groups: BTreeMap<FetchKey, (Credentials, GroupQuery, Option<FullReason>)> = BTreeMap::new();
+    for c in instances.iter().flat_map(|i| &i.configs) {
+        let g = groups.entry(FetchKey::of(c)).or_insert_with(|| (c.credentials(), GroupQuery::of(c), None));
+        g.1.mobile_phone |= c.mobile_phone;
+        if c.nested {
+            g.2 = Some(FullReason::Nested);
+        } else if !(s.delta.enabled && c.delta) && g.2.is_none() {
+            g.2 = Some(FullReason::Disabled);
+        }
+    }
+    let mut plans: BTreeMap<FetchKey, Plan> = BTreeMap::new();
+    for (key, (cred, query, off)) in groups {
+        let state = off.map_or_else(|| Ok(state_key(&cred, &query)), Err);
+        let how = decide(&state, &query, s);
+        plans.insert(key, Plan { cred, query, state, how });
+    }
+    let started = tokio::time::Instant::now();
+    let deadline = started + s.http.deadline;
+    let keys: Vec<FetchKey> = plans.keys().cloned().collect();
+    let mut out = Fetches::default();
+    let rounds = tokio::time::timeout_at(deadline, users_rounds(client, &mut plans)).await.unwrap_or_default();
+    let limit = Arc::new(Semaphore::new(s.http.max_concurrency * crate::graph::MAX_BATCH));
+    let mut set = JoinSet::new();
+    for (key, plan) in plans {
+        let client = Arc::clone(client);
+        let limit = Arc::clone(&limit);
+        let round = rounds.get(&key.app()).cloned();
+        let state_dir = s.state_dir.to_owned();
+        let (dry_run, now) = (s.dry_run, s.now);
+        set.spawn(async move {
+            let _permit = limit.acquire_owned().await;
+            let r = read_group(&client, plan, round, &state_dir, dry_run, now).await;
+            (key, r)
+        });
+    }
+    loop {
+        match tokio::time::timeout_at(deadline, set.join_next()).await {
+            Ok(Some(Ok((key, r)))) => match r {
+                Ok((fetched, staged)) => {
+                    if let Some(st) = staged {
+                        out.staged.insert(key.clone(), st);
+                    }
+                    out.groups.insert(key, Ok(Arc::new(fetched)));
+                }
+                Err(e) => {
+                    out.groups.insert(key, Err(Arc::new(e)));
+                }
+            },
+            // A fetch task that panicked: its instances fail as "did not finish".
+            Ok(Some(Err(_))) => {}
+            Ok(None) => break,
+            Err(_) => {
+                set.abort_all();
+                let seconds = (deadline - started).as_secs();
+                for key in &keys {
+                    out.groups.entry(key.clone()).or_insert_with(|| Err(Arc::new(FetchError::Deadline { seconds })));
+                }
+                break;
+            }
+        }
+    }
+    out
+}
+
+fn state_key(cred: &Credentials, q: &GroupQuery) -> delta_state::Key {
+    delta_state::Key {
+        token_url: cred.token_url.clone(),
+        graph: q.graph.clone(),
+        client: cred.client_id.clone(),
+        group: q.group.to_string(),
+        attributes: if q.mobile_phone { "mail,mobilePhone" } else { "mail" }.into(),
+    }
+}
+
+/// Full or delta, from the state's header (its records are read later, as a stream).
+fn decide(state: &Result<delta_state::Key, FullReason>, query: &GroupQuery, s: &Settings<'_>) -> How {
+    let key = match state {
+        Err(reason) => return How::Full(reason.clone()),
+        Ok(k) => k,
+    };
+    match delta_state::Reader::open(&key.path(s.state_dir), key) {
+        Err(Unusable::Missing) => How::Full(FullReason::First),
+        Err(Unusable::Version(v)) => {
+            tracing::warn!(group = %query.group, version = %v, "the delta state is of another format version; reading in full");
+            How::Full(FullReason::Resync("state-version".into()))
+        }
+        Err(Unusable::Corrupt(why)) => {
+            tracing::warn!(group = %query.group, why = %why, "the delta state is unreadable; reading in full");
+            How::Full(FullReason::Resync("state-corrupt".into()))
+        }
+        Ok(r) if Duration::from_secs(s.now.saturating_sub(r.header.full_at)) >= s.delta.full_sync => {
+            How::Full(FullReason::SafetyNet)
+        }
+        Ok(r) => How::Delta(r.header),
+    }
+}
+
+/// An app: who asks, and which Graph.
+type App = (Identity, String);
+
+/// What an app's users round needs: its credentials, the oldest link of its groups to read
+/// by delta (when it was taken, and the link), and whether it has groups to read in full
+/// that keep a state.
+type AppRound = (Credentials, Option<(u64, String)>, bool);
+
+/// One users round per app, for the apps with groups to read by delta, from the oldest link
+/// among them (a replay is harmless to the others); and, for apps with groups to read in
+/// full that keep a state, a link from now. A resync of the round turns its groups into full
+/// reads; any other failure fails them.
+async fn users_rounds(
+    client: &GraphClient,
+    plans: &mut BTreeMap<FetchKey, Plan>,
+) -> HashMap<(Identity, String), Arc<Result<UsersRound, FetchError>>> {
+    let mut apps: BTreeMap<App, AppRound> = BTreeMap::new();
+    for (key, p) in plans.iter() {
+        let app = apps.entry(key.app()).or_insert_with(|| (p.cred.clone(), None, false));
+        match &p.how {
+            How::Delta(h) if app.1.as_ref().is_none_or(|(at, _)| h.users_link_at < *at) => {
+                app.1 = Some((h.users_link_at, h.users_link.clone()));
+            }
+            How::Full(_) if p.state.is_ok() => app.2 = true,
+            _ => {}
+        }
+    }
+    let mut out = HashMap::new();
+    for (app, (cred, oldest, full_with_state)) in apps {
+        let round = match oldest {
+            Some((_, link)) => client.users_round(&cred, &app.1, &link).await,
+            None if full_with_state => {
+                client.users_latest(&cred, &app.1).await.map(|link| UsersRound { link, ..UsersRound::default() })
+            }
+            None => continue,
+        };
+        if let Err(e) = &round {
+            if let Some(reason) = e.resync_reason() {
+                tracing::warn!(graph = %app.1, %reason, error = %e, "the users delta link is no longer valid; reading this app's groups in full");
+                for (key, p) in plans.iter_mut() {
+                    if key.app() == app && matches!(p.how, How::Delta(_)) {
+                        p.how = How::Full(FullReason::Resync(reason.into()));
+                    }
+                }
+                // A link from now for the full reads.
+                let latest = client.users_latest(&cred, &app.1).await;
+                out.insert(app, Arc::new(latest.map(|link| UsersRound { link, ..UsersRound::default() })));
+                continue;
+            }
+        }
+        if let Ok(r) = &round {
+            if !r.now.is_empty() || !r.removed.is_empty() {
+                tracing::info!(graph = %app.1, changed = r.now.len(), deleted = r.removed.len(), "users changed since the last run");
+            }
+        }
+        out.insert(app, Arc::new(round));
+    }
+    out
+}
+
+/// Reads one group: by delta (falling back to a full read on a resync), or in full.
+async fn read_group(
+    client: &GraphClient,
+    plan: Plan,
+    round: Option<Arc<Result<UsersRound, FetchError>>>,
+    state_dir: &Path,
+    dry_run: bool,
+    now: u64,
+) -> Result<(Fetched, Option<Staged>), FetchError> {
+    let Plan { cred, query, state, how } = plan;
+    let reason = match how {
+        How::Full(r) => r,
+        How::Delta(header) => {
+            let key = state.as_ref().map_err(|_| FetchError::Internal("a delta read without a state".into()))?;
+            let users_round = round.clone().ok_or_else(|| FetchError::Internal("no users round".into()))?;
+            let users = match users_round.as_ref() {
+                Ok(u) => u,
+                Err(e) => return Err(e.clone()),
+            };
+            match delta_read(client, &cred, &query, key, header, users, state_dir, dry_run, now).await {
+                Err(e) if e.resync_reason().is_some() => {
+                    let reason = e.resync_reason().unwrap_or_default();
+                    tracing::warn!(group = %query.group, %reason, error = %e, "the group's delta link is no longer valid; reading it in full");
+                    FullReason::Resync(reason.into())
+                }
+                r => return r,
+            }
+        }
+    };
+    full_read(client, &cred, &query, state.ok(), reason, round, state_dir, dry_run, now).await
+}
+
+/// A full read; with a state key (delta on), the links are taken first, so that nothing
+/// that changes during the read is lost, and the new state is written as the pages come.
+#[allow(clippy::too_many_arguments)] // one call site
+async fn full_read(
+    client: &GraphClient,
+    cred: &Credentials,
+    query: &GroupQuery,
+    key: Option<delta_state::Key>,
+    reason: FullReason,
+    round: Option<Arc<Result<UsersRound, FetchError>>>,
+    state_dir: &Path,
+    dry_run: bool,
+    now: u64,
+) -> Result<(Fetched, Option<Staged>), FetchError> {
+    let mut requests = 0;
+    let keep = match key {
+        Some(key) if !dry_run => {
+            let users_link = match round.as_deref() {
+                Some(Ok(r)) => r.link.clone(),
+                Some(Err(e)) => return Err(e.clone()),
+                None => {
+                    requests += 1;
+                    client.users_latest(cred, &query.graph).await?
+                }
+            };
+            let group_link = client.membership_latest(cred, &query.graph, query.group.as_str()).await?;
+            requests += 1;
+            let path = key.path(state_dir);
+            let before = if reason == FullReason::SafetyNet { digests(&path, &key) } else { None };
+            let header = Header { key, group_link, users_link, users_link_at: now, full_at: now };
+            let writer = delta_state::Writer::create(&path, &header).map_err(|e| FetchError::state(&e))?;
+            Some(Keep { writer, phones: query.mobile_phone, before, drift: 0, failed: None })
+        }
+        _ => None,
+    };
+    let FullRead { roster, pages, state, drift } = client.members(cred, query, keep).await?;
+    if let Some(d) = drift {
+        tracing::warn!(group = %query.group, drift = d, "the safety-net full read found members the delta state had wrong");
+    }
+    let fetched = Fetched { roster, read: Read::Full(reason), requests: requests + pages, drift };
+    Ok((fetched, state))
+}
+
+/// The digests of the members of the state at `path`, to count the drift; `None` if it
+/// cannot be read whole.
+fn digests(path: &Path, key: &delta_state::Key) -> Option<HashSet<u64>> {
+    let mut r = delta_state::Reader::open(path, key).ok()?;
+    let mut out = HashSet::new();
+    while let Some(rec) = r.next_record().ok()? {
+        out.insert(rec.digest());
+    }
+    Some(out)
+}
+
+/// A delta read: the group's membership round, then its old state with the round's and the
+/// app's users round's changes applied, streamed into the roster and the new state; members
+/// that joined with attributes not known yet are read by id.
+#[allow(clippy::too_many_arguments)] // one call site
+async fn delta_read(
+    client: &GraphClient,
+    cred: &Credentials,
+    query: &GroupQuery,
+    key: &delta_state::Key,
+    header: Header,
+    users: &UsersRound,
+    state_dir: &Path,
+    dry_run: bool,
+    now: u64,
+) -> Result<(Fetched, Option<Staged>), FetchError> {
+    let membership = client.membership_round(cred, &query.graph, query.group.as_str(), &header.group_link).await?;
+    let mut requests = membership.requests + users.requests;
+    let path = key.path(state_dir);
+    let new_header = Header {
+        key: key.clone(),
+        group_link: membership.link.clone(),
+        users_link: users.link.clone(),
+        users_link_at: now,
+        full_at: header.full_at,
+    };
+    let writer = if dry_run {
+        None
+    } else {
+        Some(delta_state::Writer::create(&path, &new_header).map_err(|e| FetchError::state(&e))?)
+    };
+    let phones = query.mobile_phone;
+    let mut applied = Apply::new(&membership, users, phones, writer);
+    // A million records take about a second of CPU: not on an async worker's time.
+    tokio::task::block_in_place(|| stream_old(&path, key, &mut applied))?;
+    // Members that joined and were not in the state: their attributes from the users round,
+    // or read by id.
+    let unknown: Vec<String> = applied
+        .joined
+        .iter()
+        .filter(|(id, kind)| {
+            **kind == ObjectKind::User && !applied.present.contains(**id) && !users.now.contains_key(**id)
+        })
+        .map(|(id, _)| (*id).to_owned())
+        .collect();
+    let (looked_up, lookups) =
+        if unknown.is_empty() { (HashMap::new(), 0) } else { client.lookup(cred, &query.graph, &unknown).await? };
+    requests += lookups;
+    applied.add_joined(&looked_up)?;
+    let (roster, state) = tokio::task::block_in_place(|| applied.finish())?;
+    if let Some(missing) = roster.limited() {
+        let (group, users) = (query.group.to_string(), roster.user_objects());
+        return Err(FetchError::LimitedInformation { group, users, missing });
+    }
+    tracing::info!(group = %query.group, joined = membership.joined.len(), left = membership.left.len(), looked_up = lookups, objects = roster.objects(), "read the group's changes");
+    Ok((Fetched { roster, read: Read::Delta, requests, drift: None }, state))
+}
+
+/// The changes of a delta read, applied to the old state's records as they stream by.
+struct Apply<'a> {
+    left: HashSet<&'a str>,
+    joined: BTreeMap<&'a str, ObjectKind>,
+    users: &'a UsersRound,
+    present: HashSet<String>,
+    phones: bool,
+    roster: Roster,
+    writer: Option<delta_state::Writer>,
+}
+
+impl<'a> Apply<'a> {
+    fn new(m: &'a MembershipRound, users: &'a UsersRound, phones: bool, writer: Option<delta_state::Writer>) -> Self {
+        let left: HashSet<&str> = m.left.iter().map(String::as_str).collect();
+        // Graph lists changes in no order; a member both joined and left in one round is
+        // taken as gone (the next full read corrects it if not).
+        let joined =
+            m.joined.iter().filter(|(id, _)| !left.contains(id.as_str())).map(|(id, k)| (id.as_str(), *k)).collect();
+        Self { left, joined, users, present: HashSet::new(), phones, roster: Roster::new(phones), writer }
+    }
+
+    /// One member of the old state: gone, changed, or as it was.
+    fn old(&mut self, rec: &Record) -> Result<(), FetchError> {
+        if self.left.contains(rec.id.as_str()) || self.users.removed.contains(&rec.id) {
+            return Ok(());
+        }
+        if self.joined.contains_key(rec.id.as_str()) {
+            self.present.insert(rec.id.clone());
+        }
+        match self.users.now.get(&rec.id) {
+            Some(now) if rec.kind == ObjectKind::User => self.keep(&self.trimmed(now)),
+            _ => self.keep(rec),
+        }
+    }
+
+    /// The members that joined and were not in the state.
+    fn add_joined(&mut self, looked_up: &HashMap<String, Record>) -> Result<(), FetchError> {
+        let joined: Vec<(String, ObjectKind)> = self
+            .joined
+            .iter()
+            .filter(|(id, _)| !self.present.contains(**id) && !self.users.removed.contains(**id))
+            .map(|(id, k)| ((*id).to_owned(), *k))
+            .collect();
+        for (id, kind) in joined {
+            let rec = if kind == ObjectKind::User {
+                // A user neither the round nor a lookup knows is gone (deleted meanwhile).
+                match self.users.now.get(&id).or_else(|| looked_up.get(&id)) {
+                    Some(r) => self.trimmed(r),
+                    None => continue,
+                }
+            } else {
+                Record { id, kind, enabled: None, mail: None, phone: None }
+            };
+            self.keep(&rec)?;
+        }
+        Ok(())
+    }
+
+    /// A user's attributes as this state keeps them.
+    fn trimmed(&self, r: &Record) -> Record {
+        Record { phone: if self.phones { r.phone.clone() } else { None }, ..r.clone() }
+    }
+
+    fn keep(&mut self, rec: &Record) -> Result<(), FetchError> {
+        self.roster.push(&rec.view());
+        if let Some(w) = &mut self.writer {
+            w.push(rec).map_err(|e| FetchError::state(&e))?;
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<(Roster, Option<Staged>), FetchError> {
+        self.roster.end_page();
+        self.roster.finish();
+        let staged = self.writer.map(delta_state::Writer::finish).transpose().map_err(|e| FetchError::state(&e))?;
+        Ok((self.roster, staged))
+    }
+}
+
+/// Streams the old state's records through `apply`; a state that turns out unreadable is a
+/// resync.
+fn stream_old(path: &Path, key: &delta_state::Key, apply: &mut Apply<'_>) -> Result<(), FetchError> {
+    let corrupt = |e: Unusable| FetchError::StateCorrupt(format!("{}: {e:?}", path.display()));
+    let mut r = delta_state::Reader::open(path, key).map_err(corrupt)?;
+    let mut n = 0u64;
+    while let Some(rec) = r.next_record().map_err(corrupt)? {
+        apply.old(&rec)?;
+        n += 1;
+        // Sorting in runs, as a full read does page by page.
+        if n % 999 == 0 {
+            apply.roster.end_page();
+        }
+    }
+    Ok(())
+}
+
+/// Commits the staged state of every group whose instances all succeeded (`ok` says which
+/// groups qualify); the others' stay as they were. Returns the failures.
+#[must_use]
+pub fn commit(
+    staged: impl IntoIterator<Item = (FetchKey, Staged)>,
+    ok: impl Fn(&FetchKey) -> bool,
+) -> Vec<crate::write::WriteError> {
+    let mut failed = Vec::new();
+    for (key, s) in staged {
+        if ok(&key) {
+            if let Err(e) = s.commit() {
+                failed.push(e);
+            }
+        }
+    }
+    failed
+}
