@@ -104,6 +104,14 @@ impl Record {
         }
     }
 
+    /// A digest of the id alone.
+    #[must_use]
+    pub fn id_digest(&self) -> u64 {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.id.hash(&mut h);
+        h.finish()
+    }
+
     /// A digest of everything stored, for telling how far two states drifted apart.
     #[must_use]
     pub fn digest(&self) -> u64 {

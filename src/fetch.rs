@@ -103,6 +103,11 @@ pub struct Fetched {
     pub requests: u64,
     /// A safety-net read: how many members the delta state had wrong (either way).
     pub drift: Option<u64>,
+    /// A delta read: users of the app's round that changed but are in none of its groups
+    /// read this run (ignored, and counted).
+    pub ignored: Option<u64>,
+    /// A delta read: the users of the round that are members of this group.
+    matched: Vec<String>,
 }
 
 /// Every group of a run, read or failed, and the new delta states staged for commit.
@@ -169,6 +174,13 @@ pub async fn fetch_all(client: &Arc<GraphClient>, instances: &[Instance], s: &Se
     let keys: Vec<FetchKey> = plans.keys().cloned().collect();
     let mut out = Fetches::default();
     let rounds = tokio::time::timeout_at(deadline, users_rounds(client, &mut plans)).await.unwrap_or_default();
+    // Per app, its groups to read by delta: what the users round's changes are weighed against.
+    let mut delta_groups: HashMap<App, usize> = HashMap::new();
+    for (key, p) in &plans {
+        if matches!(p.how, How::Delta(_)) {
+            *delta_groups.entry(key.app()).or_default() += 1;
+        }
+    }
     let limit = Arc::new(Semaphore::new(s.http.max_concurrency * crate::graph::MAX_BATCH));
     let mut set = JoinSet::new();
     for (key, plan) in plans {
@@ -183,6 +195,7 @@ pub async fn fetch_all(client: &Arc<GraphClient>, instances: &[Instance], s: &Se
             (key, r)
         });
     }
+    let mut done = Vec::new();
     loop {
         match tokio::time::timeout_at(deadline, set.join_next()).await {
             Ok(Some(Ok((key, r)))) => match r {
@@ -190,7 +203,7 @@ pub async fn fetch_all(client: &Arc<GraphClient>, instances: &[Instance], s: &Se
                     if let Some(st) = staged {
                         out.staged.insert(key.clone(), st);
                     }
-                    out.groups.insert(key, Ok(Arc::new(fetched)));
+                    done.push((key, fetched));
                 }
                 Err(e) => {
                     out.groups.insert(key, Err(Arc::new(e)));
@@ -202,14 +215,48 @@ pub async fn fetch_all(client: &Arc<GraphClient>, instances: &[Instance], s: &Se
             Err(_) => {
                 set.abort_all();
                 let seconds = (deadline - started).as_secs();
-                for key in &keys {
+                for key in keys.iter().filter(|k| !done.iter().any(|(d, _)| d == *k)) {
                     out.groups.entry(key.clone()).or_insert_with(|| Err(Arc::new(FetchError::Deadline { seconds })));
                 }
                 break;
             }
         }
     }
+    count_ignored(&mut done, &rounds, &delta_groups);
+    for (key, fetched) in done {
+        out.groups.insert(key, Ok(Arc::new(fetched)));
+    }
     out
+}
+
+/// Per app: the users its round said changed that are members of none of its groups read by
+/// delta this run. They are ignored; each delta read of the app says how many.
+fn count_ignored(
+    done: &mut [(FetchKey, Fetched)],
+    rounds: &HashMap<App, Arc<Result<UsersRound, FetchError>>>,
+    delta_groups: &HashMap<App, usize>,
+) {
+    for (app, round) in rounds {
+        let Ok(round) = round.as_ref() else { continue };
+        let of_app = |k: &FetchKey| k.app() == *app;
+        // Only when every delta read of the app succeeded does "in none of its groups" hold.
+        let read = done.iter().filter(|(k, f)| of_app(k) && f.read == Read::Delta).count();
+        if read != delta_groups.get(app).copied().unwrap_or(0) {
+            continue;
+        }
+        let matched: HashSet<&str> = done
+            .iter()
+            .filter(|(k, f)| of_app(k) && f.read == Read::Delta)
+            .flat_map(|(_, f)| f.matched.iter().map(String::as_str))
+            .collect();
+        let ignored = (round.now.len() + round.removed.len()).saturating_sub(matched.len()) as u64;
+        if ignored > 0 {
+            tracing::info!(graph = %app.1, ignored, "users changed outside the synced groups (ignored)");
+        }
+        for (_, f) in done.iter_mut().filter(|(k, f)| of_app(k) && f.read == Read::Delta) {
+            f.ignored = Some(ignored);
+        }
+    }
 }
 
 fn state_key(cred: &Credentials, q: &GroupQuery) -> delta_state::Key {
@@ -276,9 +323,11 @@ async fn users_rounds(
     for (app, (cred, oldest, full_with_state)) in apps {
         let round = match oldest {
             Some((_, link)) => client.users_round(&cred, &app.1, &link).await,
-            None if full_with_state => {
-                client.users_latest(&cred, &app.1).await.map(|link| UsersRound { link, ..UsersRound::default() })
-            }
+            None if full_with_state => client.users_latest(&cred, &app.1).await.map(|link| UsersRound {
+                link,
+                requests: 1,
+                ..UsersRound::default()
+            }),
             None => continue,
         };
         if let Err(e) = &round {
@@ -290,8 +339,10 @@ async fn users_rounds(
                     }
                 }
                 // A link from now for the full reads.
+                // The round that failed, and the link from now.
                 let latest = client.users_latest(&cred, &app.1).await;
-                out.insert(app, Arc::new(latest.map(|link| UsersRound { link, ..UsersRound::default() })));
+                let requests = 2;
+                out.insert(app, Arc::new(latest.map(|link| UsersRound { link, requests, ..UsersRound::default() })));
                 continue;
             }
         }
@@ -355,7 +406,10 @@ async fn full_read(
     let keep = match key {
         Some(key) if !dry_run => {
             let users_link = match round.as_deref() {
-                Some(Ok(r)) => r.link.clone(),
+                Some(Ok(r)) => {
+                    requests += r.requests;
+                    r.link.clone()
+                }
                 Some(Err(e)) => return Err(e.clone()),
                 None => {
                     requests += 1;
@@ -376,17 +430,18 @@ async fn full_read(
     if let Some(d) = drift {
         tracing::warn!(group = %query.group, drift = d, "the safety-net full read found members the delta state had wrong");
     }
-    let fetched = Fetched { roster, read: Read::Full(reason), requests: requests + pages, drift };
+    let fetched =
+        Fetched { roster, read: Read::Full(reason), requests: requests + pages, drift, ignored: None, matched: vec![] };
     Ok((fetched, state))
 }
 
-/// The digests of the members of the state at `path`, to count the drift; `None` if it
-/// cannot be read whole.
-fn digests(path: &Path, key: &delta_state::Key) -> Option<HashSet<u64>> {
+/// The members of the state at `path`, as digests (of the id → of the record), to count
+/// the drift; `None` if it cannot be read whole.
+fn digests(path: &Path, key: &delta_state::Key) -> Option<HashMap<u64, u64>> {
     let mut r = delta_state::Reader::open(path, key).ok()?;
-    let mut out = HashSet::new();
+    let mut out = HashMap::new();
     while let Some(rec) = r.next_record().ok()? {
-        out.insert(rec.digest());
+        out.insert(rec.id_digest(), rec.digest());
     }
     Some(out)
 }
@@ -439,13 +494,14 @@ async fn delta_read(
         if unknown.is_empty() { (HashMap::new(), 0) } else { client.lookup(cred, &query.graph, &unknown).await? };
     requests += lookups;
     applied.add_joined(&looked_up)?;
+    let matched = std::mem::take(&mut applied.matched);
     let (roster, state) = tokio::task::block_in_place(|| applied.finish())?;
     if let Some(missing) = roster.limited() {
         let (group, users) = (query.group.to_string(), roster.user_objects());
         return Err(FetchError::LimitedInformation { group, users, missing });
     }
     tracing::info!(group = %query.group, joined = membership.joined.len(), left = membership.left.len(), looked_up = lookups, objects = roster.objects(), "read the group's changes");
-    Ok((Fetched { roster, read: Read::Delta, requests, drift: None }, state))
+    Ok((Fetched { roster, read: Read::Delta, requests, drift: None, ignored: None, matched }, state))
 }
 
 /// The changes of a delta read, applied to the old state's records as they stream by.
@@ -454,6 +510,8 @@ struct Apply<'a> {
     joined: BTreeMap<&'a str, ObjectKind>,
     users: &'a UsersRound,
     present: HashSet<String>,
+    /// Users of the round that are members here (changed, or deleted).
+    matched: Vec<String>,
     phones: bool,
     roster: Roster,
     writer: Option<delta_state::Writer>,
@@ -466,11 +524,15 @@ impl<'a> Apply<'a> {
         // taken as gone (the next full read corrects it if not).
         let joined =
             m.joined.iter().filter(|(id, _)| !left.contains(id.as_str())).map(|(id, k)| (id.as_str(), *k)).collect();
-        Self { left, joined, users, present: HashSet::new(), phones, roster: Roster::new(phones), writer }
+        let (present, matched) = (HashSet::new(), Vec::new());
+        Self { left, joined, users, present, matched, phones, roster: Roster::new(phones), writer }
     }
 
     /// One member of the old state: gone, changed, or as it was.
     fn old(&mut self, rec: &Record) -> Result<(), FetchError> {
+        if self.users.removed.contains(&rec.id) || self.users.now.contains_key(&rec.id) {
+            self.matched.push(rec.id.clone());
+        }
         if self.left.contains(rec.id.as_str()) || self.users.removed.contains(&rec.id) {
             return Ok(());
         }
@@ -494,6 +556,9 @@ impl<'a> Apply<'a> {
         for (id, kind) in joined {
             let rec = if kind == ObjectKind::User {
                 // A user neither the round nor a lookup knows is gone (deleted meanwhile).
+                if self.users.now.contains_key(&id) {
+                    self.matched.push(id.clone());
+                }
                 match self.users.now.get(&id).or_else(|| looked_up.get(&id)) {
                     Some(r) => self.trimmed(r),
                     None => continue,

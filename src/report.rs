@@ -190,6 +190,8 @@ pub struct ReadReport {
     pub requests: u64,
     /// A safety-net read: members the delta state had wrong.
     pub drift: Option<u64>,
+    /// A delta read: users of the app that changed outside its synced groups (ignored).
+    pub ignored_user_changes: Option<u64>,
 }
 
 /// A client credential whose expiry is known.

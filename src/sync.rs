@@ -380,7 +380,14 @@ fn reads(inst: &Instance, fetches: &Fetches) -> Vec<ReadReport> {
                 fetch::Read::Delta => ("delta", None),
                 fetch::Read::Full(r) => ("full", Some(r.to_string())),
             };
-            out.push(ReadReport { config: c.path.clone(), read, reason, requests: f.requests, drift: f.drift });
+            out.push(ReadReport {
+                config: c.path.clone(),
+                read,
+                reason,
+                requests: f.requests,
+                drift: f.drift,
+                ignored_user_changes: f.ignored,
+            });
         }
     }
     out

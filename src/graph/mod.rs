@@ -331,9 +331,10 @@ pub struct Keep {
     pub writer: crate::delta_state::Writer,
     /// Keep phones.
     pub phones: bool,
-    /// The old state's member digests; taken out as they are met again.
-    pub before: Option<HashSet<u64>>,
-    /// Members not in the old state so far.
+    /// The old state's members: a digest of the id → a digest of the record; taken out as
+    /// they are met again.
+    pub before: Option<HashMap<u64, u64>>,
+    /// Members met so far that the old state did not have, or had otherwise.
     pub drift: u64,
     /// The first error writing the state.
     pub failed: Option<FetchError>,
@@ -343,7 +344,7 @@ impl Keep {
     fn push(&mut self, m: &crate::page::MemberView<'_>) {
         let r = crate::delta_state::Record::of(m, self.phones);
         if let Some(before) = &mut self.before {
-            self.drift += u64::from(!before.remove(&r.digest()));
+            self.drift += u64::from(before.remove(&r.id_digest()) != Some(r.digest()));
         }
         if self.failed.is_none() {
             if let Err(e) = self.writer.push(&r) {

@@ -5,6 +5,7 @@
 mod alerts;
 mod batching;
 mod certificates;
+mod delta;
 mod errors;
 mod faults;
 mod layers;

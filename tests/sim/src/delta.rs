@@ -57,6 +57,9 @@ fn snapshot(d: &Directory) -> Snapshot {
 
 /// The current version: a new snapshot if the directory changed since the last one.
 fn version(s: &mut State) -> usize {
+    if s.delta_blind && !s.snapshots.is_empty() {
+        return s.snapshots.len() - 1;
+    }
     let now = snapshot(&s.directory);
     if s.snapshots.last() != Some(&now) {
         s.snapshots.push(now);
@@ -77,6 +80,7 @@ pub(crate) fn answer(
     let due = if s.graph_faults.is_empty() { &mut s.delta_faults } else { &mut s.graph_faults };
     if let Some(f) = (!due.is_empty()).then(|| due.remove(0)) {
         match f {
+            Fault::Pass => {}
             Fault::RevokeTokens => {
                 s.tokens.clear();
                 return (
@@ -85,7 +89,7 @@ pub(crate) fn answer(
                 );
             }
             Fault::Gone => {
-                let mut r = graph_error(410, "resyncRequired", "The sync state is reset; start over.");
+                let mut r = graph_error(410, "syncStateReset", "The sync state is reset; start over.");
                 let initial = format!("{}{path}?$deltatoken=", base);
                 if let Ok(v) = initial.parse() {
                     r.headers_mut().insert("location", v);

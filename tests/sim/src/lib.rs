@@ -75,6 +75,8 @@ pub enum Fault {
     LoopTo(usize),
     /// A delta reset: `410 Gone` with a `Location` of the initial query.
     Gone,
+    /// Answer normally (in a fault list, to reach the request after it).
+    Pass,
 }
 
 /// A fault on a members page: page `page` (0-based) of any group, the next `times` requests.
@@ -159,6 +161,9 @@ pub struct State {
     pub empty_delta_pages: bool,
     /// `getByIds` answers Graph's default user set, without `accountEnabled`.
     pub getbyids_ignores_select: bool,
+    /// Delta rounds see no change (as when a change has not replicated to the replica that
+    /// answers): only a full read sees the directory as it is.
+    pub delta_blind: bool,
     snapshots: Vec<delta::Snapshot>,
     rounds: HashMap<String, Arc<Vec<Value>>>,
     not_before: HashMap<(String, usize), Instant>,
@@ -327,7 +332,7 @@ fn fault_response(f: &Fault) -> Response {
             r
         }
         Fault::Body(b) => (StatusCode::OK, [("content-type", "application/json")], b.clone()).into_response(),
-        Fault::RevokeTokens | Fault::Stall(_) | Fault::LoopTo(_) | Fault::Gone => {
+        Fault::RevokeTokens | Fault::Stall(_) | Fault::LoopTo(_) | Fault::Gone | Fault::Pass => {
             graph_error(500, "SimulatorBug", "this fault is handled before answering")
         }
     }
@@ -841,7 +846,7 @@ fn answer_members(
     } else {
         Some(s.graph_faults.remove(0))
     };
-    if let Some(fault) = next {
+    if let Some(fault) = next.filter(|f| !matches!(f, Fault::Pass)) {
         match fault {
             Fault::RevokeTokens => s.tokens.clear(),
             Fault::LoopTo(p) => loop_to = Some(p),

@@ -1,0 +1,628 @@
+//! Incremental sync (delta queries) end to end: after each change, the files a delta run
+//! writes equal those a full read of the same directory writes; the state moves on only
+//! when every output of the instance was written or found unchanged.
+
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::util::*;
+
+const STAFF_CONF: &str =
+    "query_filter = \"mail,mobilePhone\"\nfeeds = [\"allowed_senders\", \"gsm_list\", \"access_rules\"]\n";
+
+/// `gw` syncing `staff_members()` into all three outputs, plus a tenant user (u9, Nina) in
+/// no group.
+fn staff() -> Run {
+    let r =
+        Run::new().group(STAFF, staff_members()).conf("gw", "staff", &format!("group_id = \"{STAFF}\"\n{STAFF_CONF}"));
+    r.sim.state().directory.users.push(user("u9", Some("Nina@Example.com"), Some("+358 40 9999999"), true));
+    r
+}
+
+/// The state files in `<state_dir>/delta`.
+fn states(r: &Run) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(r.path().join("state/delta"))
+        .map(|d| d.map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|x| x == "state")).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// The one state file's bytes.
+fn state(r: &Run) -> Vec<u8> {
+    let s = states(r);
+    assert_eq!(s.len(), 1, "{s:?}");
+    std::fs::read(&s[0]).unwrap()
+}
+
+/// Every output under the server root: path relative to it → bytes.
+fn outputs(root: &Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for inst in std::fs::read_dir(root).unwrap() {
+        let dir = inst.unwrap().path().join("config");
+        for f in std::fs::read_dir(&dir).into_iter().flatten() {
+            let p = f.unwrap().path();
+            if p.extension().is_some_and(|x| x == "txt") {
+                out.push((p.strip_prefix(root).unwrap().display().to_string(), std::fs::read_to_string(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A full read of the same directory, into a twin server root with the same configs and
+/// delta off, writes exactly the outputs the delta run wrote.
+fn assert_same_as_full(r: &Run) {
+    let twin = r.path().join("twin");
+    let _ = std::fs::remove_dir_all(&twin);
+    for inst in std::fs::read_dir(r.root()).unwrap() {
+        let inst = inst.unwrap().path();
+        let name = inst.file_name().unwrap();
+        let entraid = twin.join("server").join(name).join("config/entraid");
+        std::fs::create_dir_all(&entraid).unwrap();
+        for f in std::fs::read_dir(inst.join("config/entraid")).unwrap() {
+            let p = f.unwrap().path();
+            if p.extension().is_some_and(|x| x == "entraidconf") {
+                std::fs::copy(&p, entraid.join(p.file_name().unwrap())).unwrap();
+            }
+        }
+    }
+    let toml = twin.join("usersync.toml");
+    std::fs::write(&toml, format!("state_dir = \"{}\"\n[delta]\nenabled = false\n", twin.join("state").display()))
+        .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_usersync"))
+        .arg("-c")
+        .arg(&toml)
+        .arg("--server-root")
+        .arg(twin.join("server"))
+        .args(["-q", "--force"])
+        .env_clear()
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "the full read failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(outputs(&r.root()), outputs(&twin.join("server")), "delta and full read disagree");
+}
+
+/// The reads the JSON report gives for the first instance.
+fn reads(stdout: &str) -> Vec<(String, Option<String>, u64)> {
+    let v: Value = serde_json::from_str(stdout).expect("one JSON document");
+    v["instances"][0]["reads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["read"].as_str().unwrap().to_owned(),
+                r["reason"].as_str().map(str::to_owned),
+                r["requests"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// The Graph requests of the last run (paths), after `since` requests in all.
+fn graph_since(r: &Run, since: usize) -> Vec<String> {
+    r.sim.requests()[since..].iter().filter(|q| !q.path.ends_with("/token")).map(|q| q.path.clone()).collect()
+}
+
+fn edit(r: &Run, f: impl FnOnce(&mut Vec<Value>)) {
+    f(r.sim.state().directory.groups.get_mut(STAFF).unwrap());
+}
+
+#[test]
+fn an_unchanged_hour_costs_two_graph_requests_and_one_token() {
+    let mut r = staff().args(&["--format", "json"]);
+    let out = r.run();
+    assert_eq!(reads(&out.stdout), [("full".into(), Some("first".into()), 3)], "the links, then one page");
+    let since = r.sim.requests().len();
+    let out = r.run();
+    assert_eq!(graph_since(&r, since), ["/v1.0/users/delta", "/v1.0/groups/delta"]);
+    assert_eq!(r.sim.requests().len() - since, 3, "two Graph requests and a token");
+    assert_eq!(reads(&out.stdout), [("delta".into(), None, 2)]);
+    assert_same_as_full(&r);
+}
+
+#[test]
+fn an_added_member_is_read_by_id() {
+    let mut r = staff();
+    r.run();
+    let nina = r.sim.state().directory.users.remove(0);
+    edit(&r, |m| m.push(nina));
+    let since = r.sim.requests().len();
+    r = r.expect_file(SENDERS, Some("alice@example.com\ncarol@example.com\nnina@example.com\n"));
+    r.run();
+    assert_eq!(graph_since(&r, since), ["/v1.0/users/delta", "/v1.0/groups/delta", "/v1.0/directoryObjects/getByIds"]);
+    assert_same_as_full(&r);
+}
+
+#[test]
+fn a_lookup_whose_select_is_ignored_reads_the_users_by_filter() {
+    let mut r = staff();
+    r.run();
+    r.sim.state().getbyids_ignores_select = true;
+    let nina = r.sim.state().directory.users.remove(0);
+    edit(&r, |m| m.push(nina));
+    let since = r.sim.requests().len();
+    r = r.expect_file(SENDERS, Some("alice@example.com\ncarol@example.com\nnina@example.com\n"));
+    r.run();
+    let paths = graph_since(&r, since);
+    assert_eq!(paths[2..], ["/v1.0/directoryObjects/getByIds", "/v1.0/users"], "{paths:?}");
+    let filter = r.sim.requests().last().unwrap().query["$filter"].clone();
+    assert_eq!(filter, "id in ('u9')");
+    assert_same_as_full(&r);
+}
+
+#[test]
+fn a_removed_member_goes() {
+    let mut r = staff();
+    r.run();
+    // Carol leaves the group but stays in the tenant: only the membership round says so.
+    let mut carol = None;
+    edit(&r, |m| {
+        carol = m.iter().position(|u| u["id"] == "u4").map(|i| m.remove(i));
+    });
+    r.sim.state().directory.users.extend(carol);
+    r = r.expect_file(SENDERS, Some("alice@example.com\n"));
+    r.run();
+    assert_same_as_full(&r);
+}
+
+#[test]
+fn a_changed_mail_and_a_changed_phone() {
+    let mut r = staff();
+    r.run();
+    edit(&r, |m| {
+        m[0]["mail"] = json!("Alice.New@Example.com");
+        m[3]["mobilePhone"] = json!("+358 40 1234567");
+    });
+    r = r
+        .expect_file(SENDERS, Some("alice.new@example.com\ncarol@example.com\n"))
+        .expect_file(GSM, Some("alice.new@example.com +442079460958\ncarol@example.com +358401234567\n"));
+    r.run();
+    assert_same_as_full(&r);
+}
+
+#[test]
+fn a_member_disabled_then_enabled() {
+    // Alice is the only one with a phone: without her, gsm_list empties, which a guard refuses.
+    let mut r = staff().args(&["--force"]);
+    r.run();
+    edit(&r, |m| m[0]["accountEnabled"] = json!(false));
+    r = r.expect_file(SENDERS, Some("carol@example.com\n"));
+    r.run();
+    assert_same_as_full(&r);
+    edit(&r, |m| m[0]["accountEnabled"] = json!(true));
+    r = r.expect_file(SENDERS, Some("alice@example.com\ncarol@example.com\n"));
+    r.run();
+    assert_same_as_full(&r);
+}
+
+#[test]
+fn a_deleted_user() {
+    // Alice is the only one with a phone: without her, gsm_list empties, which a guard refuses.
+    let mut r = staff().args(&["--force"]);
+    r.run();
+    // Gone from the tenant: from the group, and from users.
+    edit(&r, |m| m.retain(|u| u["id"] != "u1"));
+    r = r.expect_file(SENDERS, Some("carol@example.com\n"));
+    r.run();
+    assert_same_as_full(&r);
+}
+
+#[test]
+fn a_change_outside_the_group_is_ignored_and_counted() {
+    let mut r = staff().args(&["--format", "json"]);
+    r.run();
+    r.sim.state().directory.users[0]["mail"] = json!("nina.new@example.com");
+    let since = r.sim.requests().len();
+    let out = r.run();
+    assert_eq!(graph_since(&r, since), ["/v1.0/users/delta", "/v1.0/groups/delta"], "no lookup");
+    let v: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["instances"][0]["reads"][0]["ignored_user_changes"], 1);
+    assert_eq!(v["instances"][0]["outputs"][0]["action"], "unchanged");
+    assert_same_as_full(&r);
+}
+
+#[test]
+fn a_replayed_round_is_harmless() {
+    let mut r = staff();
+    r.run();
+    edit(&r, |m| {
+        m.retain(|u| u["id"] != "u4");
+        m[0]["mail"] = json!("alice.new@example.com");
+    });
+    r = r.expect_file(SENDERS, Some("alice.new@example.com\n"));
+    r.run();
+    // The next rounds start one version early: the same changes come again.
+    r.sim.state().replay = 1;
+    r.run();
+    r.run();
+    assert_same_as_full(&r);
+}
+
+#[test]
+fn ragged_rounds_with_empty_pages_and_a_group_repeated_on_each_page() {
+    let mut r = Run::new().group(STAFF, users(7)).conf("gw", "staff", &format!("group_id = \"{STAFF}\"\n{STAFF_CONF}"));
+    {
+        let mut s = r.sim.state();
+        s.delta_page_size = 2;
+        s.empty_delta_pages = true;
+    }
+    r.run();
+    r.sim.state().directory.groups.insert(STAFF.into(), users(12)[3..].to_vec());
+    r = r.expect_file(SENDERS, Some(&sender_lines(3..12)));
+    r.run();
+    assert_same_as_full(&r);
+}
+
+#[test]
+fn an_expired_token_and_a_reset_read_in_full_and_are_counted() {
+    let prom = "metrics.prom";
+    let mut r = staff();
+    let textfile = r.path().join(prom);
+    r = r.global(&format!("[metrics]\ntextfile = \"{}\"\n", textfile.display())).args(&["--format", "json"]);
+    r.run();
+    edit(&r, |m| m.retain(|u| u["id"] != "u4"));
+    {
+        let mut s = r.sim.state();
+        s.expired_before = usize::MAX;
+    }
+    r = r.expect_file(SENDERS, Some("alice@example.com\n"));
+    let out = r.run();
+    assert_eq!(reads(&out.stdout)[0].1.as_deref(), Some("resync:syncStateNotFound"));
+    r.sim.state().expired_before = 0;
+    // A reset (410 Gone) of the group's round: the users round passes first.
+    r.sim.state().delta_faults.extend([Fault::Pass, Fault::Gone]);
+    let out = r.run();
+    assert_eq!(reads(&out.stdout)[0].1.as_deref(), Some("resync:gone"));
+    // resyncRequired, on the users round.
+    r.sim.state().delta_faults.push(Fault::Status {
+        status: 400,
+        retry_after: None,
+        body: json!({"error": {"code": "resyncRequired", "message": "The delta token is no longer valid."}})
+            .to_string(),
+    });
+    let out = r.run();
+    assert_eq!(reads(&out.stdout)[0].1.as_deref(), Some("resync:resyncRequired"));
+    let out = r.run();
+    assert_eq!(reads(&out.stdout)[0].0, "delta", "fresh links after a resync");
+    let text = std::fs::read_to_string(textfile).unwrap();
+    let conf = r.root().join("gw/config/entraid/staff.entraidconf").display().to_string();
+    for reason in ["syncStateNotFound", "gone", "resyncRequired"] {
+        let line = format!("usersync_delta_resyncs{{instance=\"gw\",config=\"{conf}\",reason=\"{reason}\"}} 1\n");
+        assert!(text.contains(&line), "{line}\n{text}");
+    }
+    assert_same_as_full(&r);
+}
+
+#[test]
+fn a_corrupt_state_reads_in_full() {
+    let mut r = staff().args(&["--format", "json"]);
+    r.run();
+    std::fs::write(&states(&r)[0], b"not a state").unwrap();
+    let out = r.run();
+    assert_eq!(reads(&out.stdout)[0].1.as_deref(), Some("resync:state-corrupt"));
+    let out = r.run();
+    assert_eq!(reads(&out.stdout)[0].0, "delta");
+    assert_same_as_full(&r);
+}
+
+/// Rewrites the state's header as if its last full read were `hours` ago.
+fn age_full_read(r: &Run, hours: u64) {
+    use usersync::delta_state::{Reader, Writer};
+    let path = states(r).remove(0);
+    let key = {
+        let head = flate2::read::GzDecoder::new(std::fs::File::open(&path).unwrap());
+        let line = std::io::BufRead::lines(std::io::BufReader::new(head)).nth(1).unwrap().unwrap();
+        serde_json::from_value::<usersync::delta_state::Key>(
+            serde_json::from_str::<Value>(&line).unwrap()["key"].clone(),
+        )
+        .unwrap()
+    };
+    let mut reader = Reader::open(&path, &key).unwrap();
+    let mut header = reader.header.clone();
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    header.full_at = now - hours * 3600;
+    let mut w = Writer::create(&path, &header).unwrap();
+    while let Some(rec) = reader.next_record().unwrap() {
+        w.push(&rec).unwrap();
+    }
+    w.finish().unwrap().commit().unwrap();
+}
+
+#[test]
+fn the_safety_net_reads_in_full_and_counts_the_drift() {
+    let prom = "metrics.prom";
+    let mut r = staff();
+    let textfile = r.path().join(prom);
+    r = r
+        .global(&format!("[metrics]\ntextfile = \"{}\"\n[delta]\nfull_sync_hours = 6\n", textfile.display()))
+        .args(&["--format", "json"]);
+    r.run();
+    // A change delta does not see (not yet replicated to the replica that answers it).
+    r.sim.state().delta_blind = true;
+    edit(&r, |m| m[0]["mail"] = json!("alice.new@example.com"));
+    let out = r.run();
+    assert_eq!(reads(&out.stdout)[0].0, "delta");
+    assert_eq!(r.read(SENDERS).as_deref(), Some("alice@example.com\ncarol@example.com\n"), "delta missed it");
+    age_full_read(&r, 7);
+    r = r.expect_file(SENDERS, Some("alice.new@example.com\ncarol@example.com\n"));
+    let out = r.run();
+    let v: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["instances"][0]["reads"][0]["reason"], "safety-net", "{v}");
+    assert_eq!(v["instances"][0]["reads"][0]["drift"], 1, "one member drifted");
+    let conf = r.root().join("gw/config/entraid/staff.entraidconf").display().to_string();
+    let text = std::fs::read_to_string(textfile).unwrap();
+    let line = format!("usersync_delta_drift_entries{{instance=\"gw\",config=\"{conf}\"}} 1\n");
+    assert!(text.contains(&line), "{text}");
+    assert_same_as_full(&r);
+}
+
+/// After `break_it` makes the next run fail to commit, the state is as it was; after
+/// `fix_it`, a real run sees the same change again and writes it.
+fn the_state_stays(setup: impl FnOnce(Run) -> Run, break_it: impl FnOnce(Run) -> Run, fix_it: impl FnOnce(Run) -> Run) {
+    let mut r = setup(staff());
+    r.run();
+    let before = state(&r);
+    edit(&r, |m| m.retain(|u| u["id"] != "u4"));
+    r = break_it(r);
+    r.run();
+    assert_eq!(state(&r), before, "the state did not move on");
+    r = fix_it(r).expect_exit(0).expect_file(SENDERS, Some("alice@example.com\n"));
+    r.run();
+    assert_ne!(state(&r), before);
+    assert_same_as_full(&r);
+}
+
+#[test]
+fn a_dry_run_does_not_advance_the_state() {
+    the_state_stays(|r| r, |r| r.args(&["--dry-run"]), |r| r.args(&[]));
+}
+
+#[test]
+fn a_guard_refusal_does_not_advance_the_state() {
+    the_state_stays(|r| r.global("[guard]\nmax_removed = 0\n"), |r| r.expect_exit(3), |r| r.args(&["--force"]));
+}
+
+#[test]
+fn a_failed_write_does_not_advance_the_state() {
+    the_state_stays(
+        |r| r,
+        |r| {
+            // A directory where the list is: the instance fails.
+            let p = r.root().join(SENDERS);
+            std::fs::remove_file(&p).unwrap();
+            std::fs::create_dir(&p).unwrap();
+            r.expect_exit(1).expect_file(SENDERS, None)
+        },
+        |r| {
+            std::fs::remove_dir(r.root().join(SENDERS)).unwrap();
+            r
+        },
+    );
+}
+
+#[test]
+fn a_failed_instance_does_not_advance_the_state() {
+    the_state_stays(
+        |r| r.global("[http]\nmax_retries = 0\n"),
+        |r| {
+            // The users round passes; the group's round fails.
+            r.sim
+                .state()
+                .delta_faults
+                .extend([Fault::Pass, Fault::Status { status: 503, retry_after: None, body: String::new() }]);
+            r.expect_exit(1)
+        },
+        |r| r,
+    );
+}
+
+#[test]
+fn a_passive_node_does_not_advance_the_state() {
+    the_state_stays(|r| r, |r| r.global("[node]\nstatus_command = [\"echo\", \"PASSIVE\"]\n"), |r| r.global(""));
+}
+
+#[test]
+fn nested_groups_read_in_full_and_keep_no_state() {
+    let mut r = Run::new()
+        .group(STAFF, vec![group(NESTED)])
+        .group(NESTED, staff_members())
+        .conf("gw", "staff", &format!("group_id = \"{STAFF}\"\nnested = true\n"))
+        .args(&["--format", "json"]);
+    let out = r.run();
+    assert_eq!(reads(&out.stdout)[0].1.as_deref(), Some("nested"));
+    let out = r.run();
+    assert_eq!(reads(&out.stdout), [("full".into(), Some("nested".into()), 1)]);
+    assert!(states(&r).is_empty());
+    assert!(r.delta_requests().is_empty());
+}
+
+#[test]
+fn delta_can_be_turned_off_per_config_and_for_all() {
+    let mut r =
+        staff().conf("gw", "staff", &format!("group_id = \"{STAFF}\"\ndelta = false\n")).args(&["--format", "json"]);
+    r.run();
+    let out = r.run();
+    assert_eq!(reads(&out.stdout)[0].1.as_deref(), Some("disabled"));
+    r = r.conf("gw", "staff", &format!("group_id = \"{STAFF}\"\n")).global("[delta]\nenabled = false\n");
+    let out = r.run();
+    assert_eq!(reads(&out.stdout)[0].1.as_deref(), Some("disabled"));
+    assert!(states(&r).is_empty() && r.delta_requests().is_empty());
+}
+
+#[test]
+fn two_configs_sharing_one_group_share_one_state_and_one_round() {
+    let mut r = staff().conf("gw2", "staff", &format!("group_id = \"{STAFF}\"\n{STAFF_CONF}"));
+    r.run();
+    edit(&r, |m| m.retain(|u| u["id"] != "u4"));
+    let since = r.sim.requests().len();
+    r = r
+        .expect_file(SENDERS, Some("alice@example.com\n"))
+        .expect_file("gw2/config/allowed_senders_ldap.txt", Some("alice@example.com\n"));
+    r.run();
+    assert_eq!(graph_since(&r, since), ["/v1.0/users/delta", "/v1.0/groups/delta"]);
+    assert_eq!(states(&r).len(), 1);
+    assert_same_as_full(&r);
+}
+
+#[test]
+fn a_config_that_changes_its_attributes_starts_afresh() {
+    let mut r = Run::new()
+        .group(STAFF, staff_members())
+        .conf("gw", "staff", &format!("group_id = \"{STAFF}\"\n"))
+        .args(&["--format", "json"]);
+    r.run();
+    r = r.conf("gw", "staff", &format!("group_id = \"{STAFF}\"\n{STAFF_CONF}"));
+    let out = r.run();
+    assert_eq!(reads(&out.stdout)[0].1.as_deref(), Some("first"), "another key, another state");
+    assert_eq!(states(&r).len(), 2);
+    assert_same_as_full(&r);
+}
+
+#[test]
+fn the_state_is_private_and_at_most_twice_the_outputs_it_feeds() {
+    // Object ids are random GUIDs, which compress worst; mails are short.
+    let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut hex = |n: usize| {
+        let mut out = String::new();
+        while out.len() < n {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let _ = std::fmt::Write::write_fmt(&mut out, format_args!("{x:016x}"));
+        }
+        out.truncate(n);
+        out
+    };
+    let members: Vec<Value> = (0..2000)
+        .map(|i| {
+            let id = format!("{}-{}-4{}-8{}-{}", hex(8), hex(4), hex(3), hex(3), hex(12));
+            user(&id, Some(&format!("user{i}@example.com")), None, true)
+        })
+        .collect();
+    let mut r = Run::new().group(STAFF, members).conf("gw", "staff", &format!("group_id = \"{STAFF}\"\n"));
+    r.run();
+    let path = &states(&r)[0];
+    let meta = std::fs::metadata(path).unwrap();
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777, 0o600);
+    let outputs = std::fs::metadata(r.root().join(SENDERS)).unwrap().len();
+    assert!(meta.len() <= 2 * outputs, "state {} bytes, outputs {outputs}", meta.len());
+    r.run();
+    let meta = std::fs::metadata(path).unwrap();
+    assert!(meta.len() <= 2 * outputs, "after a delta run: state {} bytes, outputs {outputs}", meta.len());
+}
+
+/// One change to the directory.
+#[derive(Clone, Debug)]
+enum Change {
+    /// A tenant user outside the group (or a new user) joins.
+    Join(usize),
+    /// A member leaves the group, staying in the tenant.
+    Leave(usize),
+    /// A member's mail becomes this (valid or not).
+    Mail(usize, String),
+    /// A member's phone becomes this, or goes.
+    Phone(usize, Option<String>),
+    /// A member is disabled or enabled.
+    Toggle(usize),
+    /// A member is deleted from the tenant.
+    Delete(usize),
+    /// A user outside the group changes.
+    Outside(usize, String),
+}
+
+fn change() -> impl proptest::strategy::Strategy<Value = Change> {
+    use proptest::prelude::*;
+    let mail = prop_oneof!["[a-c]{1,3}@example\\.com", "[A-C]{1,2}@Example\\.COM", Just("not a mail".to_owned())];
+    let phone = proptest::option::of(prop_oneof!["\\+358 40 [0-9]{7}", Just("call me".to_owned())]);
+    prop_oneof![
+        (0..8usize).prop_map(Change::Join),
+        (0..8usize).prop_map(Change::Leave),
+        ((0..8usize), mail.clone()).prop_map(|(k, m)| Change::Mail(k, m)),
+        ((0..8usize), phone).prop_map(|(k, p)| Change::Phone(k, p)),
+        (0..8usize).prop_map(Change::Toggle),
+        (0..8usize).prop_map(Change::Delete),
+        ((0..8usize), mail).prop_map(|(k, m)| Change::Outside(k, m)),
+    ]
+}
+
+fn apply(run: &Run, change: &Change, fresh: &mut usize) {
+    let mut state = run.sim.state();
+    let dir = &mut state.directory;
+    let members = dir.groups.get_mut(STAFF).unwrap();
+    let at = |k: usize, n: usize| (n > 0).then(|| k % n);
+    match change {
+        Change::Join(k) => {
+            let u = if let Some(i) = at(*k, dir.users.len()) {
+                dir.users.remove(i)
+            } else {
+                *fresh += 1;
+                let (id, mail) = (format!("new{fresh}"), format!("new{fresh}@example.com"));
+                user(&id, Some(&mail), Some("+358 40 1000000"), true)
+            };
+            dir.groups.get_mut(STAFF).unwrap().push(u);
+        }
+        Change::Leave(k) => {
+            if let Some(i) = at(*k, members.len()) {
+                let u = members.remove(i);
+                dir.users.push(u);
+            }
+        }
+        Change::Mail(k, m) => {
+            if let Some(i) = at(*k, members.len()) {
+                members[i]["mail"] = json!(m);
+            }
+        }
+        Change::Phone(k, p) => {
+            if let Some(i) = at(*k, members.len()) {
+                members[i]["mobilePhone"] = p.as_ref().map_or(Value::Null, |p| json!(p));
+            }
+        }
+        Change::Toggle(k) => {
+            if let Some(i) = at(*k, members.len()) {
+                let on = members[i]["accountEnabled"].as_bool().unwrap_or(true);
+                members[i]["accountEnabled"] = json!(!on);
+            }
+        }
+        Change::Delete(k) => {
+            if let Some(i) = at(*k, members.len()) {
+                members.remove(i);
+            }
+        }
+        Change::Outside(k, m) => {
+            if let Some(i) = at(*k, dir.users.len()) {
+                dir.users[i]["mail"] = json!(m);
+            }
+        }
+    }
+}
+
+proptest::proptest! {
+    // 6 cases in CI (a few seconds); PROPTEST_CASES=100 for a longer look.
+    #![proptest_config(proptest::prelude::ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(6),
+        ..proptest::prelude::ProptestConfig::default()
+    })]
+
+    /// Random sequences of 1 to 10 change batches: after every batch, the files of a delta run
+    /// equal those of a full read of the same directory.
+    #[test]
+    fn after_every_batch_delta_equals_a_full_read(
+        batches in proptest::collection::vec(proptest::collection::vec(change(), 1..6), 1..=10)
+    ) {
+        // Random changes may gut a list: the guards are not what is tested here.
+        let mut r = staff().args(&["-q", "--force"]).ignore_stderr();
+        r.sim.state().delta_page_size = 3;
+        r.run();
+        let mut fresh = 0;
+        for batch in &batches {
+            for change in batch {
+                apply(&r, change, &mut fresh);
+            }
+            r.run();
+            assert_same_as_full(&r);
+        }
+    }
+}
