@@ -514,6 +514,90 @@ fn the_state_is_private_and_at_most_twice_the_outputs_it_feeds() {
     assert!(meta.len() <= 2 * outputs, "after a delta run: state {} bytes, outputs {outputs}", meta.len());
 }
 
+/// A delta run over one-entry pages whose requests are, in order: two users pages (two
+/// changed members), two group pages (two joined), one lookup of the two.
+fn five_delta_requests() -> Run {
+    let mut r = staff().global("[http]\nmax_retries = 2\n").ignore_stderr();
+    r.sim.state().delta_page_size = 1;
+    r.run();
+    r.sim.state().directory.users.push(user("u8", Some("Olli@Example.com"), None, true));
+    edit(&r, |m| {
+        m[0]["mail"] = json!("alice.new@example.com");
+        m[3]["mobilePhone"] = json!("+358 40 7654321");
+    });
+    r.run(); // u8 is a tenant user before it joins, so the join needs a lookup
+    let mut joining: Vec<Value> = r.sim.state().directory.users.drain(..).collect();
+    edit(&r, |m| {
+        m.append(&mut joining);
+        m[0]["mail"] = json!("alice@example.com");
+        m[3]["mobilePhone"] = json!("+358 40 1234567");
+    });
+    r
+}
+
+#[test]
+fn every_delta_and_lookup_request_gets_the_checks_of_a_members_page() {
+    let status = |status: u16, retry_after: Option<&str>, code: &str| Fault::Status {
+        status,
+        retry_after: retry_after.map(str::to_owned),
+        body: json!({"error": {"code": code, "message": code}}).to_string(),
+    };
+    // Recovered: retried after Retry-After, renewed after a 401.
+    let recovered: [(&str, usize, Fault); 3] = [
+        ("429 on the second users page", 1, status(429, Some("1"), "TooManyRequests")),
+        ("503 on the second group page", 3, status(503, None, "ServiceUnavailable")),
+        ("401 on the lookup", 4, Fault::RevokeTokens),
+    ];
+    for (what, at, fault) in recovered {
+        let mut r = five_delta_requests();
+        let since = r.sim.requests().len();
+        r.sim.state().delta_faults.extend(std::iter::repeat_n(Fault::Pass, at).chain([fault]));
+        r.run();
+        let seen = &r.sim.requests()[since..];
+        let delta: Vec<_> = seen.iter().filter(|q| !q.path.ends_with("/token")).collect();
+        assert_eq!(delta.len(), 6, "{what}: five requests and one again: {delta:?}");
+        assert_eq!(delta[at].path, delta[at + 1].path, "{what}: the same request again");
+        if delta[at].status == 429 {
+            assert!(delta[at + 1].at - delta[at].at >= std::time::Duration::from_secs(1), "{what}: Retry-After");
+        }
+        if delta[at].status == 401 {
+            assert_eq!(seen.iter().filter(|q| q.path.ends_with("/token")).count(), 2, "{what}: a new token");
+        }
+        assert_same_as_full(&r);
+    }
+    // Failed: the instance fails, naming what and where; nothing moves on.
+    let failed: [(&str, usize, Fault, &str); 4] = [
+        ("403 on the first group page", 2, status(403, None, "Authorization_RequestDenied"), "403"),
+        (
+            "a nextLink to another host",
+            2,
+            Fault::Body(r#"{"value":[],"@odata.nextLink":"https://evil.example/v1.0/x"}"#.into()),
+            "is not on",
+        ),
+        ("a page loop on the users round", 1, Fault::LoopTo(0), "page loop"),
+        (
+            "a lookup answer over the size cap",
+            4,
+            Fault::Body(format!("{{\"value\":[]{}}}", " ".repeat(65 << 20))),
+            "larger than 67108864 bytes",
+        ),
+    ];
+    for (what, at, fault, detail) in failed {
+        let mut r = five_delta_requests();
+        let (before, files) = (state(&r), outputs(&r.root()));
+        r.sim.state().delta_faults.extend(std::iter::repeat_n(Fault::Pass, at).chain([fault]));
+        r = r.expect_exit(1);
+        let out = r.run();
+        let conf = r.root().join("gw/config/entraid/staff.entraidconf");
+        assert!(out.stderr.contains(&format!("instance `gw`, config {}", conf.display())), "{what}: {}", out.stderr);
+        assert!(out.stderr.contains(detail) && out.stderr.contains("hint:"), "{what}: {}", out.stderr);
+        assert_eq!((state(&r), outputs(&r.root())), (before, files), "{what}: nothing moved on");
+        r = r.expect_exit(0);
+        r.run();
+        assert_same_as_full(&r);
+    }
+}
+
 /// One change to the directory.
 #[derive(Clone, Debug)]
 enum Change {

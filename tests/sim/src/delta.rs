@@ -96,6 +96,12 @@ pub(crate) fn answer(
                 }
                 return (410, r);
             }
+            Fault::LoopTo(_) => {
+                // A nextLink back to this very page (asked for by its own link: one parameter).
+                let query: Vec<String> = q.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                let own = format!("{base}{path}?{}", query.join("&"));
+                return (200, json_response(200, &json!({"value": [], "@odata.nextLink": own})));
+            }
             other => return (other_status(&other), super::fault_response(&other)),
         }
     }

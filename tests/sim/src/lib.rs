@@ -164,6 +164,8 @@ pub struct State {
     /// Delta rounds see no change (as when a change has not replicated to the replica that
     /// answers): only a full read sees the directory as it is.
     pub delta_blind: bool,
+    /// `/_sim/change` calls so far.
+    changes: usize,
     snapshots: Vec<delta::Snapshot>,
     rounds: HashMap<String, Arc<Vec<Value>>>,
     not_before: HashMap<(String, usize), Instant>,
@@ -274,6 +276,7 @@ fn router(state: Shared) -> Router {
         .route("/v1.0/$batch", post(batch))
         .route("/v1.0/users/{from}/sendMail", post(send_mail))
         .route("/_sim/token", get(check_token))
+        .route("/_sim/change", post(change))
         .fallback(|| async {
             graph_error(404, "UnknownError", "No HTTP resource was found that matches the request URI.")
         })
@@ -920,6 +923,37 @@ fn answer_members(
     (200, json_response(200, &body))
 }
 
+/// `POST /_sim/change?count=N`: N changes to the first group, for benchmarks: 60% mail
+/// changes of members, 20% tenant users joining (their attributes unchanged, so a delta
+/// reader must look them up), 20% members leaving (staying in the tenant).
+async fn change(AxState(state): AxState<Shared>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let count: usize = q.get("count").and_then(|c| c.parse().ok()).unwrap_or(0);
+    let mut s = lock(&state);
+    s.changes += 1;
+    let round = s.changes;
+    let dir = &mut s.directory;
+    let Some(group) = dir.groups.keys().next().cloned() else { return graph_error(404, "NoGroup", "no group") };
+    let (joins, leaves) = (count / 5, count / 5);
+    let mails = count - joins - leaves;
+    let members = dir.groups.entry(group).or_default();
+    let n = members.len().max(1);
+    for k in 0..mails {
+        let i = (k * 7919 + round * 104_729) % n;
+        if let Some(m) = members.get_mut(i) {
+            m["mail"] = json!(format!("changed.{round}.{k}@example.com"));
+        }
+    }
+    let mut left = Vec::new();
+    for _ in 0..leaves.min(members.len()) {
+        left.push(members.remove(0));
+    }
+    for _ in 0..joins.min(dir.users.len()) {
+        members.push(dir.users.remove(0));
+    }
+    dir.users.extend(left);
+    json_response(200, &json!({"changed": mails, "joined": joins, "left": leaves}))
+}
+
 /// A user object as Graph stores it.
 pub fn user(id: &str, mail: Option<&str>, mobile: Option<&str>, enabled: bool) -> Value {
     let mut u = json!({"@odata.type": "#microsoft.graph.user", "id": id, "displayName": id, "accountEnabled": enabled});
@@ -964,6 +998,10 @@ pub fn generated(groups: usize, members: usize) -> Directory {
             .collect();
         d.groups.insert(group_id(g), users);
     }
+    // Users of the tenant in no group, for `/_sim/change` to let join.
+    d.users = (0..1000)
+        .map(|i| user(&format!("spare-{i:08}"), Some(&format!("Spare.{i}@Example.com")), Some("+358 50 1234567"), true))
+        .collect();
     d
 }
 
