@@ -71,6 +71,9 @@ pub fn setup(cli: &Cli) -> Result<(Config, PathBuf), Stop> {
         .clone()
         .or_else(|| config.server_root.clone())
         .unwrap_or_else(|| PathBuf::from(DEFAULT_SERVER_ROOT));
+    // Absolute from here on: outputs are opened beneath their instance's directory, and
+    // messages name paths that mean the same from any working directory.
+    let root = std::path::absolute(&root).unwrap_or(root);
     Ok((config, root))
 }
 

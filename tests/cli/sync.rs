@@ -52,6 +52,22 @@ fn outputs_no_config_feeds_are_never_touched() {
 }
 
 #[test]
+fn a_relative_server_root_works_and_messages_name_absolute_paths() {
+    let r = one_conf().file(SENDERS, "old@example.com\n");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_usersync"))
+        .current_dir(r.path())
+        .env_clear()
+        .args(["-c", "usersync.toml", "--server-root", "server"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(std::fs::read_to_string(r.root().join(SENDERS)).unwrap(), "alice@example.com\ncarol@example.com\n");
+    let line = format!("gw: allowed_senders {}: written", r.root().join(SENDERS).display());
+    assert!(stdout.contains(&line), "{stdout}");
+}
+
+#[test]
 fn envelope_and_compose_cfg_move_the_outputs() {
     Run::new()
         .group(STAFF, staff_members())
