@@ -201,16 +201,28 @@ impl<'a> Plan<'a> {
     }
 
     /// Compares output `i` with its current file: sets `before`, `after`, `added`,
-    /// `removed` and `changed`, and with `detail` the changed entries. The file is streamed
-    /// first: when it is already right (the hourly common case) it is never held; only a
-    /// file that differs is read whole, for the diff.
+    /// `removed` and `changed`, and with `detail` the changed entries. The file is streamed:
+    /// when it is already right (the hourly common case) the first pass ends there; when
+    /// it differs, a second pass diffs it as it streams by if its entries come sorted (as
+    /// usersync writes them). Only a file out of order (edited by hand) is read whole.
     fn compare<C: Current>(&mut self, i: usize, current: &mut C, detail: bool) -> Result<(), C::Error> {
         let output = self.outputs[i].output;
         let same = match current.stream(output)? {
-            None => Ok(false),
+            None => {
+                self.diff(i, None, detail);
+                return Ok(());
+            }
             Some(r) => self.unchanged_in(i, r),
         };
-        match same {
+        let diffed = match same {
+            Ok(true) => return Ok(()),
+            Ok(false) => match current.stream(output)? {
+                Some(r) => self.diff_sorted(i, r, detail),
+                None => Ok(false),
+            },
+            Err(e) => Err(e),
+        };
+        match diffed {
             Ok(true) => Ok(()),
             Ok(false) => {
                 let cur = current.read(output)?;
@@ -219,6 +231,50 @@ impl<'a> Plan<'a> {
             }
             Err(e) => Err(current.stream_failed(output, e)),
         }
+    }
+
+    /// As [`Plan::diff`], in one pass over a current file read as a stream, holding one
+    /// entry of it at a time. Returns false, with nothing set, at the first entry out of
+    /// order: then only sorting the whole file tells what was added and removed.
+    fn diff_sorted(&mut self, i: usize, current: impl io::BufRead, detail: bool) -> io::Result<bool> {
+        let mut old = SortedEntries { r: current, buf: Vec::new(), entry: Vec::new(), started: false };
+        let (mut before, mut added, mut removed, mut after, mut changes) = (0, 0, 0, 0, Changes::default());
+        let mut lines = self.lines(i);
+        let mut new = lines.next();
+        let mut at = old.advance()?;
+        loop {
+            let ord = match (new, at) {
+                (_, Next::Unsorted) => return Ok(false),
+                (None, Next::End) => break,
+                (Some(_), Next::End) => Ordering::Less,
+                (None, Next::Entry) => Ordering::Greater,
+                (Some(n), Next::Entry) => n.cmp(&old.entry[..]),
+            };
+            match (ord, new) {
+                (Ordering::Equal, _) => {
+                    (before, after) = (before + 1, after + 1);
+                    at = old.advance()?;
+                    new = lines.next();
+                }
+                (Ordering::Less, Some(n)) => {
+                    (added, after) = (added + 1, after + 1);
+                    if detail {
+                        changes.added.push(String::from_utf8_lossy(n).into_owned());
+                    }
+                    new = lines.next();
+                }
+                _ => {
+                    (before, removed) = (before + 1, removed + 1);
+                    if detail {
+                        changes.removed.push(String::from_utf8_lossy(&old.entry).into_owned());
+                    }
+                    at = old.advance()?;
+                }
+            }
+        }
+        let o = &mut self.outputs[i];
+        (o.before, o.after, o.added, o.removed, o.changes, o.changed) = (before, after, added, removed, changes, true);
+        Ok(true)
     }
 
     /// For a current file known not to be exactly output `i` (or no file): counts, and
@@ -409,6 +465,53 @@ fn take_exactly(r: &mut impl io::BufRead, mut want: &[u8]) -> io::Result<bool> {
         want = &want[n..];
     }
     Ok(true)
+}
+
+/// Where [`SortedEntries::advance`] got to.
+#[derive(Clone, Copy)]
+enum Next {
+    /// The next entry is in `entry`.
+    Entry,
+    /// The file ended.
+    End,
+    /// An entry came before the one before it.
+    Unsorted,
+}
+
+/// A current file's entries, read one at a time, as [`render::current_entries`] gives
+/// them (non-blank lines, a trailing `\r` dropped, duplicates once), while they come sorted.
+struct SortedEntries<R> {
+    r: R,
+    buf: Vec<u8>,
+    entry: Vec<u8>,
+    started: bool,
+}
+
+impl<R: io::BufRead> SortedEntries<R> {
+    fn advance(&mut self) -> io::Result<Next> {
+        loop {
+            self.buf.clear();
+            if self.r.read_until(b'\n', &mut self.buf)? == 0 {
+                return Ok(Next::End);
+            }
+            let l = self.buf.strip_suffix(b"\n").unwrap_or(&self.buf);
+            let l = l.strip_suffix(b"\r").unwrap_or(l);
+            if l.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            if self.started {
+                match l.cmp(&self.entry[..]) {
+                    Ordering::Less => return Ok(Next::Unsorted),
+                    Ordering::Equal => continue,
+                    Ordering::Greater => {}
+                }
+            }
+            self.entry.clear();
+            self.entry.extend_from_slice(l);
+            self.started = true;
+            return Ok(Next::Entry);
+        }
+    }
 }
 
 /// A cursor over one output's lines, rendered one at a time into a reused buffer.
@@ -616,6 +719,40 @@ mod tests {
         assert!(same(b"a@x.com\nb@x.com\n"));
         let o = &p.outputs[0];
         assert_eq!((o.before, o.after, o.added, o.removed, o.changed), (2, 2, 0, 0, false));
+    }
+
+    #[test]
+    fn a_sorted_current_file_is_diffed_as_a_stream_exactly_as_the_whole_file_is() {
+        let i = instance(vec![conf("a", "")]);
+        let members = [
+            user("1", Some("b@x.com"), None, Some(true)),
+            user("2", Some("d@x.com"), None, Some(true)),
+            user("3", Some("f@x.com"), None, Some(true)),
+        ];
+        let roster = Roster::of(false, members.iter().map(MemberView::from));
+        let files: [&[u8]; 6] = [
+            b"a@x.com\nb@x.com\nc@x.com\n",
+            b"b@x.com\r\nb@x.com\n\n  \nd@x.com\ng@x.com",
+            b"",
+            b"\n",
+            b"z@x.com\na@x.com\nb@x.com\n",
+            b"b@x.com\nd@x.com\nf@x.com\nf@x.com\n",
+        ];
+        for bytes in files {
+            let mut whole = Plan::new(&[&roster], &i);
+            whole.diff(0, Some(bytes), true);
+            let mut streamed = Plan::new(&[&roster], &i);
+            let sorted = streamed.diff_sorted(0, std::io::BufReader::with_capacity(3, bytes), true).unwrap();
+            let unsorted = bytes.starts_with(b"z");
+            assert_eq!(sorted, !unsorted, "{:?}", String::from_utf8_lossy(bytes));
+            if sorted {
+                assert_eq!(streamed.outputs[0], whole.outputs[0], "{:?}", String::from_utf8_lossy(bytes));
+            }
+            // Through `plan`, whichever way it takes.
+            let mut cur = CurrentFiles::new();
+            cur.insert(Output::AllowedSenders, Some(bytes.to_vec()));
+            assert_eq!(plan(&mut cur, &[&roster], &i, true).unwrap().outputs[0], whole.outputs[0]);
+        }
     }
 
     fn user(id: &str, mail: Option<&str>, phone: Option<&str>, enabled: Option<bool>) -> Member {

@@ -57,14 +57,24 @@ fn snapshot(d: &Directory) -> Snapshot {
 
 /// The current version: a new snapshot if the directory changed since the last one.
 fn version(s: &mut State) -> usize {
-    if s.delta_blind && !s.snapshots.is_empty() {
+    if (s.delta_blind || !s.dirty) && !s.snapshots.is_empty() {
         return s.snapshots.len() - 1;
     }
     let now = snapshot(&s.directory);
     if s.snapshots.last() != Some(&now) {
         s.snapshots.push(now);
     }
+    s.dirty = false;
     s.snapshots.len() - 1
+}
+
+/// The directory as it is now, for lookups by id (which see it even when delta is blind).
+fn current(s: &mut State) -> std::borrow::Cow<'_, Snapshot> {
+    if s.delta_blind {
+        return std::borrow::Cow::Owned(snapshot(&s.directory));
+    }
+    let v = version(s);
+    std::borrow::Cow::Borrowed(&s.snapshots[v])
 }
 
 /// A delta request's answer, or the fault due for it.
@@ -243,6 +253,9 @@ fn round(s: &mut State, key: String, make: impl FnOnce(&State) -> Vec<Value>) ->
 
 /// `members@delta` of `group` from version `from` (none: the initial round) to `to`.
 fn group_changes(s: &State, from: Option<usize>, to: usize, group: &str) -> Vec<Value> {
+    if from == Some(to) {
+        return Vec::new();
+    }
     let empty = BTreeMap::new();
     let members_now = s.snapshots.get(to).and_then(|n| n.members.get(group)).unwrap_or(&empty);
     let mut items = Vec::new();
@@ -268,6 +281,9 @@ fn group_changes(s: &State, from: Option<usize>, to: usize, group: &str) -> Vec<
 /// The users of a `users/delta` round from `from` (none: the initial round) to `to`.
 fn user_changes(s: &State, from: Option<usize>, to: usize, fields: &[&str], app: &App) -> Vec<Value> {
     let Some(now) = s.snapshots.get(to) else { return Vec::new() };
+    if from == Some(to) {
+        return Vec::new();
+    }
     let old = from.and_then(|f| s.snapshots.get(f));
     let mut ids: Vec<&String> = now.users.keys().collect();
     ids.sort();
@@ -368,9 +384,10 @@ fn by_ids(s: &mut State, base: &str, q: &HashMap<String, String>, body: &str, ap
     if !b.types.is_empty() && !b.types.iter().any(|t| t.eq_ignore_ascii_case("user")) {
         return (200, json_response(200, &json!({"@odata.context": context(base, "directoryObjects"), "value": []})));
     }
-    let now = snapshot(&s.directory);
+    let ignores_select = s.getbyids_ignores_select;
+    let now = current(s);
     let select = q.get("$select").cloned().unwrap_or_default();
-    let fields: Vec<&str> = if s.getbyids_ignores_select {
+    let fields: Vec<&str> = if ignores_select {
         // Graph's default user set, without accountEnabled.
         vec!["mail", "mobilePhone"]
     } else {
@@ -398,7 +415,7 @@ fn users_in(s: &mut State, base: &str, q: &HashMap<String, String>, app: &App) -
     if ids.len() > 15 {
         return (400, graph_error(400, "Request_UnsupportedQuery", "Too many values in the in operator (at most 15)."));
     }
-    let now = snapshot(&s.directory);
+    let now = current(s);
     let select = q.get("$select").cloned().unwrap_or_default();
     let fields: Vec<&str> = select.split(',').filter(|f| !f.is_empty() && *f != "id").collect();
     let value: Vec<Value> =

@@ -166,6 +166,10 @@ pub struct State {
     pub delta_blind: bool,
     /// `/_sim/change` calls so far.
     changes: usize,
+    /// The directory may have changed since the last snapshot: set by every mutable use
+    /// of [`Sim::state`] and by `/_sim/change`, so that delta requests do not copy a large
+    /// directory each time.
+    pub(crate) dirty: bool,
     snapshots: Vec<delta::Snapshot>,
     rounds: HashMap<String, Arc<Vec<Value>>>,
     not_before: HashMap<(String, usize), Instant>,
@@ -184,6 +188,23 @@ pub struct Sim {
 }
 
 type Shared = Arc<Mutex<State>>;
+
+/// The simulator's state, locked; a mutable use marks the directory as possibly changed.
+pub struct StateGuard<'a>(MutexGuard<'a, State>);
+
+impl std::ops::Deref for StateGuard<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for StateGuard<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        self.0.dirty = true;
+        &mut self.0
+    }
+}
 
 fn lock(s: &Shared) -> MutexGuard<'_, State> {
     s.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -255,8 +276,8 @@ impl Sim {
     }
 
     /// The state, locked: change the directory, add faults, read requests.
-    pub fn state(&self) -> MutexGuard<'_, State> {
-        lock(&self.state)
+    pub fn state(&self) -> StateGuard<'_> {
+        StateGuard(lock(&self.state))
     }
 
     /// Every request so far.
@@ -931,6 +952,7 @@ async fn change(AxState(state): AxState<Shared>, Query(q): Query<HashMap<String,
     let mut s = lock(&state);
     s.changes += 1;
     let round = s.changes;
+    s.dirty = true;
     let dir = &mut s.directory;
     let Some(group) = dir.groups.keys().next().cloned() else { return graph_error(404, "NoGroup", "no group") };
     let (joins, leaves) = (count / 5, count / 5);
