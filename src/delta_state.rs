@@ -260,6 +260,10 @@ impl Reader {
     }
 }
 
+/// How old a state's temp file must be to be taken for a killed run's: older than any run
+/// (`[http] deadline_seconds` has no upper bound, but an hourly tool never runs for a day).
+const STALE_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(86_400);
+
 /// A new state being written, staged next to the old one until a commit puts it in place.
 pub struct Writer {
     /// Buffered in front as well: flate2 zero-fills its output buffer on every `write`,
@@ -281,6 +285,17 @@ impl Writer {
                 .mode(0o700)
                 .create(dir)
                 .map_err(|e| fail("create the directory of", e))?;
+        }
+        // A run killed while writing a state leaves its temp file. Runs of other instances
+        // may be writing the same state now (no lock spans them), but none for a day.
+        if let Ok(t) = crate::write::Target::open(path, None) {
+            match t.clean_stale_temps(STALE_TEMP_AGE) {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(path = %path.display(), removed = n, "removed temp files a killed run left behind");
+                }
+                Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot remove stale temp files"),
+            }
         }
         let mut staged = Staged::create(path, 0o600)?;
         let file = staged.file().try_clone().map_err(|e| fail("write", e))?;
@@ -333,6 +348,22 @@ mod tests {
 
     fn header() -> Header {
         Header { key: key(), group_link: "gl".into(), users_link: "ul".into(), users_link_at: 1, full_at: 2 }
+    }
+
+    #[test]
+    fn a_temp_file_a_killed_run_left_goes_once_it_is_a_day_old() {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("abc.state");
+        let (old, young) = (t.path().join(".usersync-abc.state.1.tmp"), t.path().join(".usersync-abc.state.2.tmp"));
+        for p in [&old, &young] {
+            std::fs::write(p, "x").unwrap();
+        }
+        let a_day_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(90_000);
+        File::options().write(true).open(&old).unwrap().set_modified(a_day_ago).unwrap();
+        let w = Writer::create(&path, &header()).unwrap();
+        assert!(!old.exists(), "a day old: a killed run's");
+        assert!(young.exists(), "maybe another run's, writing now");
+        w.finish().unwrap().commit().unwrap();
     }
 
     #[test]

@@ -465,7 +465,7 @@ fn write_outputs(inst: &Instance, p: Plan<'_>, targets: &BTreeMap<Output, write:
     for (i, o) in p.outputs.iter().enumerate() {
         // The plan read every output, so each has its target.
         let target = &targets[&o.output];
-        match target.clean_stale_temps() {
+        match target.clean_stale_temps(std::time::Duration::ZERO) {
             Ok(0) => {}
             Ok(n) => {
                 tracing::info!(instance = %inst.name, path = %o.path.display(), removed = n, "removed temp files a killed run left behind");

@@ -155,9 +155,11 @@ impl Target {
         Ok(self.open_current()?.map(|f| io::BufReader::with_capacity(1 << 16, f.take(READ_CAP))))
     }
 
-    /// Removes temp files a killed run left next to the output; returns how many.
-    /// Call only while holding the instance's lock.
-    pub fn clean_stale_temps(&self) -> io::Result<usize> {
+    /// Removes temp files a killed run left next to the file, modified at least `min_age`
+    /// ago; returns how many. With no minimum age, call only under a lock that keeps every
+    /// other writer of the file away.
+    pub fn clean_stale_temps(&self, min_age: std::time::Duration) -> io::Result<usize> {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         let prefix = temp_prefix(&self.name);
         let mut removed = 0;
         for entry in rustix::fs::Dir::read_from(&self.dir)? {
@@ -168,7 +170,8 @@ impl Target {
             }
             let name = OsStr::from_bytes(name);
             let st = statat(&self.dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
-            if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile {
+            let age = now.saturating_sub(std::time::Duration::from_secs(u64::try_from(st.st_mtime).unwrap_or(0)));
+            if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile && age >= min_age {
                 unlinkat(&self.dir, name, AtFlags::empty())?;
                 removed += 1;
             }
@@ -354,7 +357,8 @@ mod tests {
             std::fs::write(t.path().join(name), "x").unwrap();
         }
         symlink("/etc/passwd", t.path().join(".usersync-list.txt.link.tmp")).unwrap();
-        assert_eq!(target(&p).clean_stale_temps().unwrap(), 2);
+        assert_eq!(target(&p).clean_stale_temps(std::time::Duration::from_secs(60)).unwrap(), 0, "too young");
+        assert_eq!(target(&p).clean_stale_temps(std::time::Duration::ZERO).unwrap(), 2);
         let mut left: Vec<String> = std::fs::read_dir(t.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
