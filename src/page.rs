@@ -153,20 +153,25 @@ fn leading_next_link(body: &[u8]) -> Option<String> {
     }
 }
 
+/// A members page or a delta page (a members page has no `@odata.deltaLink`, and its
+/// objects no `members@delta` or `@removed`).
 #[derive(Deserialize)]
 struct RawPage<'a> {
     #[serde(rename = "@odata.context", borrow)]
     context: Option<Cow<'a, str>>,
     #[serde(rename = "@odata.nextLink")]
     next_link: Option<String>,
+    #[serde(rename = "@odata.deltaLink")]
+    delta_link: Option<String>,
     #[serde(borrow)]
-    value: Vec<RawMember<'a>>,
+    value: Vec<RawObject<'a>>,
 }
 
-/// `mail` and `mobilePhone` are kept as raw JSON first, so that one member
+/// A directory object: a member, a user of a delta round, or a group with its
+/// `members@delta`. `mail` and `mobilePhone` are kept as raw JSON first, so that one member
 /// with an undecodable value is skipped alone instead of failing the page.
 #[derive(Deserialize)]
-struct RawMember<'a> {
+struct RawObject<'a> {
     #[serde(rename = "@odata.type", borrow)]
     odata_type: Option<Cow<'a, str>>,
     #[serde(borrow)]
@@ -177,6 +182,22 @@ struct RawMember<'a> {
     mobile_phone: Option<&'a RawValue>,
     #[serde(rename = "accountEnabled")]
     account_enabled: Option<bool>,
+    #[serde(rename = "members@delta", borrow, default)]
+    members: Vec<RawDeltaMember<'a>>,
+    #[serde(rename = "@removed")]
+    removed: Option<serde::de::IgnoredAny>,
+}
+
+impl<'a> RawObject<'a> {
+    fn view(self, default_kind: ObjectKind) -> MemberView<'a> {
+        MemberView {
+            id: self.id.unwrap_or_default(),
+            kind: self.odata_type.as_deref().map_or(default_kind, ObjectKind::from_type),
+            mail: self.mail.and_then(text),
+            mobile_phone: self.mobile_phone.and_then(text),
+            account_enabled: self.account_enabled,
+        }
+    }
 }
 
 /// A string attribute as the page holds it, borrowed from the body where it can be.
@@ -280,13 +301,7 @@ pub fn visit(body: &[u8], mut f: impl FnMut(MemberView<'_>)) -> Result<Option<St
     let raw: RawPage = serde_json::from_slice(body)?;
     let default_kind = ObjectKind::from_context(raw.context.as_deref());
     for m in raw.value {
-        f(MemberView {
-            id: m.id.unwrap_or_default(),
-            kind: m.odata_type.as_deref().map_or(default_kind, ObjectKind::from_type),
-            mail: m.mail.and_then(text),
-            mobile_phone: m.mobile_phone.and_then(text),
-            account_enabled: m.account_enabled,
-        });
+        f(m.view(default_kind));
     }
     Ok(raw.next_link)
 }
@@ -298,38 +313,6 @@ pub struct Links {
     pub next: Option<String>,
     /// `@odata.deltaLink`: the round is complete; the link of the next round.
     pub delta: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct RawDeltaPage<'a> {
-    #[serde(rename = "@odata.context", borrow)]
-    context: Option<Cow<'a, str>>,
-    #[serde(rename = "@odata.nextLink")]
-    next_link: Option<String>,
-    #[serde(rename = "@odata.deltaLink")]
-    delta_link: Option<String>,
-    #[serde(borrow)]
-    value: Vec<RawDeltaObject<'a>>,
-}
-
-/// An object of a delta page: a group with its `members@delta`, or a user (the fields of
-/// [`RawMember`], which `#[serde(flatten)]` cannot carry as raw JSON).
-#[derive(Deserialize)]
-struct RawDeltaObject<'a> {
-    #[serde(rename = "@odata.type", borrow)]
-    odata_type: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    id: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    mail: Option<&'a RawValue>,
-    #[serde(rename = "mobilePhone", borrow)]
-    mobile_phone: Option<&'a RawValue>,
-    #[serde(rename = "accountEnabled")]
-    account_enabled: Option<bool>,
-    #[serde(rename = "members@delta", borrow, default)]
-    members: Vec<RawDeltaMember<'a>>,
-    #[serde(rename = "@removed")]
-    removed: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Deserialize)]
@@ -361,7 +344,7 @@ pub fn visit_group_delta(
     group: &str,
     mut f: impl FnMut(MemberChange<'_>),
 ) -> Result<Links, serde_json::Error> {
-    let raw: RawDeltaPage = serde_json::from_slice(body)?;
+    let raw: RawPage = serde_json::from_slice(body)?;
     for g in raw.value.into_iter().filter(|g| g.id.as_deref().is_some_and(|id| id.eq_ignore_ascii_case(group))) {
         for m in g.members {
             let kind = m.odata_type.as_deref().map_or(ObjectKind::User, ObjectKind::from_type);
@@ -384,21 +367,14 @@ pub enum UserChange<'a> {
 /// Hands every user on a `users/delta` page to `f`. A page without a `value` array is an
 /// error.
 pub fn visit_user_delta(body: &[u8], mut f: impl FnMut(UserChange<'_>)) -> Result<Links, serde_json::Error> {
-    let raw: RawDeltaPage = serde_json::from_slice(body)?;
+    let raw: RawPage = serde_json::from_slice(body)?;
     let default_kind = ObjectKind::from_context(raw.context.as_deref());
     for m in raw.value {
-        let id = m.id.unwrap_or_default();
         if m.removed.is_some() {
-            f(UserChange::Removed(id));
-            continue;
+            f(UserChange::Removed(m.id.unwrap_or_default()));
+        } else {
+            f(UserChange::Now(m.view(default_kind)));
         }
-        f(UserChange::Now(MemberView {
-            id,
-            kind: m.odata_type.as_deref().map_or(default_kind, ObjectKind::from_type),
-            mail: m.mail.and_then(text),
-            mobile_phone: m.mobile_phone.and_then(text),
-            account_enabled: m.account_enabled,
-        }));
     }
     Ok(Links { next: raw.next_link, delta: raw.delta_link })
 }

@@ -200,14 +200,7 @@ fn groups(s: &mut State, base: &str, q: &HashMap<String, String>) -> (u16, Respo
             let Some(g) = group_filter(q) else {
                 return (400, graph_error(400, "BadRequest", "$filter id eq is needed"));
             };
-            let link = format!("{}/v1.0/groups/delta?$deltatoken=v{current}.{g}", base);
-            return (
-                200,
-                json_response(
-                    200,
-                    &json!({"@odata.context": context(base, "groups"), "@odata.deltaLink": link, "value": []}),
-                ),
-            );
+            return latest(base, "groups", &format!("v{current}.{g}"));
         }
         match token(s, t, 'v') {
             Ok((v, g)) => (Some(v), current, g, 0),
@@ -304,6 +297,18 @@ fn user_changes(s: &State, from: Option<usize>, to: usize, fields: &[&str], app:
     items
 }
 
+/// The answer to `$deltatoken=latest`: no data, a link to the next round from now.
+fn latest(base: &str, collection: &str, token: &str) -> (u16, Response) {
+    let link = format!("{base}/v1.0/{collection}/delta?$deltatoken={token}");
+    (
+        200,
+        json_response(
+            200,
+            &json!({"@odata.context": context(base, collection), "@odata.deltaLink": link, "value": []}),
+        ),
+    )
+}
+
 fn context(base: &str, collection: &str) -> String {
     format!("{}/v1.0/$metadata#{collection}", base)
 }
@@ -336,14 +341,7 @@ fn users(s: &mut State, base: &str, q: &HashMap<String, String>, app: &App) -> (
         let current = version(s);
         let select = q.get("$select").cloned().unwrap_or_default();
         if t == "latest" {
-            let link = format!("{}/v1.0/users/delta?$deltatoken=u{current}.{select}", base);
-            return (
-                200,
-                json_response(
-                    200,
-                    &json!({"@odata.context": context(base, "users"), "@odata.deltaLink": link, "value": []}),
-                ),
-            );
+            return latest(base, "users", &format!("u{current}.{select}"));
         }
         match token(s, t, 'u') {
             Ok((v, select)) => (Some(v), current, select, 0),
