@@ -1,7 +1,7 @@
 //! Delivering one alert through one provider: SMTP (lettre, rustls), SMTP with
 //! XOAUTH2, or Graph sendMail.
 
-use lettre::message::header::ContentType;
+use lettre::message::header::{ContentType, MIME_VERSION_1_0};
 use lettre::message::Mailbox;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
@@ -110,6 +110,10 @@ fn message(cfg: &AlertConfig, mail: &Mail) -> Result<Message, String> {
             now.subsec_nanos(),
             std::process::id()
         )))
+        // RFC 2045 §4: Content-Type and Content-Transfer-Encoding mean something only
+        // with MIME-Version; without it spam filters score the mail and some readers show
+        // the quoted-printable body raw.
+        .header(MIME_VERSION_1_0)
         .header(ContentType::TEXT_PLAIN);
     for t in &cfg.to {
         b = b.to(mailbox(t)?);

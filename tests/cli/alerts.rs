@@ -64,6 +64,11 @@ fn smtp_starttls_with_auth_delivers_a_failure_alert() {
     assert!(eml.contains("Content-Type: text/plain"), "{eml}");
     assert!(eml.contains("HTTP 503") && eml.contains("hint:"), "{eml}");
     assert_no_secret(&[eml, &out.stderr, &out.stdout]);
+    let mime = smtp.parsed(1);
+    assert_eq!(mime["mime_version"], "1.0", "{mime}");
+    assert_eq!((mime["content_type"].as_str(), mime["charset"].as_str()), (Some("text/plain"), Some("utf-8")));
+    let body = mime["body"].as_str().unwrap();
+    assert!(body.contains("HTTP 503") && body.contains("hint:"), "the decoded body: {body}");
 }
 
 #[test]
@@ -95,6 +100,7 @@ fn smtp_oauth_authenticates_with_a_token_from_entra() {
     let scopes: Vec<String> = r.sim.requests().iter().filter_map(|q| q.form.get("scope").cloned()).collect();
     assert!(scopes.contains(&"https://outlook.office365.com/.default".to_owned()), "{scopes:?}");
     assert_no_secret(&[&msgs[0].0, &out.stderr]);
+    assert_eq!(smtp.parsed(1)["mime_version"], "1.0");
 }
 
 #[test]

@@ -446,6 +446,18 @@ impl Smtp {
     }
 }
 
+impl Smtp {
+    /// Message `n` (from 1) as a strict MIME reader sees it (`tests/smtp/mime_check.py`):
+    /// its MIME headers and decoded body; the test fails on any defect.
+    pub fn parsed(&self, n: usize) -> Value {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/smtp/mime_check.py");
+        let out = Command::new("python3").arg(script).arg(self.out.path().join(format!("{n}.eml"))).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "message {n} is not valid MIME: {err}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
 impl Drop for Smtp {
     fn drop(&mut self) {
         let _ = self.child.kill();
