@@ -95,7 +95,12 @@ pub fn resolve(
         (text, source)
     };
     if !env.credentials_directory.as_deref().is_some_and(|d| source.starts_with(d)) {
-        warn_if_exposed(&source, if key == "password" { "a password" } else { "a client secret" });
+        let what = match key {
+            "password" => "a password",
+            "api_key" => "an API key",
+            _ => "a client secret",
+        };
+        warn_if_exposed(&source, what);
     }
     let value = value.trim();
     if value.is_empty() {

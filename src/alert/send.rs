@@ -1,5 +1,5 @@
 //! Delivering one alert through one provider: SMTP (lettre, rustls), SMTP with
-//! XOAUTH2, or Graph sendMail.
+//! XOAUTH2, Graph sendMail, or SendGrid's Web API.
 
 use lettre::message::header::{ContentType, MIME_VERSION_1_0};
 use lettre::message::Mailbox;
@@ -41,6 +41,70 @@ pub fn send(p: &Provider, cfg: &AlertConfig, http: &HttpConfig, mail: &Mail) -> 
             runtime_block(http, |client| async move { client.send_mail(credentials, graph, &from, &message).await })
                 .map_err(|e| format!("{e}; hint: {}", graph_mail_hint(&e)))
         }
+        Kind::SendGrid { api, key } => sendgrid(api, key, cfg, http, mail),
+    }
+}
+
+/// `POST {api}/v3/mail/send` (SendGrid's documented v3 body); 202 Accepted is delivered.
+/// Not retried: a 429 or 5xx fails over to the next provider at once, which beats an alert
+/// waiting out a throttle. Every answer is logged, with the key masked should it echo.
+fn sendgrid(
+    api: &str,
+    key: &crate::secret::Secret,
+    cfg: &AlertConfig,
+    http: &HttpConfig,
+    mail: &Mail,
+) -> Result<(), String> {
+    let url = format!("{api}/v3/mail/send");
+    let body = serde_json::json!({
+        "personalizations": [{"to": cfg.to.iter().map(|t| serde_json::json!({"email": t.as_str()})).collect::<Vec<_>>()}],
+        "from": {"email": cfg.from.as_str()},
+        "subject": mail.subject,
+        "content": [{"type": "text/plain", "value": mail.body}],
+    });
+    let answer = runtime_block(http, |client| {
+        let url = url.clone();
+        async move { client.post_json_once(&url, key, &body).await }
+    });
+    let mask = |text: &str| text.replace(key.expose(), "***");
+    let (status, bytes) = match answer {
+        Ok(a) => a,
+        Err(e) => {
+            let text = match e {
+                crate::graph::FetchError::Exhausted { last, .. } => format!("{url}: no answer: {}", mask(&last)),
+                e => mask(&e.to_string()),
+            };
+            tracing::info!(provider = "sendgrid", %url, error = %text, "SendGrid did not answer");
+            return Err(format!("{text}; hint: check that this host reaches {api} (HTTPS_PROXY, firewall)"));
+        }
+    };
+    let errors = sendgrid_errors(&bytes);
+    let errors = mask(&errors);
+    tracing::info!(provider = "sendgrid", %url, status, errors = %errors, "SendGrid answered");
+    let hint = match status {
+        202 => return Ok(()),
+        401 => "SendGrid does not accept this API key (wrong, truncated or revoked): create one with the \"Mail Send\" permission under Settings > API Keys (Restricted Access, Mail Send: Full Access) and put it in api_key_file",
+        403 => "the API key needs the \"Mail Send\" permission: create one under Settings > API Keys in SendGrid (Restricted Access, Mail Send: Full Access) and put it in api_key_file",
+        400 => "check `from`: SendGrid sends only from a verified sender identity or an authenticated domain",
+        _ => "SendGrid throttled (429) or failed (5xx): the next provider is tried",
+    };
+    Err(format!("{url} answered HTTP {status}: {errors}; hint: {hint}"))
+}
+
+/// The messages of a SendGrid error body (`{"errors": [{"message": …}]}`), or its first
+/// bytes when it is something else.
+fn sendgrid_errors(body: &[u8]) -> String {
+    #[derive(serde::Deserialize)]
+    struct Errors {
+        errors: Vec<Message>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Message {
+        message: Option<String>,
+    }
+    match serde_json::from_slice::<Errors>(body) {
+        Ok(e) => e.errors.into_iter().filter_map(|m| m.message).collect::<Vec<_>>().join("; "),
+        Err(_) => crate::alert::clean(&String::from_utf8_lossy(&body[..body.len().min(200)])),
     }
 }
 

@@ -54,6 +54,11 @@ struct RawProvider {
     cloud: String,
     authority_host: Option<String>,
     graph_endpoint: Option<String>,
+    /// Refused with its own message: a SendGrid key is never written inline.
+    api_key: Option<Secret>,
+    api_key_file: Option<std::path::PathBuf>,
+    api_key_credential: Option<String>,
+    api_host: Option<String>,
 }
 
 impl Default for RawProvider {
@@ -76,9 +81,16 @@ impl Default for RawProvider {
             cloud: "global".into(),
             authority_host: None,
             graph_endpoint: None,
+            api_key: None,
+            api_key_file: None,
+            api_key_credential: None,
+            api_host: None,
         }
     }
 }
+
+/// SendGrid's Web API, unless `api_host` says otherwise.
+pub const SENDGRID_API: &str = "https://api.sendgrid.com";
 
 /// How an SMTP connection is protected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,6 +137,13 @@ pub enum Kind {
         /// Graph origin.
         graph: String,
     },
+    /// SendGrid's Web API, `POST /v3/mail/send`.
+    SendGrid {
+        /// API origin, `https://api.sendgrid.com` unless set.
+        api: String,
+        /// The API key (Mail Send permission), from a file or a systemd credential.
+        key: Secret,
+    },
 }
 
 /// A provider and its place in the failover order.
@@ -144,6 +163,7 @@ impl Provider {
             Kind::Smtp { host, port, .. } => format!("smtp {host}:{port}"),
             Kind::SmtpOauth { host, port, .. } => format!("smtp-oauth {host}:{port}"),
             Kind::Graph { graph, .. } => format!("graph {graph}"),
+            Kind::SendGrid { api, .. } => format!("sendgrid {api}"),
         }
     }
 }
@@ -195,7 +215,7 @@ impl AlertConfig {
             return Err(bad(
                 "provider",
                 "no [[alert.provider]] is configured".into(),
-                "add at least one [[alert.provider]] (smtp, smtp-oauth or graph); see config/usersync.toml",
+                "add at least one [[alert.provider]] (smtp, smtp-oauth, graph or sendgrid); see config/usersync.toml",
             ));
         }
         let mut providers = Vec::new();
@@ -298,11 +318,31 @@ impl AlertConfig {
                     let (credentials, graph) = app(None)?;
                     Kind::Graph { credentials, graph }
                 }
+                "sendgrid" => {
+                    if p.api_key.is_some() {
+                        return Err(pbad(
+                            "api_key",
+                            "an API key is never written inline".into(),
+                            "put the key in a file only root can read (chmod 0600) and name it with api_key_file, or use api_key_credential under systemd",
+                        ));
+                    }
+                    if p.api_key_file.is_none() && p.api_key_credential.is_none() {
+                        return Err(pbad(
+                            "api_key_file",
+                            "is missing".into(),
+                            "name the file holding the SendGrid API key (api_key_file), or its systemd credential (api_key_credential)",
+                        ));
+                    }
+                    let key = secret("api_key", &None, &p.api_key_file, &p.api_key_credential)?;
+                    let api =
+                        endpoint("api_host", &p.api_host, SENDGRID_API)?.as_str().trim_end_matches('/').to_owned();
+                    Kind::SendGrid { api, key }
+                }
                 other => {
                     return Err(pbad(
                         "kind",
                         format!("unknown kind `{}`", quote(other)),
-                        "use \"smtp\", \"smtp-oauth\" or \"graph\"",
+                        "use \"smtp\", \"smtp-oauth\", \"graph\" or \"sendgrid\"",
                     ))
                 }
             };

@@ -258,6 +258,33 @@ impl GraphClient {
         Err(graph_error(&url, &a))
     }
 
+    /// One `POST` of `body` (JSON) to `url` with `key` as its bearer, for an alert
+    /// provider's web API, where failing over beats waiting: not retried. The proxy, TLS,
+    /// timeout and size rules of every request apply. The status and body of the answer,
+    /// whatever the status; no answer is [`FetchError::Exhausted`] after one attempt.
+    pub async fn post_json_once(
+        &self,
+        url: &str,
+        key: &crate::secret::Secret,
+        body: &serde_json::Value,
+    ) -> Result<(u16, Vec<u8>), FetchError> {
+        let body = serde_json::to_vec(body).map_err(|e| FetchError::Internal(e.to_string()))?;
+        let request = self
+            .http(url)
+            .post(url)
+            .bearer_auth(key.expose())
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        self.stats.count_request();
+        match retry::attempt(request).await {
+            Ok(a) => Ok((a.status.as_u16(), a.body)),
+            Err(retry::Failure::Fatal(e)) => Err(e),
+            Err(retry::Failure::Transient(last)) => {
+                Err(FetchError::Exhausted { url: url.to_owned(), attempts: 1, last })
+            }
+        }
+    }
+
     /// Only the first page of the group (for `usersync test`), and whether more follow.
     pub async fn first_page(&self, cred: &Credentials, q: &GroupQuery) -> Result<(Roster, bool), FetchError> {
         let url = q.first_url();

@@ -231,3 +231,134 @@ fn a_535_to_smtp_oauth_names_the_exchange_online_causes() {
     assert!(out.stdout.contains("Add-MailboxPermission"), "{}", out.stdout);
     assert_no_secret(&[&out.stdout, &out.stderr]);
 }
+
+/// A `sendgrid` provider against the simulator, its key in a 0600 file.
+fn sendgrid_provider(r: &Run, priority: u32, key: &str) -> String {
+    let file = r.path().join(format!("sendgrid-{priority}.key"));
+    std::fs::write(&file, format!("{key}\n")).unwrap();
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    format!(
+        "\n[[alert.provider]]\nkind = \"sendgrid\"\npriority = {priority}\napi_key_file = \"{}\"\napi_host = \"{}\"\n",
+        file.display(),
+        r.sim.url()
+    )
+}
+
+fn assert_no_key(texts: &[&str]) {
+    for t in texts {
+        for key in [SENDGRID_KEY, SENDGRID_READ_ONLY_KEY, "sim-mail-send", "sim-read-only"] {
+            assert!(!t.contains(key), "the SendGrid key leaked into:\n{t}");
+        }
+    }
+}
+
+#[test]
+fn sendgrid_delivers_the_documented_body_and_no_log_holds_the_key() {
+    for verbosity in [&["-vvv"][..], &[]] {
+        let r = failing();
+        write_pki(r.path());
+        let cfg = alert_config(&r, &sendgrid_provider(&r, 1, SENDGRID_KEY), "");
+        let mut r = r.global(&cfg).args(verbosity).expect_exit(1).ignore_stderr();
+        if verbosity.is_empty() {
+            // Every crate's trace, hyper and reqwest included.
+            r = r.env("RUST_LOG", "trace");
+        }
+        let out = r.run();
+        let s = r.sim.state();
+        assert_eq!(s.sendgrid_mail.len(), 1, "{}", out.stderr);
+        let m = &s.sendgrid_mail[0];
+        assert_eq!(
+            m["personalizations"][0]["to"],
+            json!([{"email": "admin@example.com"}, {"email": "ops@example.com"}])
+        );
+        assert_eq!(m["from"], json!({"email": "usersync@gw.example"}));
+        assert!(m["subject"].as_str().unwrap().ends_with(": gw failed (exit 1)"), "{m}");
+        assert_eq!(m["content"][0]["type"], "text/plain");
+        assert!(m["content"][0]["value"].as_str().unwrap().contains("HTTP 503"), "{m}");
+        assert_eq!(s.sendgrid_auth, [format!("Bearer {SENDGRID_KEY}")], "one request: 202 is delivered");
+        assert!(out.stderr.contains("SendGrid answered") && out.stderr.contains("status=202"), "{}", out.stderr);
+        assert!(out.stderr.contains("alert delivered"), "{}", out.stderr);
+        assert_no_key(&[&out.stderr, &out.stdout]);
+    }
+}
+
+#[test]
+fn a_sendgrid_key_without_mail_send_or_a_wrong_one_says_which_permission() {
+    let cases = [
+        ("SG.not-a-key-of-this-account", 401, "hint: SendGrid does not accept this API key"),
+        (SENDGRID_READ_ONLY_KEY, 403, "hint: the API key needs the \"Mail Send\" permission"),
+    ];
+    for (key, status, hint) in cases {
+        let r = one_conf();
+        write_pki(r.path());
+        let cfg = alert_config(&r, &sendgrid_provider(&r, 1, key), "");
+        let mut r = r.global(&cfg).args(&["alert-test", "-vvv"]).expect_exit(1).ignore_stderr();
+        let out = r.run();
+        let line = out.stdout.lines().next().unwrap_or_default();
+        let prefix = format!(
+            "provider 1 (sendgrid {}): failed: {}/v3/mail/send answered HTTP {status}",
+            r.sim.url(),
+            r.sim.url()
+        );
+        assert!(line.starts_with(&prefix), "{line}");
+        assert!(line.contains(hint) && line.contains("\"Mail Send\""), "{line}");
+        assert!(r.sim.state().sendgrid_mail.is_empty());
+        assert_no_key(&[&out.stderr, &out.stdout]);
+        assert!(!out.stderr.contains(key) && !out.stdout.contains(key));
+    }
+}
+
+#[test]
+fn sendgrid_fails_over_to_smtp_and_smtp_to_sendgrid() {
+    // SendGrid throttled, or failing: the SMTP relay after it delivers, at once.
+    for status in [429, 500] {
+        let r = failing();
+        write_pki(r.path());
+        let smtp = Smtp::start(&[]);
+        let providers =
+            format!("{}{}", sendgrid_provider(&r, 1, SENDGRID_KEY), smtp_provider(2, smtp.port, "none", false));
+        let cfg = alert_config(&r, &providers, "");
+        let mut r = r.global(&cfg).expect_exit(1).ignore_stderr();
+        r.sim.state().sendgrid_faults.push(status);
+        let started = std::time::Instant::now();
+        let out = r.run();
+        assert_eq!(smtp.messages().len(), 1, "{status}: {}", out.stderr);
+        assert_eq!(r.sim.state().sendgrid_auth.len(), 1, "{status}: no retry, the next provider instead");
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "no waiting out a throttle");
+        assert!(out.stderr.contains(&format!("answered HTTP {status}")), "{}", out.stderr);
+        assert_no_key(&[&out.stderr]);
+    }
+    // The relay down: SendGrid after it delivers.
+    let r = failing();
+    write_pki(r.path());
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let providers = format!("{}{}", smtp_provider(1, closed, "none", false), sendgrid_provider(&r, 2, SENDGRID_KEY));
+    let cfg = alert_config(&r, &providers, "");
+    let mut r = r.global(&cfg).expect_exit(1).ignore_stderr();
+    let out = r.run();
+    assert_eq!(r.sim.state().sendgrid_mail.len(), 1, "{}", out.stderr);
+    assert!(out.stderr.contains("alert not delivered by this provider"), "{}", out.stderr);
+}
+
+#[test]
+fn a_sendgrid_key_is_never_inline_and_must_be_given() {
+    let cases = [
+        ("api_key = \"SG.inline\"\n", "key `alert.provider[1].api_key`: an API key is never written inline"),
+        ("", "key `alert.provider[1].api_key_file`: is missing"),
+        ("api_key_file = \"/nonexistent/sendgrid.key\"\n", "/nonexistent/sendgrid.key"),
+        (
+            "api_key_file = \"/etc/hostname\"\napi_host = \"http://sendgrid.example\"\n",
+            "uses http:// for a host that is not a loopback address",
+        ),
+    ];
+    for (keys, message) in cases {
+        let r = one_conf();
+        write_pki(r.path());
+        let cfg = alert_config(&r, &format!("\n[[alert.provider]]\nkind = \"sendgrid\"\n{keys}"), "");
+        let mut r = r.global(&cfg).expect_exit(2).ignore_stderr();
+        let out = r.run();
+        assert!(out.stderr.contains(message) && out.stderr.contains("hint:"), "{keys}: {}", out.stderr);
+        assert!(!out.stderr.contains("SG.inline"), "{}", out.stderr);
+        assert!(r.sim.requests().is_empty(), "nothing contacted");
+    }
+}

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 pub use serde_json::{json, Value};
-pub use usersync_sim::{aad_error, device, group, user, Directory, Fault, PageFault, Sim};
+pub use usersync_sim::{
+    aad_error, device, group, user, Directory, Fault, PageFault, Sim, SENDGRID_KEY, SENDGRID_READ_ONLY_KEY,
+};
 
 pub const TENANT: &str = "11111111-2222-3333-4444-555555555555";
 pub const CLIENT: &str = "66666666-7777-8888-9999-000000000000";

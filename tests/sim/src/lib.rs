@@ -132,6 +132,12 @@ pub struct State {
     pub group_latency: HashMap<String, Duration>,
     /// `sendMail` requests accepted: (from, JSON body).
     pub sent_mail: Vec<(String, Value)>,
+    /// SendGrid `POST /v3/mail/send` bodies accepted.
+    pub sendgrid_mail: Vec<Value>,
+    /// Statuses the next SendGrid requests answer, one each, before any check (429, 500 …).
+    pub sendgrid_faults: Vec<u16>,
+    /// The `Authorization` header of every SendGrid request.
+    pub sendgrid_auth: Vec<String>,
     /// Requests that came before the `Retry-After` of an earlier answer for the same page.
     pub early_retries: usize,
     /// Seconds the token endpoint's clock is ahead of this host's (judging assertions).
@@ -296,6 +302,7 @@ fn router(state: Shared) -> Router {
         .route("/v1.0/groups/{id}/{relation}", get(members))
         .route("/v1.0/$batch", post(batch))
         .route("/v1.0/users/{from}/sendMail", post(send_mail))
+        .route("/v3/mail/send", post(sendgrid_send))
         .route("/_sim/token", get(check_token))
         .route("/_sim/change", post(change))
         .fallback(|| async {
@@ -568,6 +575,71 @@ async fn send_mail(
         }
         _ => graph_error(400, "ErrorInvalidRequest", "The message is not valid."),
     }
+}
+
+/// The SendGrid API key the simulator accepts for Mail Send.
+pub const SENDGRID_KEY: &str = "SG.sim-mail-send.3c1d9a0e7b5f4e2a8d6c";
+/// A valid SendGrid key without the Mail Send permission (answered 403).
+pub const SENDGRID_READ_ONLY_KEY: &str = "SG.sim-read-only.9f8e7d6c5b4a3f2e1d0c";
+
+/// A SendGrid error answer: `{"errors": [{"message", "field", "help"}]}`.
+fn sendgrid_error(status: u16, message: &str, field: Option<&str>) -> Response {
+    json_response(status, &json!({"errors": [{"message": message, "field": field, "help": null}]}))
+}
+
+/// `POST /v3/mail/send` as SendGrid's v3 Web API answers it: the key first, then the
+/// body's documented shape (`personalizations[].to[].email`, `from.email`, `subject`,
+/// `content[]` with `text/plain` first); 202 and an empty body when it is sent.
+async fn sendgrid_send(AxState(state): AxState<Shared>, headers: HeaderMap, body: String) -> Response {
+    let mut s = lock(&state);
+    let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    s.sendgrid_auth.push(auth.clone());
+    if !s.sendgrid_faults.is_empty() {
+        let status = s.sendgrid_faults.remove(0);
+        return sendgrid_error(status, "simulated failure", None);
+    }
+    match auth.strip_prefix("Bearer ") {
+        Some(SENDGRID_KEY) => {}
+        Some(SENDGRID_READ_ONLY_KEY) => return sendgrid_error(403, "access forbidden", None),
+        _ => return sendgrid_error(401, "The provided authorization grant is invalid, expired, or revoked", None),
+    }
+    let Ok(v) = serde_json::from_str::<Value>(&body) else {
+        return sendgrid_error(400, "Bad Request", None);
+    };
+    let address = |a: &Value| a["email"].as_str().is_some_and(|e| e.contains('@') && !e.contains(char::is_whitespace));
+    let personalizations = v["personalizations"].as_array().filter(|p| !p.is_empty());
+    let Some(personalizations) = personalizations else {
+        return sendgrid_error(
+            400,
+            "The personalizations field is required and must have at least one personalization.",
+            Some("personalizations"),
+        );
+    };
+    for p in personalizations {
+        let to = p["to"].as_array().filter(|t| !t.is_empty());
+        if !to.is_some_and(|t| t.iter().all(address)) {
+            return sendgrid_error(
+                400,
+                "Each personalization needs a to array of email objects.",
+                Some("personalizations.0.to"),
+            );
+        }
+    }
+    if !address(&v["from"]) {
+        return sendgrid_error(400, "The from object must be provided for every email send.", Some("from"));
+    }
+    if v["subject"].as_str().is_none_or(str::is_empty) {
+        return sendgrid_error(400, "The subject is required.", Some("subject"));
+    }
+    let content = v["content"].as_array().filter(|c| !c.is_empty());
+    let plain_first = content.is_some_and(|c| {
+        c[0]["type"] == "text/plain" && c.iter().all(|p| p["type"].is_string() && p["value"].is_string())
+    });
+    if !plain_first {
+        return sendgrid_error(400, "The content value must be a string, with text/plain first.", Some("content"));
+    }
+    s.sendgrid_mail.push(v);
+    StatusCode::ACCEPTED.into_response()
 }
 
 fn select(obj: &Value, fields: &[&str]) -> Value {
