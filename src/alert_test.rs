@@ -26,10 +26,13 @@ pub fn run(cli: &Cli) -> Result<u8, Stop> {
         ),
     };
     let attempts = deliver(alert, &config.http, &mail, true);
-    for (i, a) in attempts.iter().enumerate() {
+    for (i, (a, p)) in attempts.iter().zip(&alert.providers).enumerate() {
         match &a.result {
             Ok(()) => println!("provider {} ({}): delivered", i + 1, a.provider),
             Err(e) => println!("provider {} ({}): failed: {}", i + 1, a.provider, clean(e)),
+        }
+        if let Some(c) = p.credentials() {
+            println!("  credential: {}", c.auth.describe(p.expires));
         }
     }
     Ok(u8::from(!attempts.iter().any(|a| a.result.is_ok())))

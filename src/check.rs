@@ -9,7 +9,7 @@ use rustix::fs::Access;
 
 use crate::cli::Cli;
 use crate::credential::ClientAuth;
-use crate::entraidconf::{EntraConf, Env};
+use crate::entraidconf::Env;
 use crate::error::{Hint, Outcome};
 use crate::instance::{self, Instance};
 use crate::trust::Trust;
@@ -72,9 +72,10 @@ fn trust_note(who: &str, path: &Path, trust: &Trust, untrusted_means: &str) -> F
 pub const EXPIRY_WARNING_DAYS: i64 = 30;
 
 /// An expired credential (an error), or one that expires within [`EXPIRY_WARNING_DAYS`].
-fn expiry(who: &str, c: &EntraConf, now: i64) -> Option<Finding> {
-    let expires = c.expires?;
-    let (what, hint) = match &c.auth {
+/// `at` says whose it is: a config, or an alert provider.
+fn expiry(at: &str, auth: &ClientAuth, expires: Option<i64>, now: i64) -> Option<Finding> {
+    let expires = expires?;
+    let (what, hint) = match auth {
         ClientAuth::Certificate(cert) => (
             format!("the certificate `{}`", cert.subject),
             "create a new certificate, upload it under App registrations > the app > Certificates & secrets, and point client_certificate at it (keep the old one until the new one works)",
@@ -84,7 +85,7 @@ fn expiry(who: &str, c: &EntraConf, now: i64) -> Option<Finding> {
             "create a new client secret under App registrations > the app > Certificates & secrets, put it in the config, and update client_secret_expires",
         ),
     };
-    let at = format!("{who}, config {}: {what}", c.path.display());
+    let at = format!("{at}: {what}");
     let date = crate::date::format(expires);
     let days = (expires - now).div_euclid(86_400);
     if expires <= now {
@@ -94,6 +95,10 @@ fn expiry(who: &str, c: &EntraConf, now: i64) -> Option<Finding> {
     } else {
         None
     }
+}
+
+fn now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// Runs the check, prints the findings, and returns the outcome (exit 0 or 2).
@@ -121,6 +126,11 @@ fn findings(cli: &Cli, names: &[String]) -> Vec<Finding> {
     let mut out = Vec::new();
     if let Some(p) = &config.path {
         out.push(trust_note("", p, &Trust::Trusted, ""));
+        for provider in config.alert.iter().flat_map(|a| &a.providers) {
+            let Some(credentials) = provider.credentials() else { continue };
+            let at = format!("{}, [[alert.provider]] {}", p.display(), provider.label());
+            out.extend(expiry(&at, &credentials.auth, provider.expires, now()));
+        }
     }
     let names = match instance::select(&root, names) {
         Ok(n) => n,
@@ -138,8 +148,7 @@ fn findings(cli: &Cli, names: &[String]) -> Vec<Finding> {
 
 fn check_instance(inst: &Instance, out: &mut Vec<Finding>) {
     let who = format!("instance `{}`", inst.name);
-    let now =
-        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let now = now();
     let at = format!("{who}: ");
     for c in &inst.configs {
         out.push(trust_note(
@@ -163,7 +172,7 @@ fn check_instance(inst: &Instance, out: &mut Vec<Finding>) {
         if let Some((message, hint)) = crate::secret::exposure(&c.secret_file, holds) {
             out.push(warning(format!("{who}: {message}"), &hint));
         }
-        if let Some(finding) = expiry(&who, c, now) {
+        if let Some(finding) = expiry(&format!("{who}, config {}", c.path.display()), &c.auth, c.expires, now) {
             out.push(finding);
         }
     }

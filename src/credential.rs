@@ -2,6 +2,7 @@
 //! a fresh JWT client assertion for every token request.
 
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -11,9 +12,14 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use ring::signature::KeyPair as _;
 use serde::Serialize;
 
-use crate::secret::Secret;
+use crate::error::{quote, ConfigError};
+use crate::secret::{read_source, resolve, warn_if_exposed, Env, Secret};
 
-/// How long a client assertion is valid (Entra accepts at most 10 minutes).
+/// How long a client assertion is valid. Microsoft's certificate-credentials page sets no
+/// maximum; ten minutes is what MSAL signs (`expires_in=600`), long enough for a token
+/// request with its retries and a few minutes of clock skew, and short enough that an
+/// assertion caught in a log or a proxy is soon worthless. A new one is signed for every
+/// request anyway.
 pub const ASSERTION_LIFETIME_SECONDS: u64 = 600;
 
 /// What the token request proves the app's identity with.
@@ -26,6 +32,21 @@ pub enum ClientAuth {
 }
 
 impl ClientAuth {
+    /// One line for `usersync test` and `usersync alert-test`: what the credential is, the
+    /// thumbprints an admin finds it by, and when it expires.
+    #[must_use]
+    pub fn describe(&self, expires: Option<i64>) -> String {
+        let expires =
+            expires.map_or_else(|| "expiry not recorded".to_owned(), |t| format!("expires {}", crate::date::format(t)));
+        match self {
+            Self::Certificate(c) => format!(
+                "certificate `{}`, thumbprint {} (SHA-1, as the Entra admin center lists it), x5t#S256 {}, {expires}",
+                c.subject, c.sha1_thumbprint, c.thumbprint
+            ),
+            Self::Secret(_) => format!("client secret, {expires}"),
+        }
+    }
+
     /// A digest that tells two credentials apart, without holding or showing either.
     fn digest(&self) -> [u8; 32] {
         let mut d = ring::digest::Context::new(&ring::digest::SHA256);
@@ -118,8 +139,13 @@ impl AssertionAlgorithm {
 pub struct Certificate {
     /// `x5t#S256`: base64url of the SHA-256 of the certificate's DER.
     pub thumbprint: String,
+    /// The SHA-1 of the certificate's DER in upper-case hex: the thumbprint the Entra admin
+    /// center lists under Certificates & secrets.
+    pub sha1_thumbprint: String,
     /// The certificate's subject, for messages.
     pub subject: String,
+    /// The start of the certificate's validity (Unix seconds).
+    pub not_before: i64,
     /// The end of the certificate's validity (Unix seconds).
     pub not_after: i64,
     algorithm: AssertionAlgorithm,
@@ -198,9 +224,16 @@ impl Certificate {
             )
             .in_key());
         }
+        let sha1 = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, &cert.contents);
         Ok(Self {
             thumbprint: URL_SAFE_NO_PAD.encode(ring::digest::digest(&ring::digest::SHA256, &cert.contents)),
+            sha1_thumbprint: sha1.as_ref().iter().fold(String::with_capacity(40), |mut h, b| {
+                use std::fmt::Write as _;
+                let _ = write!(h, "{b:02X}");
+                h
+            }),
             subject: x509.subject().to_string(),
+            not_before: x509.validity().not_before.timestamp(),
             not_after: x509.validity().not_after.timestamp(),
             algorithm,
             key: key.encoding,
@@ -224,6 +257,166 @@ impl Certificate {
             exp: now + ASSERTION_LIFETIME_SECONDS,
         };
         jsonwebtoken::encode(&header, &claims, &self.key).map(Secret::new)
+    }
+}
+
+/// An app's credential keys as written, in a `.entraidconf` or an `[[alert.provider]]`:
+/// one set of keys, read and checked by one [`CredentialKeys::load`].
+#[derive(Debug, Default)]
+pub struct CredentialKeys {
+    /// `client_secret`
+    pub client_secret: Option<Secret>,
+    /// `client_secret_file`
+    pub client_secret_file: Option<PathBuf>,
+    /// `client_secret_credential`
+    pub client_secret_credential: Option<String>,
+    /// `client_secret_expires`
+    pub client_secret_expires: Option<String>,
+    /// `client_certificate`
+    pub client_certificate: Option<PathBuf>,
+    /// `client_certificate_credential`
+    pub client_certificate_credential: Option<String>,
+    /// `client_key`
+    pub client_key: Option<PathBuf>,
+    /// `client_key_credential`
+    pub client_key_credential: Option<String>,
+    /// `assertion_algorithm`
+    pub assertion_algorithm: Option<String>,
+}
+
+/// A credential read and checked.
+#[derive(Debug, Clone)]
+pub struct LoadedCredential {
+    /// The secret or certificate.
+    pub auth: ClientAuth,
+    /// The file holding the secret or the private key (the config itself for an inline
+    /// secret).
+    pub file: PathBuf,
+    /// When it expires (Unix seconds): the certificate's end of validity, or
+    /// `client_secret_expires` when recorded.
+    pub expires: Option<i64>,
+}
+
+impl CredentialKeys {
+    /// Reads and checks the credential of the config at `path`, at the time `now` (Unix
+    /// seconds): a secret, or a certificate (the two exclude each other) whose key belongs
+    /// to it and which is valid now. `confine`: see [`read_source`].
+    pub fn load(
+        self,
+        path: &Path,
+        env: &Env,
+        confine: Option<&Path>,
+        now: i64,
+    ) -> Result<LoadedCredential, ConfigError> {
+        let certificate_given = self.client_certificate.is_some()
+            || self.client_certificate_credential.is_some()
+            || self.client_key.is_some()
+            || self.client_key_credential.is_some()
+            || self.assertion_algorithm.is_some();
+        let secret_given = self.client_secret.is_some()
+            || self.client_secret_file.is_some()
+            || self.client_secret_credential.is_some();
+        if certificate_given {
+            if secret_given || self.client_secret_expires.is_some() {
+                return Err(ConfigError::new(
+                    path,
+                    "both a client secret and a certificate are configured",
+                    "keep either the client_secret* keys or the client_certificate / client_key keys",
+                ));
+            }
+            let (cert, file) = self.certificate(path, env, confine, now)?;
+            let expires = Some(cert.not_after);
+            return Ok(LoadedCredential { auth: ClientAuth::Certificate(Arc::new(cert)), file, expires });
+        }
+        if !secret_given {
+            return Err(ConfigError::new(
+                path,
+                "no client credential is configured",
+                "set client_certificate (recommended) or client_secret, client_secret_file or client_secret_credential",
+            ));
+        }
+        let (secret, file) = resolve(
+            "client_secret",
+            self.client_secret,
+            self.client_secret_file,
+            self.client_secret_credential,
+            path,
+            env,
+            confine,
+        )?;
+        let expires = match self.client_secret_expires {
+            None => None,
+            Some(d) => Some(crate::date::parse(&d).ok_or_else(|| {
+                ConfigError::new(
+                    path,
+                    format!("key `client_secret_expires`: `{}` is not a date like 2027-05-01", quote(&d)),
+                    "copy the Expires date of the secret from App registrations > the app > Certificates & secrets, as YYYY-MM-DD",
+                )
+            })?),
+        };
+        Ok(LoadedCredential { auth: ClientAuth::Secret(secret), file, expires })
+    }
+
+    /// The certificate and key named, and the file holding the private key.
+    fn certificate(
+        self,
+        path: &Path,
+        env: &Env,
+        confine: Option<&Path>,
+        now: i64,
+    ) -> Result<(Certificate, PathBuf), ConfigError> {
+        let algorithm = match self.assertion_algorithm.as_deref() {
+            None => AssertionAlgorithm::default(),
+            Some(a) => AssertionAlgorithm::from_name(a).ok_or_else(|| {
+                ConfigError::new(
+                    path,
+                    format!("key `assertion_algorithm`: unknown algorithm `{}`", quote(a)),
+                    "use \"PS256\" (the default) or \"RS256\"",
+                )
+            })?,
+        };
+        let (cert_pem, cert_file) = read_source(
+            "client_certificate",
+            self.client_certificate,
+            self.client_certificate_credential,
+            path,
+            env,
+            confine,
+        )?
+        .ok_or_else(|| {
+            ConfigError::new(
+                path,
+                "client_key is set but no certificate",
+                "set client_certificate (or client_certificate_credential) to the PEM file of the certificate uploaded to the app registration",
+            )
+        })?;
+        let key = read_source("client_key", self.client_key, self.client_key_credential, path, env, confine)?;
+        // Only the file that holds the key is secret: a certificate on its own is public.
+        let key_file = key.as_ref().map_or_else(|| cert_file.clone(), |(_, f)| f.clone());
+        if !env.credentials_directory.as_deref().is_some_and(|d| key_file.starts_with(d)) {
+            warn_if_exposed(&key_file, "a private key");
+        }
+        let c = Certificate::from_pem(&cert_pem, key.as_ref().map(|(k, _)| k.as_slice()), algorithm).map_err(|e| {
+            let from = key.as_ref().filter(|_| e.in_key).map_or(&cert_file, |(_, f)| f);
+            ConfigError::new(path, format!("{}: {}", from.display(), e.message), e.hint)
+        })?;
+        let (from, to) = (crate::date::format(c.not_before), crate::date::format(c.not_after));
+        let valid = format!("valid from {from} to {to}");
+        if now > c.not_after {
+            return Err(ConfigError::new(
+                path,
+                format!("{}: the certificate `{}` expired on {to} ({valid}); nothing was sent with it", cert_file.display(), c.subject),
+                "create a new certificate, upload it under App registrations > the app > Certificates & secrets, and point client_certificate at it",
+            ));
+        }
+        if now < c.not_before {
+            return Err(ConfigError::new(
+                path,
+                format!("{}: the certificate `{}` is not valid yet ({valid}); nothing was sent with it", cert_file.display(), c.subject),
+                "check this host's clock (timedatectl; NTP must be synchronised), or use the certificate from its first day",
+            ));
+        }
+        Ok((c, key_file))
     }
 }
 

@@ -5,15 +5,15 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::credential::{AssertionAlgorithm, Certificate, ClientAuth, Credentials};
+use crate::credential::{ClientAuth, CredentialKeys, Credentials, LoadedCredential};
 use crate::endpoints::{parse_endpoint, Cloud, Endpoints};
 use crate::error::{quote, quote_in, ConfigError};
 use crate::ids::{ClientId, GroupId, TenantId};
 use crate::output::{AccessRule, Output};
 pub use crate::secret::Env;
-use crate::secret::{read_source, resolve, Secret};
+use crate::secret::Secret;
 use crate::trust::{self, Trust};
-use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 const HINT_REFERENCE: &str = "see the `.entraidconf` table in the README, or config/example.entraidconf";
 
@@ -205,58 +205,20 @@ impl EntraConf {
             )
         })?;
 
-        let certificate_keys = [
-            raw.client_certificate.is_some(),
-            raw.client_certificate_credential.is_some(),
-            raw.client_key.is_some(),
-            raw.client_key_credential.is_some(),
-            raw.assertion_algorithm.is_some(),
-        ];
-        let secret_given =
-            raw.client_secret.is_some() || raw.client_secret_file.is_some() || raw.client_secret_credential.is_some();
-        let (auth, secret_file, expires) = if certificate_keys.contains(&true) {
-            if secret_given || raw.client_secret_expires.is_some() {
-                return Err(ConfigError::new(
-                    path,
-                    "both a client secret and a certificate are configured",
-                    "keep either the client_secret* keys or the client_certificate / client_key keys",
-                ));
-            }
-            let keys = CertificateKeys {
-                certificate: raw.client_certificate,
-                certificate_credential: raw.client_certificate_credential,
-                key: raw.client_key,
-                key_credential: raw.client_key_credential,
-                algorithm: raw.assertion_algorithm,
-            };
-            let (cert, file) = certificate(keys, path, env, confine)?;
-            let expires = cert.not_after;
-            (ClientAuth::Certificate(Arc::new(cert)), file, Some(expires))
-        } else {
-            if !secret_given {
-                return Err(ConfigError::new(
-                    path,
-                    "no client credential is configured",
-                    "set client_certificate (recommended) or client_secret, client_secret_file or client_secret_credential",
-                ));
-            }
-            let (secret, secret_file) = resolve(
-                "client_secret",
-                raw.client_secret,
-                raw.client_secret_file,
-                raw.client_secret_credential,
-                path,
-                env,
-                confine,
-            )?;
-            let expires = match raw.client_secret_expires {
-                None => None,
-                Some(d) => Some(crate::date::parse(&d).ok_or_else(|| {
-                    bad("client_secret_expires", format!("`{}` is not a date like 2027-05-01", quote(&d)), "copy the Expires date of the secret from App registrations > the app > Certificates & secrets, as YYYY-MM-DD")
-                })?),
-            };
-            (ClientAuth::Secret(secret), secret_file, expires)
-        };
+        let now =
+            SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        let LoadedCredential { auth, file: secret_file, expires } = CredentialKeys {
+            client_secret: raw.client_secret,
+            client_secret_file: raw.client_secret_file,
+            client_secret_credential: raw.client_secret_credential,
+            client_secret_expires: raw.client_secret_expires,
+            client_certificate: raw.client_certificate,
+            client_certificate_credential: raw.client_certificate_credential,
+            client_key: raw.client_key,
+            client_key_credential: raw.client_key_credential,
+            assertion_algorithm: raw.assertion_algorithm,
+        }
+        .load(path, env, confine, now)?;
 
         let query_filter = raw.query_filter;
         let mut mail = false;
@@ -352,53 +314,6 @@ impl EntraConf {
             trust,
         })
     }
-}
-
-/// The certificate keys of a raw config.
-struct CertificateKeys {
-    certificate: Option<PathBuf>,
-    certificate_credential: Option<String>,
-    key: Option<PathBuf>,
-    key_credential: Option<String>,
-    algorithm: Option<String>,
-}
-
-/// The certificate and key a config names, and the file holding the private key.
-fn certificate(
-    raw: CertificateKeys,
-    path: &Path,
-    env: &Env,
-    confine: Option<&Path>,
-) -> Result<(Certificate, PathBuf), ConfigError> {
-    let algorithm = match raw.algorithm.as_deref() {
-        None => AssertionAlgorithm::default(),
-        Some(a) => AssertionAlgorithm::from_name(a).ok_or_else(|| {
-            ConfigError::new(
-                path,
-                format!("key `assertion_algorithm`: unknown algorithm `{}`", quote(a)),
-                "use \"PS256\" (the default) or \"RS256\"",
-            )
-        })?,
-    };
-    let cert =
-        read_source("client_certificate", raw.certificate, raw.certificate_credential, path, env, confine)?
-            .ok_or_else(|| {
-                ConfigError::new(
-                    path,
-                    "client_key is set but no certificate",
-                    "set client_certificate (or client_certificate_credential) to the PEM file of the certificate uploaded to the app registration",
-                )
-            })?;
-    let key = read_source("client_key", raw.key, raw.key_credential, path, env, confine)?;
-    let key_file = key.as_ref().map_or_else(|| cert.1.clone(), |(_, f)| f.clone());
-    if !env.credentials_directory.as_deref().is_some_and(|d| key_file.starts_with(d)) {
-        crate::secret::warn_if_exposed(&key_file, "a private key");
-    }
-    let c = Certificate::from_pem(&cert.0, key.as_ref().map(|(k, _)| k.as_slice()), algorithm).map_err(|e| {
-        let from = key.as_ref().filter(|_| e.in_key).map_or(&cert.1, |(_, f)| f);
-        ConfigError::new(path, format!("{}: {}", from.display(), e.message), e.hint)
-    })?;
-    Ok((c, key_file))
 }
 
 #[cfg(test)]

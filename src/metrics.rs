@@ -49,15 +49,16 @@ fn credentials(m: &mut Family<'_>, r: &Report) {
     m.head(
         "usersync_credential_expiry_timestamp_seconds",
         "gauge",
-        "Unix time the config's client certificate (or recorded client secret) expires.",
+        "Unix time a config's or an alert provider's client certificate (or recorded client secret) expires.",
     );
     for c in &r.credentials {
         let config = c.config.display().to_string();
-        m.sample(
-            "usersync_credential_expiry_timestamp_seconds",
-            &[("instance", &c.instance), ("config", &config)],
-            c.expires as f64,
-        );
+        let owner = match (&c.instance, &c.provider) {
+            (_, Some(provider)) => ("provider", provider.as_str()),
+            (Some(instance), None) => ("instance", instance.as_str()),
+            (None, None) => continue,
+        };
+        m.sample("usersync_credential_expiry_timestamp_seconds", &[owner, ("config", &config)], c.expires as f64);
     }
 }
 

@@ -194,13 +194,17 @@ pub struct ReadReport {
     pub ignored_user_changes: Option<u64>,
 }
 
-/// A client credential whose expiry is known.
+/// A client credential whose expiry is known: a config's, or an alert provider's.
 #[derive(Debug, Clone, Serialize)]
 pub struct CredentialReport {
-    /// The instance.
-    pub instance: String,
-    /// The `.entraidconf` file.
+    /// The instance, for a `.entraidconf`'s credential.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    /// The file that sets it: the `.entraidconf`, or `usersync.toml` for an alert provider.
     pub config: PathBuf,
+    /// The alert provider (`smtp-oauth smtp.office365.com:587`), for a provider's credential.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
     /// `certificate` or `secret`.
     pub kind: &'static str,
     /// Unix time it expires.

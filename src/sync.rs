@@ -125,6 +125,34 @@ fn record(config: &Config, report: &Report, started: Instant) {
     }
 }
 
+/// The credentials whose expiry is known: each config's, then each alert provider's.
+fn credential_reports(instances: &[Instance], config: &Config) -> Vec<CredentialReport> {
+    let kind = |auth: &ClientAuth| if matches!(auth, ClientAuth::Certificate(_)) { "certificate" } else { "secret" };
+    let mut out = Vec::new();
+    for i in instances {
+        for c in &i.configs {
+            let Some(expires) = c.expires else { continue };
+            out.push(CredentialReport {
+                instance: Some(i.name.clone()),
+                config: c.path.clone(),
+                provider: None,
+                kind: kind(&c.auth),
+                expires,
+            });
+        }
+    }
+    out.extend(config.alert.iter().flat_map(|a| &a.providers).filter_map(|p| {
+        Some(CredentialReport {
+            instance: None,
+            config: config.path.clone().unwrap_or_default(),
+            provider: Some(p.label()),
+            kind: kind(&p.credentials()?.auth),
+            expires: p.expires?,
+        })
+    }));
+    out
+}
+
 struct Run<'a> {
     cli: &'a Cli,
     config: &'a Config,
@@ -161,18 +189,7 @@ impl Run<'_> {
 
         // 2. Every instance's configuration, all checked before anything is contacted.
         let instances = self.load_instances()?;
-        for i in &instances {
-            for c in &i.configs {
-                let Some(expires) = c.expires else { continue };
-                let kind = if matches!(c.auth, ClientAuth::Certificate(_)) { "certificate" } else { "secret" };
-                report.credentials.push(CredentialReport {
-                    instance: i.name.clone(),
-                    config: c.path.clone(),
-                    kind,
-                    expires,
-                });
-            }
-        }
+        report.credentials = credential_reports(&instances, self.config);
         let client = Arc::new(GraphClient::new(&self.config.http).map_err(|e| {
             Stop::from(ConfigError::new(
                 self.config.http.ca_bundle.as_ref().map_or(PathBuf::from("[http]"), |(p, _)| p.clone()),

@@ -4,7 +4,6 @@
 use std::fmt::Write as _;
 
 use crate::cli::Cli;
-use crate::credential::ClientAuth;
 use crate::entraidconf::{EntraConf, Env};
 use crate::error::{ConfigError, Hint, Outcome};
 use crate::graph::GraphClient;
@@ -41,15 +40,7 @@ pub fn run(cli: &Cli, name: &str, entraid: Option<&str>, show: bool) -> Result<u
         let relation = if q.nested { "transitiveMembers" } else { "members" };
         let mut out = format!("instance `{name}`, config {}\n", c.path.display());
         let _ = writeln!(out, "  tenant {}, group {} ({relation}) at {}", c.tenant, c.group, q.graph);
-        let expires = c
-            .expires
-            .map_or_else(|| "expiry not recorded".to_owned(), |t| format!("expires {}", crate::date::format(t)));
-        let _ = match &c.auth {
-            ClientAuth::Certificate(cert) => {
-                writeln!(out, "  credential: certificate `{}` (x5t#S256 {}), {expires}", cert.subject, cert.thumbprint)
-            }
-            ClientAuth::Secret(_) => writeln!(out, "  credential: client secret, {expires}"),
-        };
+        let _ = writeln!(out, "  credential: {}", c.auth.describe(c.expires));
         match rt.block_on(client.first_page(&c.credentials(), &q)) {
             Ok((roster, more)) => {
                 let more = if more { "; more pages follow" } else { "" };

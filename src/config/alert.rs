@@ -2,11 +2,11 @@
 //! Sending lives in `crate::alert`.
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
 
-use crate::credential::Credentials;
+use crate::credential::{CredentialKeys, Credentials, LoadedCredential};
 use crate::endpoints::{parse_endpoint, Cloud, Endpoints};
 use crate::error::{quote, ConfigError};
 use crate::ids::{ClientId, TenantId};
@@ -51,6 +51,12 @@ struct RawProvider {
     client_secret: Option<Secret>,
     client_secret_file: Option<std::path::PathBuf>,
     client_secret_credential: Option<String>,
+    client_secret_expires: Option<String>,
+    client_certificate: Option<std::path::PathBuf>,
+    client_certificate_credential: Option<String>,
+    client_key: Option<std::path::PathBuf>,
+    client_key_credential: Option<String>,
+    assertion_algorithm: Option<String>,
     cloud: String,
     authority_host: Option<String>,
     graph_endpoint: Option<String>,
@@ -78,6 +84,12 @@ impl Default for RawProvider {
             client_secret: None,
             client_secret_file: None,
             client_secret_credential: None,
+            client_secret_expires: None,
+            client_certificate: None,
+            client_certificate_credential: None,
+            client_key: None,
+            client_key_credential: None,
+            assertion_algorithm: None,
             cloud: "global".into(),
             authority_host: None,
             graph_endpoint: None,
@@ -153,9 +165,21 @@ pub struct Provider {
     pub priority: i64,
     /// What it is.
     pub kind: Kind,
+    /// When its app credential expires (Unix seconds), if known: a certificate's end of
+    /// validity, or `client_secret_expires`.
+    pub expires: Option<i64>,
 }
 
 impl Provider {
+    /// The app credential of an Entra-authenticated provider (`smtp-oauth`, `graph`).
+    #[must_use]
+    pub fn credentials(&self) -> Option<&Credentials> {
+        match &self.kind {
+            Kind::SmtpOauth { credentials, .. } | Kind::Graph { credentials, .. } => Some(credentials),
+            Kind::Smtp { .. } | Kind::SendGrid { .. } => None,
+        }
+    }
+
     /// A short name for reports: `smtp outbound.example.com:587`.
     #[must_use]
     pub fn label(&self) -> String {
@@ -258,15 +282,34 @@ impl AlertConfig {
                     .map(|(s, _)| s)
                     .map_err(|e| ConfigError { message: format!("[[alert.provider]] {n}: {}", e.message), ..e })
             };
-            let app = |scope: Option<&str>| -> Result<(Credentials, String), ConfigError> {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+            let mut expires = None;
+            // An Entra app (smtp-oauth, graph): the same credential keys and checks as a
+            // `.entraidconf`, with the provider named in any error.
+            let mut app = |scope: Option<&str>| -> Result<(Credentials, String), ConfigError> {
                 let tenant = p.tenant_id.as_deref().and_then(TenantId::parse).ok_or_else(|| {
                     pbad("tenant_id", "is missing or not a GUID/domain".into(), "the Directory (tenant) ID of the app")
                 })?;
                 let client = p.client_id.as_deref().and_then(ClientId::parse).ok_or_else(|| {
                     pbad("client_id", "is missing or not a GUID".into(), "the Application (client) ID of the app")
                 })?;
-                let secret =
-                    secret("client_secret", &p.client_secret, &p.client_secret_file, &p.client_secret_credential)?;
+                let keys = CredentialKeys {
+                    client_secret: p.client_secret.clone(),
+                    client_secret_file: p.client_secret_file.clone(),
+                    client_secret_credential: p.client_secret_credential.clone(),
+                    client_secret_expires: p.client_secret_expires.clone(),
+                    client_certificate: p.client_certificate.clone(),
+                    client_certificate_credential: p.client_certificate_credential.clone(),
+                    client_key: p.client_key.clone(),
+                    client_key_credential: p.client_key_credential.clone(),
+                    assertion_algorithm: p.assertion_algorithm.clone(),
+                };
+                let LoadedCredential { auth, expires: until, .. } = keys
+                    .load(file, &env, None, now)
+                    .map_err(|e| ConfigError { message: format!("[[alert.provider]] {n}: {}", e.message), ..e })?;
+                expires = until;
                 let endpoints = Endpoints {
                     authority: endpoint("authority_host", &p.authority_host, cloud.authority_host())?,
                     graph: endpoint("graph_endpoint", &p.graph_endpoint, cloud.graph_endpoint())?,
@@ -274,7 +317,7 @@ impl AlertConfig {
                 let credentials = Credentials {
                     token_url: endpoints.token_url(tenant.as_str()),
                     client_id: client.to_string(),
-                    auth: crate::credential::ClientAuth::Secret(secret),
+                    auth,
                     scope: scope.map_or_else(|| endpoints.scope(), str::to_owned),
                 };
                 Ok((credentials, endpoints.graph_base()))
@@ -346,7 +389,11 @@ impl AlertConfig {
                     ))
                 }
             };
-            providers.push(Provider { priority: p.priority.unwrap_or(i64::try_from(n).unwrap_or(i64::MAX)), kind });
+            providers.push(Provider {
+                priority: p.priority.unwrap_or(i64::try_from(n).unwrap_or(i64::MAX)),
+                kind,
+                expires,
+            });
         }
         providers.sort_by_key(|p| p.priority);
         Ok(Self { from, to, repeat: Duration::from_secs(raw.repeat_hours.max(1) * 3600), providers })

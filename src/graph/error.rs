@@ -199,6 +199,9 @@ impl FetchError {
 impl Hint for FetchError {
     fn hint(&self) -> Option<String> {
         let h = match self {
+            // Entra gives 700027 both for a key it does not know and for one whose registered
+            // certificate has expired; only the reason in the description tells them apart.
+            Self::Token { aadsts: Some(700_027), description, .. } if description.to_ascii_lowercase().contains("key used is expired") => "the certificate registered on the app has expired in Entra ID: create a new certificate, upload it under App registrations > the app > Certificates & secrets, and point client_certificate at it (and check this host's clock: timedatectl)".into(),
             Self::Token { aadsts: Some(code), .. } => match code {
                 7_000_215 => "the client secret is wrong: paste the secret's Value (not its Secret ID) from App registrations > the app > Certificates & secrets".into(),
                 7_000_222 => "the client secret has expired: create a new one under App registrations > the app > Certificates & secrets and put its Value in the config".into(),
@@ -252,6 +255,22 @@ mod tests {
             assert!(!token(code).hint_in(Cloud::China).unwrap().contains(national));
         }
         assert!(!token(7_000_215).hint_in(Cloud::Global).unwrap().contains(national));
+    }
+
+    /// Entra's 700027 for an expired key is not "upload this certificate".
+    #[test]
+    fn an_expired_key_has_its_own_hint() {
+        let token = |description: &str| FetchError::Token {
+            url: "https://login.microsoftonline.com/t/oauth2/v2.0/token".into(),
+            status: 401,
+            aadsts: Some(700_027),
+            error: "invalid_client".into(),
+            description: description.into(),
+        };
+        let expired = token("AADSTS700027: Client assertion contains an invalid signature. [Reason - The key used is expired., Thumbprint of key used by client: 'AB12']").hint().unwrap();
+        assert!(expired.contains("has expired") && !expired.contains("upload this certificate"), "{expired}");
+        let unknown = token("AADSTS700027: [Reason - The key was not found.]").hint().unwrap();
+        assert!(unknown.contains("upload this certificate"), "{unknown}");
     }
 
     /// Only a TLS problem points at the CA bundle.

@@ -362,3 +362,158 @@ fn a_sendgrid_key_is_never_inline_and_must_be_given() {
         assert!(r.sim.requests().is_empty(), "nothing contacted");
     }
 }
+
+/// An Entra app provider (`smtp-oauth` or `graph`) of the simulator's app, authenticated
+/// by the certificate in `app.pem` (next to usersync.toml, mode 0600) with `extra` keys.
+fn certificate_provider(r: &Run, kind: &str, smtp_port: Option<u16>, pem: &str, extra: &str) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let file = r.path().join("app.pem");
+    std::fs::write(&file, pem).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let smtp = smtp_port.map_or_else(String::new, |port| {
+        format!("host = \"localhost\"\nport = {port}\nusername = \"alerts@contoso.example\"\n")
+    });
+    format!(
+        "\n[[alert.provider]]\nkind = \"{kind}\"\n{smtp}tenant_id = \"{TENANT}\"\nclient_id = \"{CLIENT}\"\nclient_certificate = \"app.pem\"\n{extra}authority_host = \"{0}\"\ngraph_endpoint = \"{0}\"\n",
+        r.sim.url()
+    )
+}
+
+/// The token requests the simulator saw: their scope and client assertion.
+fn assertion_scopes(r: &Run) -> Vec<(String, String)> {
+    r.sim
+        .requests()
+        .into_iter()
+        .filter(|q| q.form.contains_key("grant_type"))
+        .map(|q| {
+            (
+                q.form.get("scope").cloned().unwrap_or_default(),
+                q.form.get("client_assertion").cloned().unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn smtp_oauth_and_graph_authenticate_with_a_certificate() {
+    use crate::certificates::{certificate, fixture, now, DAY};
+    let cert = certificate("app-key.pem", now() + 365 * DAY);
+    // smtp-oauth: certificate and key in one file, PS256.
+    let r = failing();
+    write_pki(r.path());
+    r.sim.state().directory.apps[0].certificate = Some(cert.clone());
+    let smtp = tls_server(&r, "starttls", &["--xoauth2-url", &r.sim.url()]);
+    let provider =
+        certificate_provider(&r, "smtp-oauth", Some(smtp.port), &format!("{cert}{}", fixture("app-key.pem")), "");
+    let cfg = alert_config(&r, &provider, "");
+    let mut r = r.global(&cfg).env("RUST_LOG", "trace").expect_exit(1).ignore_stderr();
+    let out = r.run();
+    let msgs = smtp.messages();
+    assert_eq!(msgs.len(), 1, "{}", out.stderr);
+    assert_eq!(msgs[0].1["auth"], "alerts@contoso.example");
+    let outlook: Vec<String> = assertion_scopes(&r)
+        .into_iter()
+        .filter(|(scope, _)| scope == "https://outlook.office365.com/.default")
+        .map(|(_, a)| a)
+        .collect();
+    assert_eq!(outlook.len(), 1, "one token for Exchange Online");
+    let header = jsonwebtoken::decode_header(&outlook[0]).unwrap();
+    assert_eq!(header.alg, jsonwebtoken::Algorithm::PS256, "the simulator verified it; it is signed as configured");
+    assert!(!out.stderr.contains(&outlook[0]) && !out.stderr.contains("PRIVATE KEY"), "{}", out.stderr);
+
+    // graph: a separate PKCS#1 key, RS256.
+    let r = failing();
+    write_pki(r.path());
+    r.sim.state().directory.apps[0].certificate = Some(cert.clone());
+    std::fs::write(r.path().join("app.key"), fixture("app-key-pkcs1.pem")).unwrap();
+    let provider =
+        certificate_provider(&r, "graph", None, &cert, "client_key = \"app.key\"\nassertion_algorithm = \"RS256\"\n");
+    let cfg = alert_config(&r, &provider, "");
+    let mut r = r.global(&cfg).expect_exit(1).ignore_stderr();
+    r.run();
+    assert_eq!(r.sim.state().sent_mail.len(), 1);
+    let graph: Vec<(String, String)> = assertion_scopes(&r).into_iter().filter(|(_, a)| !a.is_empty()).collect();
+    assert!(graph.iter().all(|(_, a)| jsonwebtoken::decode_header(a).unwrap().alg == jsonwebtoken::Algorithm::RS256));
+    assert!(graph.iter().any(|(scope, _)| scope == &format!("{}/.default", r.sim.url())), "{graph:?}");
+
+    // alert-test shows the certificate by the thumbprints the portal and the JWT use.
+    let mut r = r.args(&["alert-test"]).expect_exit(0);
+    let out = r.run();
+    let sha1 = crate::certificates::portal_thumbprint(r.path(), &cert);
+    assert!(
+        out.stdout.contains(&format!("  credential: certificate `CN=usersync-test`, thumbprint {sha1} (SHA-1")),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn a_providers_certificate_is_checked_like_a_configs() {
+    use crate::certificates::{certificate, fixture, now, DAY};
+    let cert = certificate("app-key.pem", now() + 365 * DAY);
+    let expired = certificate("app-key.pem", now() - 2 * DAY);
+    for (pem, extra, want) in [
+        (
+            format!("{cert}{}", fixture("app-key.pem")),
+            format!("client_secret = \"{SECRET}\"\n"),
+            "[[alert.provider]] 1: both a client secret and a certificate are configured",
+        ),
+        (
+            cert.clone(),
+            "client_key = \"other.key\"\n".to_owned(),
+            "other.key: the private key does not belong to the certificate",
+        ),
+        (
+            format!("{expired}{}", fixture("app-key.pem")),
+            String::new(),
+            "app.pem: the certificate `CN=usersync-test` expired on",
+        ),
+    ] {
+        let r = one_conf();
+        write_pki(r.path());
+        std::fs::write(r.path().join("other.key"), fixture("other-key.pem")).unwrap();
+        let provider = certificate_provider(&r, "graph", None, &pem, &extra);
+        let cfg = alert_config(&r, &provider, "");
+        let mut r = r.global(&cfg).expect_exit(2).ignore_stderr().expect_file(SENDERS, None);
+        let out = r.run();
+        assert!(out.stderr.contains(want), "{want}\n{}", out.stderr);
+        assert!(out.stderr.contains("usersync.toml") && out.stderr.contains("hint:"), "{}", out.stderr);
+        assert!(r.sim.requests().is_empty(), "nothing contacted");
+    }
+}
+
+#[test]
+fn check_and_the_textfile_follow_a_providers_certificate_expiry() {
+    use crate::certificates::{certificate, fixture, now, DAY};
+    let not_after = now() + 10 * DAY;
+    let cert = certificate("app-key.pem", not_after);
+    let r = one_conf();
+    write_pki(r.path());
+    r.sim.state().directory.apps[0].certificate = Some(cert.clone());
+    let provider = certificate_provider(&r, "graph", None, &format!("{cert}{}", fixture("app-key.pem")), "");
+    let textfile = r.path().join("usersync.prom");
+    let cfg = alert_config(&r, &provider, &format!("[metrics]\ntextfile = \"{}\"\n", textfile.display()));
+    let mut r = r.global(&cfg).args(&["check"]).expect_exit(0).ignore_stderr();
+    let out = r.run();
+    let toml = r.path().join("usersync.toml");
+    let label = format!("graph {}", r.sim.url());
+    let line = out.stdout.lines().find(|l| l.contains("expires on")).unwrap_or_else(|| panic!("{}", out.stdout));
+    assert!(
+        line.starts_with("warning: ")
+            && line.contains(&format!(
+                "{}, [[alert.provider]] {label}: the certificate `CN=usersync-test` expires on",
+                toml.display()
+            )),
+        "{line}"
+    );
+
+    let mut r = r.args(&[]).expect_file(SENDERS, Some("alice@example.com\ncarol@example.com\n"));
+    r.run();
+    let text = std::fs::read_to_string(&textfile).unwrap();
+    let want = format!(
+        "usersync_credential_expiry_timestamp_seconds{{provider=\"{label}\",config=\"{}\"}} {}",
+        toml.display(),
+        not_after - not_after.rem_euclid(DAY)
+    );
+    assert!(text.lines().any(|l| l == want), "{want}\n{text}");
+}

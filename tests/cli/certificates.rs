@@ -9,19 +9,25 @@ use base64::Engine as _;
 use crate::util::*;
 
 const SYNCED: &str = "alice@example.com\ncarol@example.com\n";
-const DAY: i64 = 86_400;
+pub const DAY: i64 = 86_400;
 
-fn fixture(name: &str) -> String {
+pub fn fixture(name: &str) -> String {
     std::fs::read_to_string(format!("{}/tests/fixtures/pki/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
 }
 
-fn now() -> i64 {
+pub fn now() -> i64 {
     i64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()).unwrap()
 }
 
-/// A self-signed certificate for the fixture key `key`, valid until `not_after` (Unix time,
-/// rounded down to the day).
-fn certificate(key: &str, not_after: i64) -> String {
+/// A self-signed certificate for the fixture key `key`, valid from 30 days ago until
+/// `not_after` (Unix time, rounded down to the day).
+pub fn certificate(key: &str, not_after: i64) -> String {
+    certificate_valid(key, now() - 30 * DAY, not_after)
+}
+
+/// A self-signed certificate for the fixture key `key`, valid from `not_before` to
+/// `not_after` (both rounded down to the day).
+fn certificate_valid(key: &str, not_before: i64, not_after: i64) -> String {
     let kp = rcgen::KeyPair::from_pem_and_sign_algo(&fixture(key), &rcgen::PKCS_RSA_SHA256).unwrap();
     let mut p = rcgen::CertificateParams::new(vec!["usersync-test".into()]).unwrap();
     p.distinguished_name = rcgen::DistinguishedName::new();
@@ -31,7 +37,7 @@ fn certificate(key: &str, not_after: i64) -> String {
         let n = |r: std::ops::Range<usize>| d[r].parse::<u8>().unwrap();
         rcgen::date_time_ymd(d[..4].parse().unwrap(), n(5..7), n(8..10))
     };
-    p.not_before = ymd(now() - 30 * DAY);
+    p.not_before = ymd(not_before);
     p.not_after = ymd(not_after);
     p.self_signed(&kp).unwrap().pem()
 }
@@ -40,6 +46,21 @@ fn certificate(key: &str, not_after: i64) -> String {
 fn thumbprint(cert_pem: &str) -> String {
     let (_, der) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).unwrap();
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(ring::digest::digest(&ring::digest::SHA256, &der.contents))
+}
+
+/// The SHA-1 thumbprint in hex, as the Entra admin center lists a certificate, computed
+/// here by `openssl x509 -fingerprint -sha1` as an operator would.
+pub fn portal_thumbprint(dir: &std::path::Path, cert_pem: &str) -> String {
+    let f = dir.join("portal.pem");
+    std::fs::write(&f, cert_pem).unwrap();
+    let out = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha1", "-in"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    // `SHA1 Fingerprint=AB:CD:...`
+    text.trim().rsplit('=').next().unwrap().replace(':', "")
 }
 
 /// `gw` with one config using `app.pem` (certificate + key) from its entraid directory; the
@@ -101,8 +122,13 @@ fn a_certificate_signs_a_valid_jwt_bearer_assertion() {
     // Neither the key nor the assertion is logged, even at -vvv.
     assert!(!out.stderr.contains(jwt.as_str()) && !out.stderr.contains("PRIVATE KEY"), "{}", out.stderr);
     // `usersync test` names the certificate an admin has to find in the portal.
+    let sha1 = portal_thumbprint(r.path(), &cert);
     let out = r.args(&["test", "-i", "gw"]).expect_exit(0).run();
-    let want = format!("credential: certificate `CN=usersync-test` (x5t#S256 {}), expires ", thumbprint(&cert));
+    assert_eq!(sha1.len(), 40, "{sha1}");
+    let want = format!(
+        "credential: certificate `CN=usersync-test`, thumbprint {sha1} (SHA-1, as the Entra admin center lists it), x5t#S256 {}, expires ",
+        thumbprint(&cert)
+    );
     assert!(out.stdout.contains(&want) && out.stdout.contains("token: ok"), "{}", out.stdout);
 }
 
@@ -228,6 +254,7 @@ fn check_warns_before_a_certificate_expires_and_fails_after() {
     let mut r = cert_run(&past, &format!("{past}{}", fixture("app-key.pem")), "").args(&["check"]).expect_exit(2);
     let out = r.run();
     assert!(format!("{}{}", out.stdout, out.stderr).contains("expired on"), "{}{}", out.stdout, out.stderr);
+    assert_eq!(r.token_requests(), 0);
 
     // A secret's expiry, when the admin records it.
     let date = usersync::date::format(now() + 5 * DAY);
@@ -288,4 +315,77 @@ fn an_unknown_tenant_in_the_global_cloud_suggests_a_national_cloud() {
         .expect_exit(1);
     let out = r.run();
     assert!(out.stderr.contains("AADSTS90002") && !out.stderr.contains("national cloud"), "{}", out.stderr);
+}
+
+#[test]
+fn an_expired_or_not_yet_valid_certificate_fails_its_config_before_anything_is_sent() {
+    let day = |t: i64| usersync::date::format(t);
+    let (start, end) = (now() - 40 * DAY, now() - 3 * DAY);
+    let expired = certificate_valid("app-key.pem", start, end);
+    let (later, later_end) = (now() + 5 * DAY, now() + 400 * DAY);
+    let future = certificate_valid("app-key.pem", later, later_end);
+    let cause = [
+        (&expired, format!("expired on {} (valid from {} to {})", day(end), day(start), day(end)), "create a new certificate, upload it under App registrations > the app > Certificates & secrets, and point client_certificate at it"),
+        (&future, format!("is not valid yet (valid from {} to {})", day(later), day(later_end)), "check this host's clock (timedatectl; NTP must be synchronised), or use the certificate from its first day"),
+    ];
+    for (cert, what, hint) in cause {
+        let mut r = cert_run(cert, &format!("{cert}{}", fixture("app-key.pem")), "")
+            .file(SENDERS, "old@example.com\n")
+            .expect_exit(2)
+            .expect_file(SENDERS, Some("old@example.com\n"));
+        let dir = "{root}/gw/config/entraid";
+        r = r.expect_stderr(&format!(
+            "error: instance `gw`: {dir}/staff.entraidconf: {dir}/app.pem: the certificate `CN=usersync-test` {what}; nothing was sent with it\nhint: {hint}\n"
+        ));
+        r.run();
+        assert_eq!(r.sim.requests().len(), 0, "nothing sent");
+    }
+}
+
+#[test]
+fn entras_answer_for_an_expired_key_has_its_own_hint() {
+    // Valid here for one more day; Entra's clock is two days ahead, so for it the
+    // registered certificate has expired.
+    let cert = certificate("app-key.pem", now() + DAY);
+    // The thumbprint in Entra's answer changes with every certificate made.
+    let mut r = cert_run(&cert, &format!("{cert}{}", fixture("app-key.pem")), "")
+        .expect_exit(1)
+        .expect_file(SENDERS, None)
+        .ignore_stderr();
+    r.sim.state().clock_ahead = 2 * DAY;
+    let out = r.run();
+    assert!(out.stderr.contains("AADSTS700027") && out.stderr.contains("The key used is expired"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("hint: the certificate registered on the app has expired in Entra ID"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("upload this certificate (the public part"), "{}", out.stderr);
+}
+
+#[test]
+fn only_a_file_holding_a_key_is_warned_about_its_mode() {
+    let cert = certificate("app-key.pem", now() + 365 * DAY);
+    let r =
+        cert_run(&cert, &cert, "client_key = \"app.key\"\n").file("gw/config/entraid/app.key", &fixture("app-key.pem"));
+    let (cert_file, key_file) =
+        (r.root().join("gw/config/entraid/app.pem"), r.root().join("gw/config/entraid/app.key"));
+    let mode = |f: &std::path::Path, m: u32| std::fs::set_permissions(f, std::fs::Permissions::from_mode(m)).unwrap();
+    // A certificate is public: world-readable is fine.
+    mode(&cert_file, 0o644);
+    mode(&key_file, 0o600);
+    let mut r = r.expect_exit(0).expect_file(SENDERS, Some(SYNCED));
+    let out = r.run();
+    assert!(!out.stderr.contains("readable by group or others"), "{}", out.stderr);
+    let mut r = r.args(&["check"]);
+    let out = r.run();
+    assert!(!out.stdout.contains("readable by group or others"), "{}", out.stdout);
+    // The key is not.
+    mode(&key_file, 0o640);
+    let out = r.run();
+    let want = format!("{} holds a private key and is readable by group or others (mode 0640)", key_file.display());
+    assert!(out.stdout.contains(&want) && !out.stdout.contains("app.pem holds"), "{}", out.stdout);
+    let mut r = r.args(&["--force"]);
+    let out = r.run();
+    assert!(out.stderr.contains(&want), "a run warns too: {}", out.stderr);
 }

@@ -463,7 +463,8 @@ async fn token(
 }
 
 /// Checks a JWT-bearer client assertion as Entra ID does: the key (`x5t#S256` of the
-/// registered certificate), the signature, `aud` (the exact token URL), `iss` = `sub` =
+/// registered certificate, which must not have expired), the signature, `aud` (the exact
+/// token URL), `iss` = `sub` =
 /// the client id, the time range (at most 10 minutes) and a fresh `jti`. Gives the `jti`,
 /// or the error Entra ID answers.
 fn verify_assertion(
@@ -511,6 +512,17 @@ fn verify_assertion(
         )));
     }
     let x509 = cert.parse_x509().map_err(|_| bad_signature("bad certificate"))?;
+    let now =
+        i64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs())
+            .unwrap_or(i64::MAX)
+            + clock_ahead;
+    // Entra keeps an expired certificate on the app, and answers this for it.
+    if x509.validity().not_after.timestamp() < now {
+        return Err(bad_signature(&format!(
+            "The key used is expired., Thumbprint of key used by client: '{}'",
+            header.x5t_s256.unwrap_or_default()
+        )));
+    }
     let key = DecodingKey::from_rsa_der(&x509.public_key().subject_public_key.data);
     let mut v = Validation::new(header.alg);
     v.validate_exp = false;
@@ -528,10 +540,6 @@ fn verify_assertion(
     if text("iss") != app.client_id || text("sub") != app.client_id {
         return Err(invalid("iss and sub must be the client id"));
     }
-    let now =
-        i64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs())
-            .unwrap_or(i64::MAX)
-            + clock_ahead;
     let (Some(exp), Some(nbf)) = (number("exp"), number("nbf").or(number("iat"))) else {
         return Err(invalid("exp and nbf are required"));
     };
