@@ -22,6 +22,7 @@ use crate::entraidconf::EntraConf;
 use crate::graph::{FetchError, FullRead, GraphClient, GroupQuery, Keep, MembershipRound, UsersRound};
 use crate::instance::Instance;
 use crate::page::ObjectKind;
+use crate::progress::Line;
 use crate::roster::Roster;
 use crate::write::Staged;
 
@@ -110,6 +111,21 @@ pub struct Fetched {
     matched: Vec<String>,
 }
 
+impl Fetched {
+    /// One line for the end of its progress line: members, requests, and how it was read.
+    fn summary(&self) -> String {
+        let how = match &self.read {
+            Read::Full(reason) => format!("full read, {reason}"),
+            Read::Delta => "delta read".to_owned(),
+        };
+        format!(
+            "{} members, {} requests ({how})",
+            crate::progress::thousands(self.roster.objects() as u64),
+            crate::progress::thousands(self.requests)
+        )
+    }
+}
+
 /// Every group of a run, read or failed, and the new delta states staged for commit.
 #[derive(Default)]
 pub struct Fetches {
@@ -154,7 +170,11 @@ enum How {
 pub async fn fetch_all(client: &Arc<GraphClient>, instances: &[Instance], s: &Settings<'_>) -> Fetches {
     // Per group: its query (phones if any config wants them) and why delta is off, if it is.
     let mut groups: BTreeMap<FetchKey, (Credentials, GroupQuery, Option<FullReason>)> = BTreeMap::new();
-    for c in instances.iter().flat_map(|i| &i.configs) {
+    // Per group, the configs that name it, for its progress line.
+    let mut labels: HashMap<FetchKey, Vec<String>> = HashMap::new();
+    for (instance, c) in instances.iter().flat_map(|i| i.configs.iter().map(move |c| (&i.name, c))) {
+        let stem = c.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        labels.entry(FetchKey::of(c)).or_default().push(format!("{instance}/{stem}"));
         let g = groups.entry(FetchKey::of(c)).or_insert_with(|| (c.credentials(), GroupQuery::of(c), None));
         g.1.mobile_phone |= c.mobile_phone;
         if c.nested {
@@ -189,9 +209,15 @@ pub async fn fetch_all(client: &Arc<GraphClient>, instances: &[Instance], s: &Se
         let round = rounds.get(&key.app()).cloned();
         let state_dir = s.state_dir.to_owned();
         let (dry_run, now) = (s.dry_run, s.now);
+        let label = labels.remove(&key).unwrap_or_default().join(", ");
         set.spawn(async move {
             let _permit = limit.acquire_owned().await;
-            let r = read_group(&client, plan, round, &state_dir, dry_run, now).await;
+            let line = Line::start(&label, &key.group);
+            let r = read_group(&client, plan, round, &state_dir, dry_run, now, &line).await;
+            match &r {
+                Ok((f, _)) => line.finish(true, &f.summary()),
+                Err(_) => line.finish(false, "failed (the error follows)"),
+            }
             (key, r)
         });
     }
@@ -364,6 +390,7 @@ async fn read_group(
     state_dir: &Path,
     dry_run: bool,
     now: u64,
+    line: &Line,
 ) -> Result<(Fetched, Option<Staged>), FetchError> {
     let Plan { cred, query, state, how } = plan;
     let reason = match how {
@@ -375,6 +402,7 @@ async fn read_group(
                 Ok(u) => u,
                 Err(e) => return Err(e.clone()),
             };
+            line.status("reading what changed");
             match delta_read(client, &cred, &query, key, header, users, state_dir, dry_run, now).await {
                 Err(e) if e.resync_reason().is_some() => {
                     let reason = e.resync_reason().unwrap_or_default();
@@ -385,7 +413,7 @@ async fn read_group(
             }
         }
     };
-    full_read(client, &cred, &query, state.ok(), reason, round, state_dir, dry_run, now).await
+    full_read(client, &cred, &query, state.ok(), reason, round, state_dir, dry_run, now, line).await
 }
 
 /// A full read; with a state key (delta on), the links are taken first, so that nothing
@@ -401,6 +429,7 @@ async fn full_read(
     state_dir: &Path,
     dry_run: bool,
     now: u64,
+    line: &Line,
 ) -> Result<(Fetched, Option<Staged>), FetchError> {
     let mut requests = 0;
     let keep = match key {
@@ -426,7 +455,7 @@ async fn full_read(
         }
         _ => None,
     };
-    let FullRead { roster, pages, state, drift } = client.members(cred, query, keep).await?;
+    let FullRead { roster, pages, state, drift } = client.members(cred, query, keep, line).await?;
     if let Some(d) = drift {
         tracing::warn!(group = %query.group, drift = d, "the safety-net full read found members the delta state had wrong");
     }

@@ -29,6 +29,7 @@ pub mod normalize;
 pub mod output;
 pub mod page;
 pub mod plan;
+pub mod progress;
 pub mod render;
 pub mod report;
 pub mod resolve;

@@ -147,12 +147,14 @@ impl GraphClient {
         cred: &Credentials,
         q: &GroupQuery,
         keep: Option<Keep>,
+        line: &crate::progress::Line,
     ) -> Result<FullRead, FetchError> {
         let origin = Url::parse(&q.graph).map_err(|e| FetchError::Request(format!("{}: {e}", q.graph)))?;
         let mut url = q.first_url();
         let mut seen = HashSet::from([url.clone()]);
         let (pages_tx, mut pages_rx) = tokio::sync::mpsc::channel::<(String, Vec<u8>)>(PAGES_AHEAD);
         let phones = q.mobile_phone;
+        let line = line.clone();
         let parser = tokio::task::spawn_blocking(move || {
             let mut roster = Roster::new(phones);
             let mut keep = keep;
@@ -160,6 +162,7 @@ impl GraphClient {
             while let Some((url, body)) = pages_rx.blocking_recv() {
                 read_page(&mut roster, keep.as_mut(), url, &body)?;
                 pages += 1;
+                line.page(pages, roster.objects() as u64);
             }
             roster.finish();
             let (state, drift) = match keep {

@@ -882,3 +882,40 @@ fn a_generate_that_cannot_write_says_so() {
         "error: cannot write to standard output\n  caused by: No space left on device (os error 28)\nhint: standard output is closed or full: redirect it to a file with room\n"
     );
 }
+
+/// Progress on a terminal: a live line per group with its pages and members, replaced by a
+/// summary; log lines go above it, whole. Never on a pipe.
+#[test]
+fn a_terminal_shows_live_progress_and_a_pipe_does_not() {
+    let r = Run::new().group(STAFF, users(6000));
+    // Seven pages of 999 at 150 ms each: about a second, long enough to watch.
+    r.sim.state().latency = std::time::Duration::from_millis(150);
+    let mut r = r.conf("gw", "staff", &format!("group_id = \"{STAFF}\"\n")).args(&["--dry-run"]);
+    let screen = r.run_in_terminal();
+    let escapes = regex::Regex::new(r"\x1b\[[0-9;]*[A-Za-z]").unwrap();
+    let plain = escapes.replace_all(&screen, "");
+    // What the terminal showed, each redraw and each line on its own.
+    let frames: Vec<&str> = plain.split(['\r', '\n']).map(str::trim_end).filter(|f| !f.is_empty()).collect();
+    let summary = frames
+        .iter()
+        .position(|f| f.starts_with("✓ gw/staff group 02bd9fd6…: 6,000 members, 7 requests (full read, first) in "))
+        .unwrap_or_else(|| panic!("no summary line\n{}", frames.join("\n")));
+    let counts = regex::Regex::new(r"^. gw/staff group 02bd9fd6…: (\d+) pages?, ([\d,]+) members \(\d+s\)$").unwrap();
+    let mut pages: Vec<u32> =
+        frames[..summary].iter().filter_map(|f| counts.captures(f)).map(|c| c[1].parse().unwrap()).collect();
+    pages.dedup();
+    assert!(pages.len() >= 2 && pages.windows(2).all(|w| w[0] < w[1]), "live page counts {pages:?}");
+    // The log line is written above the progress line, never into it.
+    let log = frames.iter().find(|f| f.contains("fetched group members")).unwrap();
+    assert!(log.contains(" INFO fetched group members group=02bd9fd6-8f93-4758-87c3-1fb73740a315"), "{log}");
+    assert!(regex::Regex::new(r"^\d{4}-\d\d-\d\dT").unwrap().is_match(log), "a torn log line: {log}");
+    // The report on stdout starts on its own line after the summary.
+    assert!(frames[summary + 1].starts_with("gw: config "), "{}", frames[summary + 1]);
+
+    // A pipe (cron, the unit, these tests): exactly the log of before, nothing drawn.
+    let mut r = r.expect_stderr(&format!(
+        "{{time}}  INFO fetched group members group={STAFF} nested=false pages=7 objects=6000\n"
+    ));
+    let out = r.run();
+    assert!(!out.stderr.contains('\r') && !out.stderr.contains('\u{1b}') && !out.stderr.contains('✓'));
+}

@@ -276,6 +276,34 @@ impl Run {
         cmd
     }
 
+    /// Runs the binary on a pseudo-terminal (util-linux `script`), as an admin at a shell
+    /// would: stdout and stderr are the terminal. Checks the exit code and the files, and
+    /// returns everything the terminal received, escape sequences and all.
+    pub fn run_in_terminal(&mut self) -> String {
+        let cmd = self.command();
+        let quote = |s: &std::ffi::OsStr| format!("'{}'", s.to_string_lossy().replace('\'', r"'\''"));
+        let mut line = quote(cmd.get_program());
+        for a in cmd.get_args() {
+            line.push(' ');
+            line.push_str(&quote(a));
+        }
+        let mut script = Command::new("script");
+        script.env_clear().args(["-q", "-f", "-e", "-c", &line, "/dev/null"]);
+        for (k, v) in cmd.get_envs() {
+            if let Some(v) = v {
+                script.env(k, v);
+            }
+        }
+        let out =
+            script.env("TERM", "xterm-256color").stdin(std::process::Stdio::null()).output().expect("script runs");
+        let transcript = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert_eq!(out.status.code(), Some(self.expect_exit), "exit code\n--- terminal\n{transcript}");
+        for (rel, want) in &self.expect_files {
+            assert_eq!(self.read(rel), *want, "content of {rel}\n--- terminal\n{transcript}");
+        }
+        transcript
+    }
+
     /// Runs the binary, checks the expectations (then forgets them), returns what it printed.
     pub fn run(&mut self) -> Output {
         self.run_within(std::time::Duration::from_secs(300))
