@@ -213,7 +213,8 @@ pub async fn fetch_all(client: &Arc<GraphClient>, instances: &[Instance], s: &Se
         set.spawn(async move {
             let _permit = limit.acquire_owned().await;
             let line = Line::start(&label, &key.group);
-            let r = read_group(&client, plan, round, &state_dir, dry_run, now, &line).await;
+            let reader = GroupReader { client: &client, state_dir: &state_dir, dry_run, now };
+            let r = reader.read_group(plan, round, &line).await;
             match &r {
                 Ok((f, _)) => line.finish(true, &f.summary()),
                 Err(_) => line.finish(false, "failed (the error follows)"),
@@ -382,86 +383,152 @@ async fn users_rounds(
     out
 }
 
-/// Reads one group: by delta (falling back to a full read on a resync), or in full.
-async fn read_group(
-    client: &GraphClient,
-    plan: Plan,
-    round: Option<Arc<Result<UsersRound, FetchError>>>,
-    state_dir: &Path,
+/// What every group read of a run shares: the client, where the states live, whether the
+/// run is a dry run (which keeps no state), and the run's time.
+struct GroupReader<'a> {
+    client: &'a GraphClient,
+    state_dir: &'a Path,
     dry_run: bool,
     now: u64,
-    line: &Line,
-) -> Result<(Fetched, Option<Staged>), FetchError> {
-    let Plan { cred, query, state, how } = plan;
-    let reason = match how {
-        How::Full(r) => r,
-        How::Delta(header) => {
-            let key = state.as_ref().map_err(|_| FetchError::Internal("a delta read without a state".into()))?;
-            let users_round = round.clone().ok_or_else(|| FetchError::Internal("no users round".into()))?;
-            let users = match users_round.as_ref() {
-                Ok(u) => u,
-                Err(e) => return Err(e.clone()),
-            };
-            line.status("reading what changed");
-            match delta_read(client, &cred, &query, key, header, users, state_dir, dry_run, now).await {
-                Err(e) if e.resync_reason().is_some() => {
-                    let reason = e.resync_reason().unwrap_or_default();
-                    tracing::warn!(group = %query.group, %reason, error = %e, "the group's delta link is no longer valid; reading it in full");
-                    FullReason::Resync(reason.into())
-                }
-                r => return r,
-            }
-        }
-    };
-    full_read(client, &cred, &query, state.ok(), reason, round, state_dir, dry_run, now, line).await
 }
 
-/// A full read; with a state key (delta on), the links are taken first, so that nothing
-/// that changes during the read is lost, and the new state is written as the pages come.
-#[allow(clippy::too_many_arguments)] // one call site
-async fn full_read(
-    client: &GraphClient,
-    cred: &Credentials,
-    query: &GroupQuery,
-    key: Option<delta_state::Key>,
-    reason: FullReason,
-    round: Option<Arc<Result<UsersRound, FetchError>>>,
-    state_dir: &Path,
-    dry_run: bool,
-    now: u64,
-    line: &Line,
-) -> Result<(Fetched, Option<Staged>), FetchError> {
-    let mut requests = 0;
-    let keep = match key {
-        Some(key) if !dry_run => {
-            let users_link = match round.as_deref() {
-                Some(Ok(r)) => {
-                    requests += r.requests;
-                    r.link.clone()
+impl GroupReader<'_> {
+    /// Reads one group: by delta (falling back to a full read on a resync), or in full.
+    async fn read_group(
+        &self,
+        plan: Plan,
+        round: Option<Arc<Result<UsersRound, FetchError>>>,
+        line: &Line,
+    ) -> Result<(Fetched, Option<Staged>), FetchError> {
+        let Plan { cred, query, state, how } = plan;
+        let reason = match how {
+            How::Full(r) => r,
+            How::Delta(header) => {
+                let key = state.as_ref().map_err(|_| FetchError::Internal("a delta read without a state".into()))?;
+                let users_round = round.clone().ok_or_else(|| FetchError::Internal("no users round".into()))?;
+                let users = match users_round.as_ref() {
+                    Ok(u) => u,
+                    Err(e) => return Err(e.clone()),
+                };
+                line.status("reading what changed");
+                match self.delta_read(&cred, &query, key, header, users).await {
+                    Err(e) if e.resync_reason().is_some() => {
+                        let reason = e.resync_reason().unwrap_or_default();
+                        tracing::warn!(group = %query.group, %reason, error = %e, "the group's delta link is no longer valid; reading it in full");
+                        FullReason::Resync(reason.into())
+                    }
+                    r => return r,
                 }
-                Some(Err(e)) => return Err(e.clone()),
-                None => {
-                    requests += 1;
-                    client.users_latest(cred, &query.graph).await?
-                }
-            };
-            let group_link = client.membership_latest(cred, &query.graph, query.group.as_str()).await?;
-            requests += 1;
-            let path = key.path(state_dir);
-            let before = if reason == FullReason::SafetyNet { digests(&path, &key) } else { None };
-            let header = Header { key, group_link, users_link, users_link_at: now, full_at: now };
-            let writer = delta_state::Writer::create(&path, &header).map_err(|e| FetchError::state(&e))?;
-            Some(Keep { writer, phones: query.mobile_phone, before, drift: 0, failed: None })
-        }
-        _ => None,
-    };
-    let FullRead { roster, pages, state, drift } = client.members(cred, query, keep, line).await?;
-    if let Some(d) = drift {
-        tracing::warn!(group = %query.group, drift = d, "the safety-net full read found members the delta state had wrong");
+            }
+        };
+        self.full_read(&cred, &query, state.ok(), reason, round, line).await
     }
-    let fetched =
-        Fetched { roster, read: Read::Full(reason), requests: requests + pages, drift, ignored: None, matched: vec![] };
-    Ok((fetched, state))
+
+    /// A full read; with a state key (delta on), the links are taken first, so that nothing
+    /// that changes during the read is lost, and the new state is written as the pages come.
+    async fn full_read(
+        &self,
+        cred: &Credentials,
+        query: &GroupQuery,
+        key: Option<delta_state::Key>,
+        reason: FullReason,
+        round: Option<Arc<Result<UsersRound, FetchError>>>,
+        line: &Line,
+    ) -> Result<(Fetched, Option<Staged>), FetchError> {
+        let Self { client, state_dir, dry_run, now } = *self;
+        let mut requests = 0;
+        let keep = match key {
+            Some(key) if !dry_run => {
+                let users_link = match round.as_deref() {
+                    Some(Ok(r)) => {
+                        requests += r.requests;
+                        r.link.clone()
+                    }
+                    Some(Err(e)) => return Err(e.clone()),
+                    None => {
+                        requests += 1;
+                        client.users_latest(cred, &query.graph).await?
+                    }
+                };
+                let group_link = client.membership_latest(cred, &query.graph, query.group.as_str()).await?;
+                requests += 1;
+                let path = key.path(state_dir);
+                let before = if reason == FullReason::SafetyNet { digests(&path, &key) } else { None };
+                let header = Header { key, group_link, users_link, users_link_at: now, full_at: now };
+                let writer = delta_state::Writer::create(&path, &header).map_err(|e| FetchError::state(&e))?;
+                Some(Keep { writer, phones: query.mobile_phone, before, drift: 0, failed: None })
+            }
+            _ => None,
+        };
+        let FullRead { roster, pages, state, drift } = client.members(cred, query, keep, line).await?;
+        if let Some(d) = drift {
+            tracing::warn!(group = %query.group, drift = d, "the safety-net full read found members the delta state had wrong");
+        }
+        let fetched = Fetched {
+            roster,
+            read: Read::Full(reason),
+            requests: requests + pages,
+            drift,
+            ignored: None,
+            matched: vec![],
+        };
+        Ok((fetched, state))
+    }
+
+    /// A delta read: the group's membership round, then its old state with the round's and the
+    /// app's users round's changes applied, streamed into the roster and the new state; members
+    /// that joined with attributes not known yet are read by id.
+    async fn delta_read(
+        &self,
+        cred: &Credentials,
+        query: &GroupQuery,
+        key: &delta_state::Key,
+        header: Header,
+        users: &UsersRound,
+    ) -> Result<(Fetched, Option<Staged>), FetchError> {
+        let Self { client, state_dir, dry_run, now } = *self;
+        let membership = client.membership_round(cred, &query.graph, query.group.as_str(), &header.group_link).await?;
+        let mut requests = membership.requests + users.requests;
+        let path = key.path(state_dir);
+        let new_header = Header {
+            key: key.clone(),
+            group_link: membership.link.clone(),
+            users_link: users.link.clone(),
+            users_link_at: now,
+            full_at: header.full_at,
+        };
+        let writer = if dry_run {
+            None
+        } else {
+            Some(delta_state::Writer::create(&path, &new_header).map_err(|e| FetchError::state(&e))?)
+        };
+        let phones = query.mobile_phone;
+        let mut applied = Apply::new(&membership, users, phones, writer);
+        // A million records take about a second of CPU: not on an async worker's time.
+        tokio::task::block_in_place(|| stream_old(&path, key, &mut applied))?;
+        // Members that joined and were not in the state: their attributes from the users round,
+        // or read by id.
+        let unknown: Vec<String> = applied
+            .joined
+            .iter()
+            .filter(|(id, kind)| {
+                **kind == ObjectKind::User && !applied.present.contains(**id) && !users.now.contains_key(**id)
+            })
+            .map(|(id, _)| (*id).to_owned())
+            .collect();
+        let (looked_up, lookups) =
+            if unknown.is_empty() { (HashMap::new(), 0) } else { client.lookup(cred, &query.graph, &unknown).await? };
+        requests += lookups;
+        applied.add_joined(&looked_up)?;
+        let matched = std::mem::take(&mut applied.matched);
+        let (roster, state) = tokio::task::block_in_place(|| applied.finish())?;
+        if let Some(missing) = roster.limited() {
+            let (group, users) = (query.group.to_string(), roster.user_objects());
+            return Err(FetchError::LimitedInformation { group, users, missing });
+        }
+        tracing::info!(group = %query.group, joined = membership.joined.len(), left = membership.left.len(), looked_up = lookups, objects = roster.objects(), "read the group's changes");
+        Ok((Fetched { roster, read: Read::Delta, requests, drift: None, ignored: None, matched }, state))
+    }
 }
 
 /// The members of the state at `path`, as digests (of the id → of the record), to count
@@ -473,64 +540,6 @@ fn digests(path: &Path, key: &delta_state::Key) -> Option<HashMap<u64, u64>> {
         out.insert(rec.id_digest(), rec.digest());
     }
     Some(out)
-}
-
-/// A delta read: the group's membership round, then its old state with the round's and the
-/// app's users round's changes applied, streamed into the roster and the new state; members
-/// that joined with attributes not known yet are read by id.
-#[allow(clippy::too_many_arguments)] // one call site
-async fn delta_read(
-    client: &GraphClient,
-    cred: &Credentials,
-    query: &GroupQuery,
-    key: &delta_state::Key,
-    header: Header,
-    users: &UsersRound,
-    state_dir: &Path,
-    dry_run: bool,
-    now: u64,
-) -> Result<(Fetched, Option<Staged>), FetchError> {
-    let membership = client.membership_round(cred, &query.graph, query.group.as_str(), &header.group_link).await?;
-    let mut requests = membership.requests + users.requests;
-    let path = key.path(state_dir);
-    let new_header = Header {
-        key: key.clone(),
-        group_link: membership.link.clone(),
-        users_link: users.link.clone(),
-        users_link_at: now,
-        full_at: header.full_at,
-    };
-    let writer = if dry_run {
-        None
-    } else {
-        Some(delta_state::Writer::create(&path, &new_header).map_err(|e| FetchError::state(&e))?)
-    };
-    let phones = query.mobile_phone;
-    let mut applied = Apply::new(&membership, users, phones, writer);
-    // A million records take about a second of CPU: not on an async worker's time.
-    tokio::task::block_in_place(|| stream_old(&path, key, &mut applied))?;
-    // Members that joined and were not in the state: their attributes from the users round,
-    // or read by id.
-    let unknown: Vec<String> = applied
-        .joined
-        .iter()
-        .filter(|(id, kind)| {
-            **kind == ObjectKind::User && !applied.present.contains(**id) && !users.now.contains_key(**id)
-        })
-        .map(|(id, _)| (*id).to_owned())
-        .collect();
-    let (looked_up, lookups) =
-        if unknown.is_empty() { (HashMap::new(), 0) } else { client.lookup(cred, &query.graph, &unknown).await? };
-    requests += lookups;
-    applied.add_joined(&looked_up)?;
-    let matched = std::mem::take(&mut applied.matched);
-    let (roster, state) = tokio::task::block_in_place(|| applied.finish())?;
-    if let Some(missing) = roster.limited() {
-        let (group, users) = (query.group.to_string(), roster.user_objects());
-        return Err(FetchError::LimitedInformation { group, users, missing });
-    }
-    tracing::info!(group = %query.group, joined = membership.joined.len(), left = membership.left.len(), looked_up = lookups, objects = roster.objects(), "read the group's changes");
-    Ok((Fetched { roster, read: Read::Delta, requests, drift: None, ignored: None, matched }, state))
 }
 
 /// The changes of a delta read, applied to the old state's records as they stream by.
