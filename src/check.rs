@@ -3,7 +3,6 @@
 
 use std::fmt;
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use rustix::fs::Access;
 
@@ -97,10 +96,6 @@ fn expiry(at: &str, auth: &ClientAuth, expires: Option<i64>, now: i64) -> Option
     }
 }
 
-fn now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
-
 /// Runs the check, prints the findings, and returns the outcome (exit 0 or 2).
 #[must_use]
 pub fn run(cli: &Cli, names: &[String]) -> Outcome {
@@ -129,7 +124,7 @@ fn findings(cli: &Cli, names: &[String]) -> Vec<Finding> {
         for provider in config.alert.iter().flat_map(|a| &a.providers) {
             let Some(credentials) = provider.credentials() else { continue };
             let at = format!("{}, [[alert.provider]] {}", p.display(), provider.label());
-            out.extend(expiry(&at, &credentials.auth, provider.expires, now()));
+            out.extend(expiry(&at, &credentials.auth, provider.expires, crate::date::now()));
         }
     }
     let names = match instance::select(&root, names) {
@@ -148,7 +143,7 @@ fn findings(cli: &Cli, names: &[String]) -> Vec<Finding> {
 
 fn check_instance(inst: &Instance, out: &mut Vec<Finding>) {
     let who = format!("instance `{}`", inst.name);
-    let now = now();
+    let now = crate::date::now();
     let at = format!("{who}: ");
     for c in &inst.configs {
         out.push(trust_note(

@@ -227,11 +227,7 @@ impl Certificate {
         let sha1 = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, &cert.contents);
         Ok(Self {
             thumbprint: URL_SAFE_NO_PAD.encode(ring::digest::digest(&ring::digest::SHA256, &cert.contents)),
-            sha1_thumbprint: sha1.as_ref().iter().fold(String::with_capacity(40), |mut h, b| {
-                use std::fmt::Write as _;
-                let _ = write!(h, "{b:02X}");
-                h
-            }),
+            sha1_thumbprint: crate::ids::hex(sha1.as_ref()).to_ascii_uppercase(),
             subject: x509.subject().to_string(),
             not_before: x509.validity().not_before.timestamp(),
             not_after: x509.validity().not_after.timestamp(),
@@ -485,11 +481,7 @@ fn uuid_v4() -> String {
     }
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
-    let h = b.iter().fold(String::with_capacity(32), |mut h, x| {
-        use std::fmt::Write as _;
-        let _ = write!(h, "{x:02x}");
-        h
-    });
+    let h = crate::ids::hex(&b);
     format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
 }
 

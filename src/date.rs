@@ -35,6 +35,14 @@ pub fn parse(s: &str) -> Option<i64> {
     Some((era * 146_097 + doe - 719_468) * 86_400)
 }
 
+/// Now, as Unix seconds.
+#[must_use]
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
 /// The UTC date of a Unix time, as `YYYY-MM-DD`.
 #[must_use]
 pub fn format(unix: i64) -> String {

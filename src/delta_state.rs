@@ -41,10 +41,7 @@ impl Key {
     pub fn path(&self, state_dir: &Path) -> PathBuf {
         let text = serde_json::to_string(self).unwrap_or_default();
         let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
-        let hex = digest.as_ref()[..12].iter().fold(String::new(), |mut s, b| {
-            let _ = std::fmt::Write::write_fmt(&mut s, format_args!("{b:02x}"));
-            s
-        });
+        let hex = crate::ids::hex(&digest.as_ref()[..12]);
         state_dir.join("delta").join(format!("{hex}.state"))
     }
 }

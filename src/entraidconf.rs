@@ -13,7 +13,6 @@ use crate::output::{AccessRule, Output};
 pub use crate::secret::Env;
 use crate::secret::Secret;
 use crate::trust::{self, Trust};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 const HINT_REFERENCE: &str = "see the `.entraidconf` table in the README, or config/example.entraidconf";
 
@@ -205,8 +204,6 @@ impl EntraConf {
             )
         })?;
 
-        let now =
-            SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
         let LoadedCredential { auth, file: secret_file, expires } = CredentialKeys {
             client_secret: raw.client_secret,
             client_secret_file: raw.client_secret_file,
@@ -218,7 +215,7 @@ impl EntraConf {
             client_key_credential: raw.client_key_credential,
             assertion_algorithm: raw.assertion_algorithm,
         }
-        .load(path, env, confine, now)?;
+        .load(path, env, confine, crate::date::now())?;
 
         let query_filter = raw.query_filter;
         let mut mail = false;

@@ -265,22 +265,18 @@ fn count_ignored(
 ) {
     for (app, round) in rounds {
         let Ok(round) = round.as_ref() else { continue };
-        let of_app = |k: &FetchKey| k.app() == *app;
+        let delta_of_app = |(k, f): &&(FetchKey, Fetched)| k.app() == *app && f.read == Read::Delta;
         // Only when every delta read of the app succeeded does "in none of its groups" hold.
-        let read = done.iter().filter(|(k, f)| of_app(k) && f.read == Read::Delta).count();
-        if read != delta_groups.get(app).copied().unwrap_or(0) {
+        if done.iter().filter(delta_of_app).count() != delta_groups.get(app).copied().unwrap_or(0) {
             continue;
         }
-        let matched: HashSet<&str> = done
-            .iter()
-            .filter(|(k, f)| of_app(k) && f.read == Read::Delta)
-            .flat_map(|(_, f)| f.matched.iter().map(String::as_str))
-            .collect();
+        let matched: HashSet<&str> =
+            done.iter().filter(delta_of_app).flat_map(|(_, f)| f.matched.iter().map(String::as_str)).collect();
         let ignored = (round.now.len() + round.removed.len()).saturating_sub(matched.len()) as u64;
         if ignored > 0 {
             tracing::info!(graph = %app.1, ignored, "users changed outside the synced groups (ignored)");
         }
-        for (_, f) in done.iter_mut().filter(|(k, f)| of_app(k) && f.read == Read::Delta) {
+        for (_, f) in done.iter_mut().filter(|(k, f)| k.app() == *app && f.read == Read::Delta) {
             f.ignored = Some(ignored);
         }
     }
@@ -365,8 +361,7 @@ async fn users_rounds(
                         p.how = How::Full(FullReason::Resync(reason.into()));
                     }
                 }
-                // A link from now for the full reads.
-                // The round that failed, and the link from now.
+                // A link from now for the full reads; two requests: the round that failed, and this.
                 let latest = client.users_latest(&cred, &app.1).await;
                 let requests = 2;
                 out.insert(app, Arc::new(latest.map(|link| UsersRound { link, requests, ..UsersRound::default() })));

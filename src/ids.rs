@@ -1,4 +1,5 @@
-//! Checked identifiers from the configuration: tenant, client and group ids.
+//! Checked identifiers from the configuration (tenant, client and group ids), and the hex
+//! form ids and digests are written in.
 
 use std::fmt;
 
@@ -83,6 +84,16 @@ impl GroupId {
         let s = s.trim().to_ascii_lowercase();
         is_guid(&s).then_some(Self(s))
     }
+}
+
+/// `bytes` in lower-case hex: digests in file names, random ids.
+#[must_use]
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut h, b| {
+        use std::fmt::Write as _;
+        let _ = write!(h, "{b:02x}");
+        h
+    })
 }
 
 #[cfg(test)]

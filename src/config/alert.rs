@@ -2,7 +2,7 @@
 //! Sending lives in `crate::alert`.
 
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -277,14 +277,11 @@ impl AlertConfig {
                 parse_endpoint(v.as_deref().unwrap_or(default)).map_err(|m| pbad(key, m, "use an https:// host"))
             };
             // A provider's secret, with the provider named in any error.
+            // An error of this provider's credential, with the provider named.
+            let named = |e: ConfigError| ConfigError { message: format!("[[alert.provider]] {n}: {}", e.message), ..e };
             let secret = |key: &str, inline: &Option<Secret>, f: &Option<std::path::PathBuf>, cred: &Option<String>| {
-                resolve(key, inline.clone(), f.clone(), cred.clone(), file, &env, None)
-                    .map(|(s, _)| s)
-                    .map_err(|e| ConfigError { message: format!("[[alert.provider]] {n}: {}", e.message), ..e })
+                resolve(key, inline.clone(), f.clone(), cred.clone(), file, &env, None).map(|(s, _)| s).map_err(named)
             };
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
             let mut expires = None;
             // An Entra app (smtp-oauth, graph): the same credential keys and checks as a
             // `.entraidconf`, with the provider named in any error.
@@ -306,9 +303,8 @@ impl AlertConfig {
                     client_key_credential: p.client_key_credential.clone(),
                     assertion_algorithm: p.assertion_algorithm.clone(),
                 };
-                let LoadedCredential { auth, expires: until, .. } = keys
-                    .load(file, &env, None, now)
-                    .map_err(|e| ConfigError { message: format!("[[alert.provider]] {n}: {}", e.message), ..e })?;
+                let LoadedCredential { auth, expires: until, .. } =
+                    keys.load(file, &env, None, crate::date::now()).map_err(named)?;
                 expires = until;
                 let endpoints = Endpoints {
                     authority: endpoint("authority_host", &p.authority_host, cloud.authority_host())?,
