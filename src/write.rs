@@ -58,6 +58,13 @@ impl Hint for WriteError {
         let errno = self.source.raw_os_error();
         Some(if errno == Some(rustix::io::Errno::LOOP.raw_os_error()) {
             format!("usersync never writes through a symlink: replace the symlink on the way to {} with the real directory or file, or (for a path outside the instance) set the path in a root-owned envelope.cfg / compose.cfg", self.path.display())
+        } else if errno == Some(rustix::io::Errno::PERM.raw_os_error()) {
+            // EPERM, unlike EACCES, is not about ReadWritePaths= or file modes: the kernel
+            // wants a capability or the file has an attribute that forbids the change.
+            match self.action {
+                "keep the owner of" => "giving the new file the old file's owner needs CAP_CHOWN: run usersync as root, and under systemd keep CAP_CHOWN in the unit's CapabilityBoundingSet=".into(),
+                _ => format!("the kernel refused this even though the directory is writable: check for an immutable or append-only attribute (lsattr -d {dir}; lsattr {}), and that the unit's CapabilityBoundingSet= still holds CAP_CHOWN and CAP_DAC_OVERRIDE", self.path.display()),
+            }
         } else if errno == Some(rustix::io::Errno::XDEV.raw_os_error()) {
             "an output must lie beneath its instance directory unless a root-owned envelope.cfg / compose.cfg names it"
                 .into()
@@ -237,12 +244,14 @@ impl Target {
             }
             None => None,
         };
+        // The mode first, while the file is still ours: changing the mode of a file that
+        // another user owns needs CAP_FOWNER, which the shipped unit does not grant. A
+        // chown after it keeps the mode (it clears only set-id bits, and `mode` has none).
+        fchmod(&*tmp, Mode::from(mode)).map_err(|e| self.err("set the mode of the new")(e.into()))?;
         if let Some((uid, gid)) = owner.filter(|o| *o != (ours.st_uid, ours.st_gid)) {
             let (uid, gid) = (rustix::fs::Uid::from_raw(uid), rustix::fs::Gid::from_raw(gid));
             fchown(&*tmp, Some(uid), Some(gid)).map_err(|e| self.err("keep the owner of")(e.into()))?;
         }
-        // After the chown, which may clear set-id bits; the mode has none anyway.
-        fchmod(&*tmp, Mode::from(mode)).map_err(|e| self.err("set the mode of the new")(e.into()))?;
         tmp.sync_all().map_err(self.err("fsync the new"))?;
         renameat(&self.dir, tmp_name, &self.dir, &self.name)
             .map_err(|e| self.err("rename the new file over")(e.into()))?;
@@ -383,6 +392,21 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&p).unwrap(), "new");
         assert_eq!(std::fs::metadata(&p).unwrap().mode() & 0o777, 0o600);
         assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn eperm_hints_name_the_capability_not_read_write_paths() {
+        let e = |action| WriteError {
+            path: "/server/gw/config/x.txt".into(),
+            action,
+            source: rustix::io::Errno::PERM.into(),
+        };
+        let chown = e("keep the owner of").hint().unwrap();
+        assert!(chown.contains("CAP_CHOWN") && !chown.contains("ReadWritePaths"), "{chown}");
+        let rename = e("rename the new file over").hint().unwrap();
+        assert!(rename.contains("lsattr") && !rename.contains("ReadWritePaths"), "{rename}");
+        let denied = WriteError { source: rustix::io::Errno::ACCESS.into(), ..e("create a temporary file next to") };
+        assert!(denied.hint().unwrap().contains("ReadWritePaths="));
     }
 
     #[test]

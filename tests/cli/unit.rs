@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 
 use usersync::output::Output;
 
+use crate::util::*;
+
 /// The values of `key=` in `[Service]` of the unit, in order.
 fn values(unit: &str, key: &str) -> Vec<String> {
     unit.lines().filter_map(|l| l.trim().strip_prefix(key)?.strip_prefix('=').map(str::to_owned)).collect()
@@ -58,4 +60,60 @@ fn every_default_path_usersync_writes_is_writable_under_the_shipped_unit() {
 fn the_unit_creates_nothing_readable_by_others_by_accident() {
     let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/usersync.service")).unwrap();
     assert_eq!(values(&unit, "UMask"), ["0077"], "usersync sets the modes it means with fchmod");
+}
+
+/// `setpriv` arguments that give a root process exactly the unit's `CapabilityBoundingSet=`
+/// (root's permitted and effective sets are cut to the bounding set at exec), as systemd does.
+fn with_the_units_capabilities() -> Vec<String> {
+    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/usersync.service")).unwrap();
+    let caps = values(&unit, "CapabilityBoundingSet");
+    assert_eq!(caps.len(), 1, "one CapabilityBoundingSet= line: {caps:?}");
+    let mut set = String::from("-all");
+    for cap in caps[0].split_whitespace() {
+        set.push_str(",+");
+        set.push_str(&cap.strip_prefix("CAP_").unwrap().to_lowercase());
+    }
+    ["setpriv", "--bounding-set", &set, "--inh-caps", "-all", "--no-new-privs"].map(str::to_owned).to_vec()
+}
+
+/// A Sec@GW gateway's instances belong to the gateway's account, not root: under the unit's
+/// capabilities (not full root) usersync keeps the owner and mode of an existing list and
+/// gives a first list the directory's owner and 0640. The instance's own configs are the
+/// account's too, so they reach Microsoft's names (the redirecting proxy stands in).
+#[test]
+fn gateway_owned_lists_are_written_with_the_units_capabilities_only() {
+    use std::os::unix::fs::{chown, MetadataExt, PermissionsExt};
+    if !as_root() {
+        return;
+    }
+    let r = Run::new_tls().group(STAFF, staff_members());
+    let proxy = usersync_sim::Proxy::redirecting(r.sim.addr()).unwrap();
+    let conf = format!("group_id = \"{STAFF}\"\n");
+    let r = r
+        .conf_no_endpoints("gw", "staff", &conf)
+        .conf_no_endpoints("gw4", "staff", &conf)
+        .file(SENDERS, "stale@example.com\n")
+        .env("HTTPS_PROXY", &proxy.url());
+    for instance in ["gw", "gw4"] {
+        for dir in ["", "/config", "/config/entraid"] {
+            let d = r.root().join(format!("{instance}{dir}"));
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o750)).unwrap();
+            chown(&d, Some(NOBODY), Some(NOBODY)).unwrap();
+        }
+        chown(r.root().join(format!("{instance}/config/entraid/staff.entraidconf")), Some(NOBODY), Some(NOBODY))
+            .unwrap();
+    }
+    let senders = r.root().join(SENDERS);
+    std::fs::set_permissions(&senders, std::fs::Permissions::from_mode(0o640)).unwrap();
+    chown(&senders, Some(NOBODY), Some(NOBODY)).unwrap();
+    let caps = with_the_units_capabilities();
+    let mut r = r
+        .wrapped_in(&caps.iter().map(String::as_str).collect::<Vec<_>>())
+        .expect_file(SENDERS, Some("alice@example.com\ncarol@example.com\n"))
+        .expect_file("gw4/config/allowed_senders_ldap.txt", Some("alice@example.com\ncarol@example.com\n"));
+    r.run();
+    for list in [senders, r.root().join("gw4/config/allowed_senders_ldap.txt")] {
+        let m = std::fs::metadata(&list).unwrap();
+        assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (NOBODY, NOBODY, 0o640), "{}", list.display());
+    }
 }

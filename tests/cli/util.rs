@@ -76,6 +76,8 @@ pub struct Run {
     pub sim: Sim,
     args: Vec<String>,
     envs: Vec<(String, String)>,
+    /// A program (and its arguments) that runs usersync, such as `setpriv …`.
+    wrapper: Vec<String>,
     expect_exit: i32,
     stderr: Stderr,
     expect_files: std::collections::BTreeMap<String, Option<String>>,
@@ -106,6 +108,7 @@ impl Run {
             sim,
             args: vec![],
             envs: vec![],
+            wrapper: vec![],
             expect_exit: 0,
             stderr: Stderr::Golden,
             expect_files: std::collections::BTreeMap::new(),
@@ -211,6 +214,13 @@ impl Run {
         self
     }
 
+    /// Runs from now on go through `program args… usersync …` (e.g. `setpriv` with the
+    /// unit's capability bounding set).
+    pub fn wrapped_in(mut self, program: &[&str]) -> Self {
+        self.wrapper = program.iter().map(|s| (*s).to_owned()).collect();
+        self
+    }
+
     /// Runs from now on must exit with `code` (0 until this is called).
     pub fn expect_exit(mut self, code: i32) -> Self {
         self.expect_exit = code;
@@ -262,7 +272,15 @@ impl Run {
 
     /// The command line the next run uses.
     pub fn command(&self) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_usersync"));
+        let bin = env!("CARGO_BIN_EXE_usersync");
+        let mut cmd = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .arg("-c")
