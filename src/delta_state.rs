@@ -352,11 +352,13 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let path = t.path().join("abc.state");
         let (old, young) = (t.path().join(".usersync-abc.state.1.tmp"), t.path().join(".usersync-abc.state.2.tmp"));
-        for p in [&old, &young] {
-            std::fs::write(p, "x").unwrap();
+        // Both ages are set here, by this process's clock (which tests/clock-shift moves),
+        // not left to the file system's.
+        let now = std::time::SystemTime::now();
+        let a_day_ago = now - std::time::Duration::from_secs(90_000);
+        for (p, age) in [(&old, a_day_ago), (&young, now)] {
+            File::create(p).unwrap().set_modified(age).unwrap();
         }
-        let a_day_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(90_000);
-        File::options().write(true).open(&old).unwrap().set_modified(a_day_ago).unwrap();
         let w = Writer::create(&path, &header()).unwrap();
         assert!(!old.exists(), "a day old: a killed run's");
         assert!(young.exists(), "maybe another run's, writing now");

@@ -363,7 +363,10 @@ mod tests {
         for name in
             [".usersync-list.txt.abc.tmp", ".usersync-list.txt.def.tmp", ".usersync-other.txt.x.tmp", "list.txt.tmp"]
         {
-            std::fs::write(t.path().join(name), "x").unwrap();
+            // The age is set here, by this process's clock, not left to the file system's:
+            // the two differ when the test runs with its clock shifted (tests/clock-shift).
+            let f = File::create(t.path().join(name)).unwrap();
+            f.set_modified(std::time::SystemTime::now()).unwrap();
         }
         symlink("/etc/passwd", t.path().join(".usersync-list.txt.link.tmp")).unwrap();
         assert_eq!(target(&p).clean_stale_temps(std::time::Duration::from_secs(60)).unwrap(), 0, "too young");

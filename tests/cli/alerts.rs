@@ -396,8 +396,8 @@ fn assertion_scopes(r: &Run) -> Vec<(String, String)> {
 
 #[test]
 fn smtp_oauth_and_graph_authenticate_with_a_certificate() {
-    use crate::certificates::{certificate, fixture, now, DAY};
-    let cert = certificate("app-key.pem", now() + 365 * DAY);
+    use crate::certificates::{fixture, long_lived};
+    let cert = long_lived("app-key.pem");
     // smtp-oauth: certificate and key in one file, PS256.
     let r = failing();
     write_pki(r.path());
@@ -449,8 +449,8 @@ fn smtp_oauth_and_graph_authenticate_with_a_certificate() {
 
 #[test]
 fn a_providers_certificate_is_checked_like_a_configs() {
-    use crate::certificates::{certificate, fixture, now, DAY};
-    let cert = certificate("app-key.pem", now() + 365 * DAY);
+    use crate::certificates::{certificate, fixture, long_lived, now, DAY};
+    let cert = long_lived("app-key.pem");
     let expired = certificate("app-key.pem", now() - 2 * DAY);
     for (pem, extra, want) in [
         (

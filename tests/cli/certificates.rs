@@ -19,6 +19,13 @@ pub fn now() -> i64 {
     i64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()).unwrap()
 }
 
+/// A self-signed certificate for the fixture key `key` with fixed validity dates
+/// (2020-01-01 to 2999-12-31), for the tests where its dates do not matter: its bytes, and
+/// so its thumbprint in a golden file, are the same on any day.
+pub fn long_lived(key: &str) -> String {
+    certificate_valid(key, 1_577_836_800, 32_503_593_600)
+}
+
 /// A self-signed certificate for the fixture key `key`, valid from 30 days ago until
 /// `not_after` (Unix time, rounded down to the day).
 pub fn certificate(key: &str, not_after: i64) -> String {
@@ -89,7 +96,7 @@ fn assertions(r: &Run) -> Vec<(std::collections::HashMap<String, String>, String
 
 #[test]
 fn a_certificate_signs_a_valid_jwt_bearer_assertion() {
-    let cert = certificate("app-key.pem", now() + 365 * DAY);
+    let cert = long_lived("app-key.pem");
     let mut r = cert_run(&cert, &format!("{cert}{}", fixture("app-key.pem")), "")
         .args(&["-vvv"])
         .expect_exit(0)
@@ -134,7 +141,7 @@ fn a_certificate_signs_a_valid_jwt_bearer_assertion() {
 
 #[test]
 fn a_separate_pkcs1_key_rs256_and_a_fresh_assertion_for_every_request() {
-    let cert = certificate("app-key.pem", now() + 365 * DAY);
+    let cert = long_lived("app-key.pem");
     let mut r = cert_run(&cert, &cert, "client_key = \"app-key-pkcs1.pem\"\nassertion_algorithm = \"RS256\"\n")
         .file("gw/config/entraid/app-key-pkcs1.pem", &fixture("app-key-pkcs1.pem"));
     // The first token request meets a 503; the retry must sign anew.
@@ -156,8 +163,8 @@ fn a_separate_pkcs1_key_rs256_and_a_fresh_assertion_for_every_request() {
 
 #[test]
 fn an_unregistered_key_is_aadsts700027_with_a_hint() {
-    let registered = certificate("app-key.pem", now() + 365 * DAY);
-    let ours = certificate("other-key.pem", now() + 365 * DAY);
+    let registered = long_lived("app-key.pem");
+    let ours = long_lived("other-key.pem");
     let mut r = cert_run(&registered, &ours, "client_key = \"other.pem\"\n")
         .file("gw/config/entraid/other.pem", &fixture("other-key.pem"))
         .file(SENDERS, "old@example.com\n")
@@ -165,13 +172,14 @@ fn an_unregistered_key_is_aadsts700027_with_a_hint() {
         .expect_file(SENDERS, Some("old@example.com\n"));
     let out = r.run();
     assert!(out.stderr.contains("AADSTS700027"), "{}", out.stderr);
+    assert!(out.stderr.contains(&thumbprint(&ours)), "Entra names the key that was used: {}", out.stderr);
     assert!(out.stderr.contains("staff.entraidconf"), "names the config: {}", out.stderr);
     assert!(out.stderr.contains("hint: Entra ID did not accept the client assertion's signature"), "{}", out.stderr);
 }
 
 #[test]
 fn a_host_clock_far_behind_is_aadsts700024() {
-    let cert = certificate("app-key.pem", now() + 365 * DAY);
+    let cert = long_lived("app-key.pem");
     let mut r =
         cert_run(&cert, &format!("{cert}{}", fixture("app-key.pem")), "").expect_exit(1).expect_file(SENDERS, None);
     r.sim.state().clock_ahead = 3600;
@@ -186,7 +194,7 @@ fn a_host_clock_far_behind_is_aadsts700024() {
 
 #[test]
 fn certificate_configuration_errors_stop_the_run() {
-    let cert = certificate("app-key.pem", now() + 365 * DAY);
+    let cert = long_lived("app-key.pem");
     for (extra, key_file, want) in [
         ("client_secret = \"x\"\n", None, "both a client secret and a certificate"),
         ("client_key = \"k.pem\"\n", Some(fixture("other-key.pem")), "does not belong to the certificate"),
@@ -212,7 +220,7 @@ fn certificate_configuration_errors_stop_the_run() {
 
 #[test]
 fn a_certificate_from_a_systemd_credential() {
-    let cert = certificate("app-key.pem", now() + 365 * DAY);
+    let cert = long_lived("app-key.pem");
     let r = Run::new().group(STAFF, staff_members());
     r.sim.state().directory.apps[0].certificate = Some(cert.clone());
     let creds = r.path().join("creds");
@@ -365,7 +373,7 @@ fn entras_answer_for_an_expired_key_has_its_own_hint() {
 
 #[test]
 fn only_a_file_holding_a_key_is_warned_about_its_mode() {
-    let cert = certificate("app-key.pem", now() + 365 * DAY);
+    let cert = long_lived("app-key.pem");
     let r =
         cert_run(&cert, &cert, "client_key = \"app.key\"\n").file("gw/config/entraid/app.key", &fixture("app-key.pem"));
     let (cert_file, key_file) =

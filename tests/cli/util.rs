@@ -288,6 +288,10 @@ impl Run {
             .arg("--server-root")
             .arg(self.root())
             .args(&self.args);
+        // The clock-shifted run (tests/clock-shift) shifts usersync's clock too.
+        for (k, v) in std::env::vars().filter(|(k, _)| k == "LD_PRELOAD" || k.starts_with("FAKETIME")) {
+            cmd.env(k, v);
+        }
         for (k, v) in &self.envs {
             cmd.env(k, v);
         }
