@@ -9,7 +9,7 @@ use crate::start::Stop;
 /// Sends the test message; the exit code is 0 if at least one provider delivered, 1 if
 /// none did.
 pub fn run(cli: &Cli) -> Result<u8, Stop> {
-    let (config, _) = crate::start::setup(cli)?;
+    let (config, _) = crate::start::setup(cli, &crate::secret::Env::from_process())?;
     let Some(alert) = &config.alert else {
         return Err(ConfigError::new(
             config.path.clone().unwrap_or_else(|| crate::config::DEFAULT_PATH.into()),

@@ -11,6 +11,7 @@ use crate::credential::ClientAuth;
 use crate::entraidconf::Env;
 use crate::error::{Hint, Outcome};
 use crate::instance::{self, Instance};
+use crate::secret::Unread;
 use crate::trust::Trust;
 
 /// How bad a finding is.
@@ -67,6 +68,19 @@ fn trust_note(who: &str, path: &Path, trust: &Trust, untrusted_means: &str) -> F
     Finding { level: Level::Note, message, hint: None }
 }
 
+/// A note for a credential left unread (see [`Unread`]), and how to check it.
+fn unread_note(at: &str, left: &Unread) -> Finding {
+    let (message, hint) = left.note();
+    Finding { level: Level::Note, message: format!("{at}: {message}"), hint: Some(hint) }
+}
+
+fn unread_notes(at: &str, auth: &ClientAuth) -> Vec<Finding> {
+    match auth {
+        ClientAuth::Unread(left) => left.iter().map(|l| unread_note(at, l)).collect(),
+        ClientAuth::Secret(_) | ClientAuth::Certificate(_) => vec![],
+    }
+}
+
 /// Warn this many days before a credential expires.
 pub const EXPIRY_WARNING_DAYS: i64 = 30;
 
@@ -79,7 +93,7 @@ fn expiry(at: &str, auth: &ClientAuth, expires: Option<i64>, now: i64) -> Option
             format!("the certificate `{}`", cert.subject),
             "create a new certificate, upload it under App registrations > the app > Certificates & secrets, and point client_certificate at it (keep the old one until the new one works)",
         ),
-        ClientAuth::Secret(_) => (
+        ClientAuth::Secret(_) | ClientAuth::Unread(_) => (
             "the client secret (client_secret_expires)".to_owned(),
             "create a new client secret under App registrations > the app > Certificates & secrets, put it in the config, and update client_secret_expires",
         ),
@@ -114,7 +128,9 @@ pub fn run(cli: &Cli, names: &[String]) -> Outcome {
 }
 
 fn findings(cli: &Cli, names: &[String]) -> Vec<Finding> {
-    let (config, root) = match crate::start::setup(cli) {
+    // From a shell, what the unit's LoadCredential= names is checked by name, not read.
+    let env = Env::for_check();
+    let (config, root) = match crate::start::setup(cli, &env) {
         Ok(x) => x,
         Err(e) => return e.reports().into_iter().map(|r| error(r.message, r.hint)).collect(),
     };
@@ -124,14 +140,17 @@ fn findings(cli: &Cli, names: &[String]) -> Vec<Finding> {
         for provider in config.alert.iter().flat_map(|a| &a.providers) {
             let Some(credentials) = provider.credentials() else { continue };
             let at = format!("{}, [[alert.provider]] {}", p.display(), provider.label());
+            out.extend(unread_notes(&at, &credentials.auth));
             out.extend(expiry(&at, &credentials.auth, provider.expires, crate::date::now()));
+        }
+        for (provider, left) in config.alert.iter().flat_map(|a| &a.unread) {
+            out.push(unread_note(&format!("{}, {provider}", p.display()), left));
         }
     }
     let names = match instance::select(&root, names) {
         Ok(n) => n,
         Err(e) => return vec![error(e.to_string(), e.hint())],
     };
-    let env = Env::from_process();
     for name in &names {
         match instance::load(&root, name, &env) {
             Ok(inst) => check_instance(&inst, &mut out),
@@ -152,6 +171,7 @@ fn check_instance(inst: &Instance, out: &mut Vec<Finding>) {
             &c.trust,
             "it may not set authority_host or graph_endpoint, and the files it names must lie beneath its directory",
         ));
+        out.extend(unread_notes(&format!("{who}, config {}", c.path.display()), &c.auth));
         let credential = std::env::var_os("CREDENTIALS_DIRECTORY").is_some_and(|d| c.secret_file.starts_with(d));
         if c.secret_file != c.path && !credential {
             if let Ok((_, t)) = crate::trust::open(&c.secret_file) {
@@ -163,8 +183,13 @@ fn check_instance(inst: &Instance, out: &mut Vec<Finding>) {
         out.push(trust_note(&at, p, t, "the output paths it names must lie beneath the instance directory"));
     }
     for c in &inst.configs {
-        let holds = if matches!(c.auth, ClientAuth::Certificate(_)) { "a private key" } else { "a client secret" };
-        if let Some((message, hint)) = crate::secret::exposure(&c.secret_file, holds) {
+        let holds = match c.auth {
+            ClientAuth::Certificate(_) => Some("a private key"),
+            ClientAuth::Secret(_) => Some("a client secret"),
+            // Nothing of it was read here, and the unit's credentials are private to it.
+            ClientAuth::Unread(_) => None,
+        };
+        if let Some((message, hint)) = holds.and_then(|h| crate::secret::exposure(&c.secret_file, h)) {
             out.push(warning(format!("{who}: {message}"), &hint));
         }
         if let Some(finding) = expiry(&format!("{who}, config {}", c.path.display()), &c.auth, c.expires, now) {

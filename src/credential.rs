@@ -13,7 +13,7 @@ use ring::signature::KeyPair as _;
 use serde::Serialize;
 
 use crate::error::{quote, ConfigError};
-use crate::secret::{read_source, resolve, warn_if_exposed, Env, Secret};
+use crate::secret::{read_source, resolve, warn_if_exposed, Env, Secret, Unread};
 
 /// How long a client assertion is valid. Microsoft's certificate-credentials page sets no
 /// maximum; ten minutes is what MSAL signs (`expires_in=600`), long enough for a token
@@ -29,6 +29,9 @@ pub enum ClientAuth {
     Secret(Secret),
     /// `client_assertion`, signed with the certificate's key.
     Certificate(Arc<Certificate>),
+    /// Systemd credentials that `usersync check` from a shell leaves unread (only
+    /// [`Env::for_check`] makes this); nothing can be sent with it.
+    Unread(Vec<Unread>),
 }
 
 impl ClientAuth {
@@ -44,6 +47,10 @@ impl ClientAuth {
                 c.subject, c.sha1_thumbprint, c.thumbprint
             ),
             Self::Secret(_) => format!("client secret, {expires}"),
+            Self::Unread(u) => {
+                let names: Vec<&str> = u.iter().map(|u| u.name.as_str()).collect();
+                format!("systemd credential {} (not read here), {expires}", names.join(", "))
+            }
         }
     }
 
@@ -58,6 +65,13 @@ impl ClientAuth {
             Self::Certificate(c) => {
                 d.update(b"certificate\0");
                 d.update(c.thumbprint.as_bytes());
+            }
+            Self::Unread(u) => {
+                d.update(b"unread\0");
+                for u in u {
+                    d.update(u.name.as_bytes());
+                    d.update(b"\0");
+                }
             }
         }
         let mut out = [0; 32];
@@ -312,14 +326,30 @@ impl CredentialKeys {
         let secret_given = self.client_secret.is_some()
             || self.client_secret_file.is_some()
             || self.client_secret_credential.is_some();
-        if certificate_given {
-            if secret_given || self.client_secret_expires.is_some() {
-                return Err(ConfigError::new(
-                    path,
-                    "both a client secret and a certificate are configured",
-                    "keep either the client_secret* keys or the client_certificate / client_key keys",
-                ));
+        if certificate_given && (secret_given || self.client_secret_expires.is_some()) {
+            return Err(ConfigError::new(
+                path,
+                "both a client secret and a certificate are configured",
+                "keep either the client_secret* keys or the client_certificate / client_key keys",
+            ));
+        }
+        let unread: Vec<Unread> = [
+            ("client_secret_credential", &self.client_secret_credential),
+            ("client_certificate_credential", &self.client_certificate_credential),
+            ("client_key_credential", &self.client_key_credential),
+        ]
+        .into_iter()
+        .filter_map(|(key, name)| env.unread(key, name.as_ref()))
+        .collect();
+        if !unread.is_empty() {
+            if let Some(a) = self.assertion_algorithm.as_deref().filter(|a| AssertionAlgorithm::from_name(a).is_none())
+            {
+                return Err(unknown_algorithm(path, a));
             }
+            let expires = self.secret_expires(path)?;
+            return Ok(LoadedCredential { auth: ClientAuth::Unread(unread), file: path.to_owned(), expires });
+        }
+        if certificate_given {
             let (cert, file) = self.certificate(path, env, confine, now)?;
             let expires = Some(cert.not_after);
             return Ok(LoadedCredential { auth: ClientAuth::Certificate(Arc::new(cert)), file, expires });
@@ -331,6 +361,7 @@ impl CredentialKeys {
                 "set client_certificate (recommended) or client_secret, client_secret_file or client_secret_credential",
             ));
         }
+        let expires = self.secret_expires(path)?;
         let (secret, file) = resolve(
             "client_secret",
             self.client_secret,
@@ -340,17 +371,23 @@ impl CredentialKeys {
             env,
             confine,
         )?;
-        let expires = match self.client_secret_expires {
-            None => None,
-            Some(d) => Some(crate::date::parse(&d).ok_or_else(|| {
-                ConfigError::new(
-                    path,
-                    format!("key `client_secret_expires`: `{}` is not a date like 2027-05-01", quote(&d)),
-                    "copy the Expires date of the secret from App registrations > the app > Certificates & secrets, as YYYY-MM-DD",
-                )
-            })?),
-        };
         Ok(LoadedCredential { auth: ClientAuth::Secret(secret), file, expires })
+    }
+
+    /// `client_secret_expires`, checked.
+    fn secret_expires(&self, path: &Path) -> Result<Option<i64>, ConfigError> {
+        self.client_secret_expires
+            .as_deref()
+            .map(|d| {
+                crate::date::parse(d).ok_or_else(|| {
+                    ConfigError::new(
+                        path,
+                        format!("key `client_secret_expires`: `{}` is not a date like 2027-05-01", quote(d)),
+                        "copy the Expires date of the secret from App registrations > the app > Certificates & secrets, as YYYY-MM-DD",
+                    )
+                })
+            })
+            .transpose()
     }
 
     /// The certificate and key named, and the file holding the private key.
@@ -363,13 +400,7 @@ impl CredentialKeys {
     ) -> Result<(Certificate, PathBuf), ConfigError> {
         let algorithm = match self.assertion_algorithm.as_deref() {
             None => AssertionAlgorithm::default(),
-            Some(a) => AssertionAlgorithm::from_name(a).ok_or_else(|| {
-                ConfigError::new(
-                    path,
-                    format!("key `assertion_algorithm`: unknown algorithm `{}`", quote(a)),
-                    "use \"PS256\" (the default) or \"RS256\"",
-                )
-            })?,
+            Some(a) => AssertionAlgorithm::from_name(a).ok_or_else(|| unknown_algorithm(path, a))?,
         };
         let (cert_pem, cert_file) = read_source(
             "client_certificate",
@@ -414,6 +445,14 @@ impl CredentialKeys {
         }
         Ok((c, key_file))
     }
+}
+
+fn unknown_algorithm(path: &Path, a: &str) -> ConfigError {
+    ConfigError::new(
+        path,
+        format!("key `assertion_algorithm`: unknown algorithm `{}`", quote(a)),
+        "use \"PS256\" (the default) or \"RS256\"",
+    )
 }
 
 #[derive(Clone)]

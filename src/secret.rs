@@ -49,14 +49,64 @@ impl fmt::Display for Secret {
 pub struct Env {
     /// `$CREDENTIALS_DIRECTORY`, set by systemd's `LoadCredential=`.
     pub credentials_directory: Option<PathBuf>,
+    /// Without `$CREDENTIALS_DIRECTORY`, a credential name is left unread (see [`Unread`])
+    /// instead of being an error: `usersync check` from a shell, where only the unit can
+    /// read what its `LoadCredential=` names.
+    pub leave_credentials_unread: bool,
 }
 
 impl Env {
-    /// Reads the process environment.
+    /// Reads the process environment: a credential name needs `$CREDENTIALS_DIRECTORY`.
     #[must_use]
     pub fn from_process() -> Self {
-        Self { credentials_directory: std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from) }
+        Self {
+            credentials_directory: std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from),
+            leave_credentials_unread: false,
+        }
     }
+
+    /// As [`Env::from_process`], but for an offline check: without `$CREDENTIALS_DIRECTORY`
+    /// (a shell, not the unit), credential names are checked and left unread.
+    #[must_use]
+    pub fn for_check() -> Self {
+        Self { leave_credentials_unread: true, ..Self::from_process() }
+    }
+
+    /// `key = "name"` as a credential left unread here, or `None` when it is to be read
+    /// (or is no valid name, which reading then reports).
+    #[must_use]
+    pub fn unread(&self, key: &str, name: Option<&String>) -> Option<Unread> {
+        let name = name.filter(|n| valid_credential_name(n))?;
+        (self.leave_credentials_unread && self.credentials_directory.is_none())
+            .then(|| Unread { key: key.to_owned(), name: name.clone() })
+    }
+}
+
+/// A systemd credential that `usersync check`, run from a shell, does not read: only the
+/// unit has `$CREDENTIALS_DIRECTORY`. Everything else of its config is checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unread {
+    /// The key that names it, such as `client_secret_credential`.
+    pub key: String,
+    /// The credential's name in `LoadCredential=NAME:PATH`.
+    pub name: String,
+}
+
+impl Unread {
+    /// A note for `check`: what was not read, and how to check it as the unit sees it.
+    #[must_use]
+    pub fn note(&self) -> (String, String) {
+        let n = &self.name;
+        (
+            format!("key `{}`: the systemd credential `{n}` is read only under the unit (LoadCredential=, $CREDENTIALS_DIRECTORY), so this shell did not read it; everything else was checked", self.key),
+            format!("to check it as the unit sees it: systemd-run --pipe --wait -p LoadCredential={n}:/etc/usersync/credentials/{n} usersync check"),
+        )
+    }
+}
+
+/// Whether `name` can be a credential's name: one path component.
+fn valid_credential_name(name: &str) -> bool {
+    !(name.is_empty() || name.contains('/') || name == "." || name == "..")
 }
 
 /// Resolves exactly one of `<key>`, `<key>_file`, `<key>_credential` of the config at
@@ -155,7 +205,7 @@ pub fn read_source(
             Ok(Some((bytes, f)))
         }
         (None, Some(name)) => {
-            if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+            if !valid_credential_name(&name) {
                 return Err(ConfigError::new(
                     path,
                     format!("key `{credential_key}`: `{name}` is not a credential name"),

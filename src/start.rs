@@ -8,6 +8,7 @@ use crate::config::Config;
 use crate::error::{print_error, ConfigError, Hint, Outcome};
 use crate::node::NodeError;
 use crate::report::ErrorReport;
+use crate::secret::Env;
 
 /// Where instances live when nothing else says.
 pub const DEFAULT_SERVER_ROOT: &str = "/server";
@@ -63,9 +64,10 @@ impl Stop {
     }
 }
 
-/// The global config and the server root, as the command line and the environment say.
-pub fn setup(cli: &Cli) -> Result<(Config, PathBuf), Stop> {
-    let config = Config::load(cli.config.as_deref())?;
+/// The global config and the server root, as the command line and the environment say;
+/// `env` says where systemd credentials are (or that `check` leaves them unread).
+pub fn setup(cli: &Cli, env: &Env) -> Result<(Config, PathBuf), Stop> {
+    let config = Config::load(cli.config.as_deref(), env)?;
     let root = cli
         .server_root
         .clone()

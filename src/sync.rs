@@ -35,7 +35,7 @@ use crate::{guard, lock, write};
 /// Syncs every instance `cli` names (contract order above); the exit code follows §7.
 pub fn run(cli: &Cli) -> Result<ExitCode, Stop> {
     let started = Instant::now();
-    let (config, root) = match crate::start::setup(cli) {
+    let (config, root) = match crate::start::setup(cli, &Env::from_process()) {
         Ok(x) => x,
         Err(e) => {
             print_report(cli, &fatal_report(cli, &e));

@@ -12,9 +12,10 @@ use crate::start::Stop;
 
 /// Runs the test query; returns the exit code (0: every config answered, 1: one did not).
 pub fn run(cli: &Cli, name: &str, entraid: Option<&str>, show: bool) -> Result<u8, Stop> {
-    let (config, root) = crate::start::setup(cli)?;
+    let env = Env::from_process();
+    let (config, root) = crate::start::setup(cli, &env)?;
     let names = instance::select(&root, &[name.to_owned()])?;
-    let inst = instance::load(&root, &names[0], &Env::from_process()).map_err(Stop::Config)?;
+    let inst = instance::load(&root, &names[0], &env).map_err(Stop::Config)?;
     let configs: Vec<&EntraConf> =
         inst.configs.iter().filter(|c| entraid.is_none_or(|e| c.path.file_stem().is_some_and(|s| s == e))).collect();
     if configs.is_empty() {

@@ -11,7 +11,7 @@ use crate::endpoints::{parse_endpoint, Cloud, Endpoints};
 use crate::error::{quote, ConfigError};
 use crate::ids::{ClientId, TenantId};
 use crate::normalize::Email;
-use crate::secret::{resolve, Env, Secret};
+use crate::secret::{resolve, Env, Secret, Unread};
 
 /// The scope of a client-credentials token for SMTP AUTH XOAUTH2 in Exchange Online.
 pub const OUTLOOK_SCOPE: &str = "https://outlook.office365.com/.default";
@@ -203,12 +203,15 @@ pub struct AlertConfig {
     pub repeat: Duration,
     /// Providers in priority order.
     pub providers: Vec<Provider>,
+    /// Systemd credentials that `check` from a shell left unread, and the provider of each;
+    /// a provider whose password or API key is one of them is checked up to it and left
+    /// out of `providers`. Empty whenever the credentials are read.
+    pub unread: Vec<(String, Unread)>,
 }
 
 impl AlertConfig {
     #[allow(clippy::too_many_lines)] // one linear check per key
-    pub(crate) fn from_raw(raw: RawAlert, file: &Path) -> Result<Self, ConfigError> {
-        let env = Env::from_process();
+    pub(crate) fn from_raw(raw: RawAlert, file: &Path, env: &Env) -> Result<Self, ConfigError> {
         let bad =
             |key: &str, msg: String, hint: &str| ConfigError::new(file, format!("key `alert.{key}`: {msg}"), hint);
         let addr = |key: &str, v: &str| {
@@ -243,8 +246,10 @@ impl AlertConfig {
             ));
         }
         let mut providers = Vec::new();
+        let mut unread = Vec::new();
         for (i, p) in raw.provider.into_iter().enumerate() {
             let n = i + 1;
+            let this = |kind: &str| format!("[[alert.provider]] {n} ({kind})");
             let pbad = |key: &str, msg: String, hint: &str| bad(&format!("provider[{n}].{key}"), msg, hint);
             let kind = p.kind.clone().unwrap_or_default();
             let security = match p.security.as_str() {
@@ -280,7 +285,7 @@ impl AlertConfig {
             // An error of this provider's credential, with the provider named.
             let named = |e: ConfigError| ConfigError { message: format!("[[alert.provider]] {n}: {}", e.message), ..e };
             let secret = |key: &str, inline: &Option<Secret>, f: &Option<std::path::PathBuf>, cred: &Option<String>| {
-                resolve(key, inline.clone(), f.clone(), cred.clone(), file, &env, None).map(|(s, _)| s).map_err(named)
+                resolve(key, inline.clone(), f.clone(), cred.clone(), file, env, None).map(|(s, _)| s).map_err(named)
             };
             let mut expires = None;
             // An Entra app (smtp-oauth, graph): the same credential keys and checks as a
@@ -304,7 +309,7 @@ impl AlertConfig {
                     assertion_algorithm: p.assertion_algorithm.clone(),
                 };
                 let LoadedCredential { auth, expires: until, .. } =
-                    keys.load(file, &env, None, crate::date::now()).map_err(named)?;
+                    keys.load(file, env, None, crate::date::now()).map_err(named)?;
                 expires = until;
                 let endpoints = Endpoints {
                     authority: endpoint("authority_host", &p.authority_host, cloud.authority_host())?,
@@ -331,6 +336,10 @@ impl AlertConfig {
                                     "\"none\" with a username would send the password in clear text".into(),
                                     "use \"starttls\" or \"tls\", or drop the username for a trusted relay",
                                 ));
+                            }
+                            if let Some(left) = env.unread("password_credential", p.password_credential.as_ref()) {
+                                unread.push((this("smtp"), left));
+                                continue;
                             }
                             let pw = secret("password", &p.password, &p.password_file, &p.password_credential)?;
                             Some((u, pw))
@@ -372,9 +381,13 @@ impl AlertConfig {
                             "name the file holding the SendGrid API key (api_key_file), or its systemd credential (api_key_credential)",
                         ));
                     }
-                    let key = secret("api_key", &None, &p.api_key_file, &p.api_key_credential)?;
                     let api =
                         endpoint("api_host", &p.api_host, SENDGRID_API)?.as_str().trim_end_matches('/').to_owned();
+                    if let Some(left) = env.unread("api_key_credential", p.api_key_credential.as_ref()) {
+                        unread.push((this("sendgrid"), left));
+                        continue;
+                    }
+                    let key = secret("api_key", &None, &p.api_key_file, &p.api_key_credential)?;
                     Kind::SendGrid { api, key }
                 }
                 other => {
@@ -392,6 +405,6 @@ impl AlertConfig {
             });
         }
         providers.sort_by_key(|p| p.priority);
-        Ok(Self { from, to, repeat: Duration::from_secs(raw.repeat_hours.max(1) * 3600), providers })
+        Ok(Self { from, to, repeat: Duration::from_secs(raw.repeat_hours.max(1) * 3600), providers, unread })
     }
 }

@@ -8,6 +8,7 @@ use serde::Deserialize;
 pub mod alert;
 
 use crate::error::{quote, quote_in, ConfigError};
+use crate::secret::Env;
 use crate::trust::{self, Trust};
 use alert::AlertConfig;
 
@@ -198,14 +199,15 @@ impl Default for HttpConfig {
 }
 
 impl Config {
-    /// Loads `explicit`, or the default path if it exists, or all defaults.
-    pub fn load(explicit: Option<&Path>) -> Result<Self, ConfigError> {
+    /// Loads `explicit`, or the default path if it exists, or all defaults; `env` says
+    /// where the alert providers' systemd credentials are (or that `check` leaves them).
+    pub fn load(explicit: Option<&Path>, env: &Env) -> Result<Self, ConfigError> {
         let path = explicit.map_or_else(|| PathBuf::from(DEFAULT_PATH), Path::to_path_buf);
         let read = trust::read(&path).and_then(|(b, t)| {
             String::from_utf8(b).map(|s| (s, t)).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
         });
         match read {
-            Ok((text, Trust::Trusted)) => Self::parse(&text, &path),
+            Ok((text, Trust::Trusted)) => Self::parse_with(&text, &path, env),
             Ok((_, t)) => {
                 let f = path.display();
                 Err(ConfigError::new(
@@ -215,7 +217,7 @@ impl Config {
                 ))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && explicit.is_none() => {
-                Self::from_raw(RawConfig::default(), None)
+                Self::from_raw(RawConfig::default(), None, env)
             }
             Err(e) => Err(ConfigError::new(
                 &path,
@@ -225,8 +227,12 @@ impl Config {
         }
     }
 
-    /// Parses and checks the text of `path`.
+    /// Parses and checks the text of `path`, in the process's environment.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        Self::parse_with(text, path, &Env::from_process())
+    }
+
+    fn parse_with(text: &str, path: &Path, env: &Env) -> Result<Self, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let line =
                 e.span().map(|s| format!(" (line {})", text[..s.start].matches('\n').count() + 1)).unwrap_or_default();
@@ -236,11 +242,11 @@ impl Config {
                 HINT_REFERENCE,
             )
         })?;
-        Self::from_raw(raw, Some(path))
+        Self::from_raw(raw, Some(path), env)
     }
 
     #[allow(clippy::too_many_lines)] // one linear check per key
-    fn from_raw(raw: RawConfig, path: Option<&Path>) -> Result<Self, ConfigError> {
+    fn from_raw(raw: RawConfig, path: Option<&Path>, env: &Env) -> Result<Self, ConfigError> {
         let file = path.unwrap_or(Path::new(DEFAULT_PATH));
         let bad = |key: &str, msg: String, hint: &str| ConfigError::new(file, format!("key `{key}`: {msg}"), hint);
 
@@ -340,7 +346,7 @@ impl Config {
             enabled: raw.delta.enabled,
             full_sync: Duration::from_secs(raw.delta.full_sync_hours.saturating_mul(3600)),
         };
-        let alert = raw.alert.map(|a| AlertConfig::from_raw(a, file)).transpose()?;
+        let alert = raw.alert.map(|a| AlertConfig::from_raw(a, file, env)).transpose()?;
         Ok(Self {
             path: path.map(Path::to_path_buf),
             server_root,

@@ -78,6 +78,8 @@ impl GraphClient {
                     f.push(("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".into()));
                     f.push(("client_assertion", a.expose().to_owned()));
                 }
+                // Only `check` leaves a credential unread, and it sends nothing.
+                ClientAuth::Unread(_) => return Err(FetchError::Internal("a credential was not read".into())),
             }
             Ok(f)
         };
