@@ -232,6 +232,18 @@ impl Sim {
         Self::serve(directory, 0, Some(pki.acceptor.clone()))
     }
 
+    /// Starts with HTTPS on 127.0.0.1:`port` (0: any free port), presenting a certificate of
+    /// `pki`'s CA.
+    pub fn start_tls_on(directory: Directory, port: u16, pki: &TestPki) -> std::io::Result<Self> {
+        Self::serve(directory, port, Some(pki.acceptor.clone()))
+    }
+
+    /// The base URL its `@odata.nextLink`s and token URLs name, instead of its own address:
+    /// `https://graph.microsoft.com` where that name leads here (an `/etc/hosts` entry).
+    pub fn set_public_url(&self, url: &str) {
+        lock(&self.state).base = url.trim_end_matches('/').to_owned();
+    }
+
     fn serve(directory: Directory, port: u16, tls: Option<tokio_rustls::TlsAcceptor>) -> std::io::Result<Self> {
         let listener = std::net::TcpListener::bind(("127.0.0.1", port))?;
         listener.set_nonblocking(true)?;
