@@ -285,7 +285,7 @@ impl Writer {
         }
         // A run killed while writing a state leaves its temp file. Runs of other instances
         // may be writing the same state now (no lock spans them), but none for a day.
-        if let Ok(t) = crate::write::Target::open(path, None) {
+        if let Ok(t) = crate::write::Target::at(path) {
             match t.clean_stale_temps(STALE_TEMP_AGE) {
                 Ok(0) => {}
                 Ok(n) => {

@@ -167,7 +167,11 @@ enum How {
 
 /// Reads every distinct group of `instances`. At most `[http] max_concurrency` requests are
 /// in flight; the whole fetch ends by `[http] deadline_seconds`.
-pub async fn fetch_all(client: &Arc<GraphClient>, instances: &[Instance], s: &Settings<'_>) -> Fetches {
+pub async fn fetch_all(
+    client: &Arc<GraphClient>,
+    instances: &[impl std::ops::Deref<Target = Instance>],
+    s: &Settings<'_>,
+) -> Fetches {
     // Per group: its query (phones if any config wants them) and why delta is off, if it is.
     let mut groups: BTreeMap<FetchKey, (Credentials, GroupQuery, Option<FullReason>)> = BTreeMap::new();
     // Per group, the configs that name it, for its progress line.

@@ -16,7 +16,7 @@ use crate::entraidconf::Env;
 use crate::error::{render_error, ConfigError, Hint, Outcome};
 use crate::fetch::{self, FetchKey};
 use crate::graph::{FetchError, GraphClient};
-use crate::instance::{self, Instance};
+use crate::instance::{self, Instance, Loaded};
 use crate::metrics::{self, RunFacts};
 use crate::node::{self, NodeState};
 use crate::normalize::SkipReason;
@@ -126,7 +126,7 @@ fn record(config: &Config, report: &Report, started: Instant) {
 }
 
 /// The credentials whose expiry is known: each config's, then each alert provider's.
-fn credential_reports(instances: &[Instance], config: &Config) -> Vec<CredentialReport> {
+fn credential_reports(instances: &[Loaded], config: &Config) -> Vec<CredentialReport> {
     let kind = |auth: &ClientAuth| if matches!(auth, ClientAuth::Certificate(_)) { "certificate" } else { "secret" };
     let mut out = Vec::new();
     for i in instances {
@@ -206,7 +206,7 @@ impl Run<'_> {
                 runnable.push(inst);
                 continue;
             }
-            match lock::acquire(&inst.entraid_dir()) {
+            match lock::acquire(&inst.entraid) {
                 Ok(l) => {
                     locks.push(l);
                     runnable.push(inst);
@@ -270,13 +270,13 @@ impl Run<'_> {
         }
     }
 
-    fn load_instances(&self) -> Result<Vec<Instance>, Stop> {
-        let env = Env::from_process();
+    fn load_instances(&self) -> Result<Vec<Loaded>, Stop> {
+        let ctx = instance::Context::new(self.config, Env::from_process());
         let names = instance::select(self.root, &self.cli.instances)?;
         let mut errors = Vec::new();
         let mut instances = Vec::new();
         for n in &names {
-            match instance::load(self.root, n, &env) {
+            match instance::load(self.root, n, &ctx) {
                 Ok(i) => instances.push(i),
                 Err(e) => errors.extend(e),
             }
@@ -291,7 +291,7 @@ impl Run<'_> {
     /// Plans, guards and writes one instance; its report says how each config was read.
     async fn sync_instance(
         &self,
-        inst: &Instance,
+        inst: &Loaded,
         fetches: &mut Fetches,
         uses: &mut HashMap<FetchKey, usize>,
     ) -> InstanceReport {
@@ -303,7 +303,7 @@ impl Run<'_> {
 
     async fn plan_and_write(
         &self,
-        inst: &Instance,
+        inst: &Loaded,
         fetches: &mut Fetches,
         uses: &mut HashMap<FetchKey, usize>,
     ) -> InstanceReport {
@@ -441,7 +441,7 @@ fn gather(inst: &Instance, fetches: &Fetches) -> Result<Vec<Arc<fetch::Fetched>>
 /// once, when its file is first read; the write goes through the same descriptor, so a
 /// directory swapped for a symlink meanwhile is not followed.
 struct Outputs<'i> {
-    inst: &'i Instance,
+    inst: &'i Loaded,
     targets: BTreeMap<Output, write::Target>,
 }
 
