@@ -44,10 +44,27 @@ impl crate::error::Hint for LockError {
 /// opened through a symlink, never blocks (a FIFO is refused), and must be a regular file
 /// with no other name.
 pub fn acquire(dir: &Dir) -> Result<InstanceLock, LockError> {
-    let path = dir.path().join(LOCK_FILE);
+    acquire_named(dir, LOCK_FILE)
+}
+
+/// Takes the lock `name` in `dir`, waiting up to `wait` for another holder to let go.
+pub fn wait_for(dir: &Dir, name: &str, wait: std::time::Duration) -> Result<InstanceLock, LockError> {
+    let until = std::time::Instant::now() + wait;
+    loop {
+        match acquire_named(dir, name) {
+            Err(LockError::Held(_)) if std::time::Instant::now() < until => {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            r => return r,
+        }
+    }
+}
+
+fn acquire_named(dir: &Dir, name: &str) -> Result<InstanceLock, LockError> {
+    let path = dir.path().join(name);
     let io = |e: std::io::Error| LockError::Io(path.clone(), e);
     let flags = OFlags::CREATE | OFlags::RDWR | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
-    let file = File::from(rustix::fs::openat(dir, LOCK_FILE, flags, Mode::from(0o600)).map_err(|e| io(e.into()))?);
+    let file = File::from(rustix::fs::openat(dir, name, flags, Mode::from(0o600)).map_err(|e| io(e.into()))?);
     let st = crate::trust::regular(&file).map_err(io)?;
     if st.st_nlink > 1 {
         return Err(io(std::io::Error::new(

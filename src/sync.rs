@@ -74,11 +74,9 @@ fn print_report(cli: &Cli, report: &Report) {
     }
 }
 
-/// After a real run: remember successes in `state_dir`, write the metrics textfile.
-/// Neither changes the exit code; a failure is logged.
-fn record(config: &Config, report: &Report, started: Instant) {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    let mut state = State::load(&config.state_dir);
+/// What a run adds to the run state (successes, resyncs, drift, alerts); whether anything
+/// changed, and whether an alert was due that no provider delivered.
+fn remember(config: &Config, report: &Report, state: &mut State, now: std::time::Duration) -> (bool, bool) {
     let mut changed = false;
     for i in report.instances.iter().filter(|i| i.outcome == InstanceOutcome::Ok) {
         state.last_success.insert(i.name.clone(), now.as_secs());
@@ -100,15 +98,18 @@ fn record(config: &Config, report: &Report, started: Instant) {
     }
     let mut alert_failed = false;
     if let Some(alert) = &config.alert {
-        let before = state.alert;
-        alert_failed = crate::alert::after_run(alert, &config.http, report, &mut state.alert, now.as_secs());
-        changed |= state.alert != before;
+        let before = state.alerts.clone();
+        alert_failed = crate::alert::after_run(alert, &config.http, report, &mut state.alerts, now.as_secs());
+        changed |= state.alerts != before;
     }
-    if changed {
-        if let Err(e) = state.save(&config.state_dir) {
-            tracing::warn!(state_dir = %config.state_dir.display(), error = %e, "cannot save the run state; check state_dir");
-        }
-    }
+    (changed, alert_failed)
+}
+
+/// After a real run: remember successes in `state_dir`, write the metrics textfile.
+/// Neither changes the exit code; a failure is logged.
+fn record(config: &Config, report: &Report, started: Instant) {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let (state, alert_failed) = State::update(&config.state_dir, |state| remember(config, report, state, now));
     if let Some(path) = &config.metrics_textfile {
         let facts = RunFacts {
             report,
@@ -528,7 +529,7 @@ fn planned_instance(
 }
 
 fn error_report(message: &str, hint: Option<String>) -> ErrorReport {
-    ErrorReport { message: message.to_owned(), hint }
+    ErrorReport { message: message.to_owned(), hint, instance: None }
 }
 
 fn print_errors(errors: &[ErrorReport]) {
