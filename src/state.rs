@@ -94,7 +94,7 @@ impl State {
             }
             Ok(_) => {}
             Err(e) => {
-                tracing::warn!(state_dir = %dir.display(), error = %e, "cannot lock the run state; it was not saved")
+                tracing::warn!(state_dir = %dir.display(), error = %e, "cannot lock the run state; it was not saved");
             }
         }
         (state, out)
