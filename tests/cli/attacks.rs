@@ -42,7 +42,7 @@ fn hr() -> Run {
 }
 
 /// The same over TLS, with a proxy that stands in for Microsoft's names (what a config
-/// the gateway controls must use), set as HTTPS_PROXY.
+/// the gateway controls must use), set as `HTTPS_PROXY`.
 fn hr_tls() -> (Run, Proxy) {
     let r = Run::new_tls()
         .group(STAFF, staff_members())
