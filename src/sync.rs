@@ -255,9 +255,8 @@ impl Run<'_> {
         }
         // 8. The delta state moves on only for groups whose every instance was written or
         // found unchanged; the others see the same changes again next run.
-        for e in fetch::commit(staged, |k| committed.contains(k)) {
-            let hint = e.hint().unwrap_or_default();
-            tracing::error!(error = %e, %hint, "cannot keep the delta state: the next run reads the changes again");
+        for (key, e) in fetch::commit(staged, |k| committed.contains(k)) {
+            crate::delta_state::abandon(&e.path, key.group(), &e);
         }
         report.exit_code = outcome.code();
         Ok(report)

@@ -174,6 +174,11 @@ impl Target {
         Ok(self)
     }
 
+    /// Removes the file (not what a symlink there points to).
+    pub fn remove(&self) -> Result<(), WriteError> {
+        unlinkat(&self.dir, &self.name, AtFlags::empty()).map_err(|e| self.err("remove")(e.into()))
+    }
+
     /// The output's path, for messages.
     #[must_use]
     pub fn path(&self) -> &Path {
