@@ -144,6 +144,14 @@ fn a_root_owned_config_in_the_gateways_directory_is_untrusted() {
         out.stderr
     );
     assert!(r.sim.requests().is_empty());
+    // `check` names the directory the gateway controls, offline.
+    let mut r = r.args(&["check"]);
+    let out = r.run();
+    assert!(
+        out.stdout.contains(&format!("untrusted: {} on its path is owned by uid 65534", gw.display())),
+        "{}",
+        out.stdout
+    );
 }
 
 /// While runs go on, the gateway keeps swapping its `config/entraid` for a symlink to a
