@@ -10,7 +10,7 @@ use crate::cli::Cli;
 use crate::credential::ClientAuth;
 use crate::entraidconf::Env;
 use crate::error::{Hint, Outcome};
-use crate::instance::{self, Instance};
+use crate::instance::{self, Loaded};
 use crate::secret::Unread;
 use crate::trust::Trust;
 
@@ -151,8 +151,9 @@ fn findings(cli: &Cli, names: &[String]) -> Vec<Finding> {
         Ok(n) => n,
         Err(e) => return vec![error(e.to_string(), e.hint())],
     };
+    let ctx = instance::Context::new(&config, env);
     for name in &names {
-        match instance::load(&root, name, &env) {
+        match instance::load(&root, name, &ctx) {
             Ok(inst) => check_instance(&inst, &mut out),
             Err(errors) => out.extend(errors.into_iter().map(|e| error(e.to_string(), e.hint()))),
         }
@@ -160,7 +161,7 @@ fn findings(cli: &Cli, names: &[String]) -> Vec<Finding> {
     out
 }
 
-fn check_instance(inst: &Instance, out: &mut Vec<Finding>) {
+fn check_instance(inst: &Loaded, out: &mut Vec<Finding>) {
     let who = format!("instance `{}`", inst.name);
     let now = crate::date::now();
     let at = format!("{who}: ");
@@ -174,7 +175,7 @@ fn check_instance(inst: &Instance, out: &mut Vec<Finding>) {
         out.extend(unread_notes(&format!("{who}, config {}", c.path.display()), &c.auth));
         let credential = std::env::var_os("CREDENTIALS_DIRECTORY").is_some_and(|d| c.secret_file.starts_with(d));
         if c.secret_file != c.path && !credential {
-            if let Ok((_, t)) = crate::trust::open(&c.secret_file) {
+            if let Ok((_, t)) = crate::judged::open(&c.secret_file) {
                 out.push(trust_note(&at, &c.secret_file, &t, "someone else than root can change the credential"));
             }
         }

@@ -13,7 +13,7 @@ use ring::signature::KeyPair as _;
 use serde::Serialize;
 
 use crate::error::{quote, ConfigError};
-use crate::secret::{read_source, resolve, warn_if_exposed, Env, Secret, Unread};
+use crate::secret::{read_source, resolve, warn_if_exposed, Confine, Env, Secret, Unread};
 
 /// How long a client assertion is valid. Microsoft's certificate-credentials page sets no
 /// maximum; ten minutes is what MSAL signs (`expires_in=600`), long enough for a token
@@ -315,7 +315,7 @@ impl CredentialKeys {
         self,
         path: &Path,
         env: &Env,
-        confine: Option<&Path>,
+        confine: Option<&Confine<'_>>,
         now: i64,
     ) -> Result<LoadedCredential, ConfigError> {
         let certificate_given = self.client_certificate.is_some()
@@ -333,14 +333,18 @@ impl CredentialKeys {
                 "keep either the client_secret* keys or the client_certificate / client_key keys",
             ));
         }
-        let unread: Vec<Unread> = [
+        let named = [
             ("client_secret_credential", &self.client_secret_credential),
             ("client_certificate_credential", &self.client_certificate_credential),
             ("client_key_credential", &self.client_key_credential),
-        ]
-        .into_iter()
-        .filter_map(|(key, name)| env.unread(key, name.as_ref()))
-        .collect();
+        ];
+        // A borrowed credential is an error before anything is read, even by `check`.
+        if let Some(c) = confine {
+            for (key, name) in named.iter().filter_map(|(k, n)| Some((k, n.as_deref()?))) {
+                c.credential(path, key, name)?;
+            }
+        }
+        let unread: Vec<Unread> = named.into_iter().filter_map(|(key, name)| env.unread(key, name.as_ref())).collect();
         if !unread.is_empty() {
             if let Some(a) = self.assertion_algorithm.as_deref().filter(|a| AssertionAlgorithm::from_name(a).is_none())
             {
@@ -395,7 +399,7 @@ impl CredentialKeys {
         self,
         path: &Path,
         env: &Env,
-        confine: Option<&Path>,
+        confine: Option<&Confine<'_>>,
         now: i64,
     ) -> Result<(Certificate, PathBuf), ConfigError> {
         let algorithm = match self.assertion_algorithm.as_deref() {

@@ -17,7 +17,8 @@ use crate::page::{MemberView, ObjectKind, TextRef};
 use crate::write::{Staged, WriteError};
 
 /// The format this build reads and writes; any other is read as no state (a full read).
-pub const FORMAT: u32 = 1;
+/// 2: no `users_link_at` (links are never ordered by the local clock).
+pub const FORMAT: u32 = 2;
 const MAGIC: &str = "usersync-delta";
 
 /// What a state belongs to: a config that changes any of it starts afresh.
@@ -53,10 +54,9 @@ pub struct Header {
     pub key: Key,
     /// The `groups/delta` deltaLink to start the next membership round from.
     pub group_link: String,
-    /// The `users/delta` deltaLink this state's attributes are current to.
+    /// The `users/delta` deltaLink this state's attributes are current to (or a link
+    /// Graph gave earlier in the same run: a round from it replays, and misses nothing).
     pub users_link: String,
-    /// When `users_link` was obtained (Unix seconds): the app's round starts from the oldest.
-    pub users_link_at: u64,
     /// When the group was last read in full (Unix seconds).
     pub full_at: u64,
 }
@@ -77,16 +77,17 @@ pub struct Record {
 }
 
 impl Record {
-    /// What `m` says, keeping the phone only when `phones`.
+    /// What `m` says, keeping the phone only when `phones`; `None` for an object whose id
+    /// is no object id (a full read skips it too, so both reads agree).
     #[must_use]
-    pub fn of(m: &MemberView<'_>, phones: bool) -> Self {
-        Self {
+    pub fn of(m: &MemberView<'_>, phones: bool) -> Option<Self> {
+        crate::ids::is_object_id(&m.id).then(|| Self {
             id: m.id.to_ascii_lowercase(),
             kind: m.kind,
             enabled: m.account_enabled,
             mail: m.mail.as_ref().map(json),
             phone: if phones { m.mobile_phone.as_ref().map(json) } else { None },
-        }
+        })
     }
 
     /// The member as a page would show it.
@@ -129,7 +130,7 @@ impl Record {
 
     fn parse(line: &str) -> Option<Self> {
         let mut f = line.split('\t');
-        let id = f.next().filter(|i| !i.is_empty())?.to_owned();
+        let id = f.next().filter(|i| crate::ids::is_object_id(i))?.to_owned();
         let kind = kind_of(f.next()?)?;
         let enabled = match f.next()? {
             "1" => Some(true),
@@ -209,13 +210,25 @@ pub struct Reader {
 }
 
 impl Reader {
-    /// Opens the state at `path` and reads its header; the state of `key` only.
+    /// Opens the state at `path` and reads its header; the state of `key` only. The file is
+    /// opened as an output is: never through a symlink, never blocking (a FIFO is no
+    /// state), and never a second name of another file.
     pub fn open(path: &Path, key: &Key) -> Result<Self, Unusable> {
-        let file = match File::open(path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(Unusable::Missing),
-            Err(e) => return Err(Unusable::Corrupt(e.to_string())),
+        let file = match crate::judged::open(&crate::judged::absolute(path)) {
+            Ok((f, _)) => f,
+            // No file, or no directory where `delta/` should be: no state.
+            Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => {
+                return Err(Unusable::Missing)
+            }
+            Err(e) => return Err(Unusable::Corrupt(crate::resolve::explain(&e))),
         };
+        match rustix::fs::fstat(&file) {
+            Ok(st) if st.st_nlink > 1 => {
+                return Err(Unusable::Corrupt(format!("it has {} hard links", st.st_nlink)));
+            }
+            Ok(_) => {}
+            Err(e) => return Err(Unusable::Corrupt(e.to_string())),
+        }
         let mut lines = BufReader::new(GzDecoder::new(BufReader::new(file))).lines();
         let mut line = || lines.next().transpose().map_err(|e| Unusable::Corrupt(e.to_string()));
         let magic = line()?.unwrap_or_default();
@@ -257,6 +270,16 @@ impl Reader {
     }
 }
 
+/// A state that cannot be written costs no list (contract §9): said once, as a warning, and
+/// the old state is removed (where it can be) so that the next run reads the group in full.
+pub fn abandon(path: &Path, group: &str, error: &dyn std::fmt::Display) {
+    tracing::warn!(group, path = %path.display(), %error, "cannot write the delta state; the lists are written all the same, and the next run reads the group in full");
+    if let Ok(t) = crate::write::Target::at(path) {
+        // Nothing more to say if it is gone already, or cannot go (a read-only state_dir).
+        let _ = t.remove();
+    }
+}
+
 /// How old a state's temp file must be to be taken for a killed run's: older than any run
 /// (`[http] deadline_seconds` has no upper bound, but an hourly tool never runs for a day).
 const STALE_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(86_400);
@@ -285,7 +308,7 @@ impl Writer {
         }
         // A run killed while writing a state leaves its temp file. Runs of other instances
         // may be writing the same state now (no lock spans them), but none for a day.
-        if let Ok(t) = crate::write::Target::open(path, None) {
+        if let Ok(t) = crate::write::Target::at(path) {
             match t.clean_stale_temps(STALE_TEMP_AGE) {
                 Ok(0) => {}
                 Ok(n) => {
@@ -317,6 +340,12 @@ impl Writer {
         self.members
     }
 
+    /// The state's path.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Ends the file: the staged state, ready to commit.
     pub fn finish(mut self) -> Result<Staged, WriteError> {
         let fail = |source| WriteError { path: self.path.clone(), action: "write", source };
@@ -344,7 +373,7 @@ mod tests {
     }
 
     fn header() -> Header {
-        Header { key: key(), group_link: "gl".into(), users_link: "ul".into(), users_link_at: 1, full_at: 2 }
+        Header { key: key(), group_link: "gl".into(), users_link: "ul".into(), full_at: 2 }
     }
 
     #[test]
@@ -379,7 +408,7 @@ mod tests {
         let path = key().path(t.path());
         let mut w = Writer::create(&path, &header()).unwrap();
         for m in &page.members {
-            w.push(&Record::of(&MemberView::from(m), true)).unwrap();
+            w.push(&Record::of(&MemberView::from(m), true).unwrap()).unwrap();
         }
         w.finish().unwrap().commit().unwrap();
         let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&path).unwrap().permissions());

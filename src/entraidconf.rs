@@ -9,10 +9,12 @@ use crate::credential::{ClientAuth, CredentialKeys, Credentials, LoadedCredentia
 use crate::endpoints::{parse_endpoint, Cloud, Endpoints};
 use crate::error::{quote, quote_in, ConfigError};
 use crate::ids::{ClientId, GroupId, TenantId};
+use crate::judged::Dir;
 use crate::output::{AccessRule, Output};
+use crate::secret::Confine;
 pub use crate::secret::Env;
 use crate::secret::Secret;
-use crate::trust::{self, Trust};
+use crate::trust::Trust;
 
 const HINT_REFERENCE: &str = "see the `.entraidconf` table in the README, or config/example.entraidconf";
 
@@ -111,6 +113,18 @@ pub struct EntraConf {
     pub trust: Trust,
 }
 
+/// Where a config was found: its directory (opened and judged), its instance, and the
+/// systemd credentials the global config gives that instance (`[credentials]`).
+#[derive(Clone, Copy, Debug)]
+pub struct Place<'a> {
+    /// The config's directory.
+    pub dir: &'a Dir,
+    /// The instance's name.
+    pub instance: &'a str,
+    /// The credentials its configs may name when they are not root's word.
+    pub credentials: &'a [String],
+}
+
 impl EntraConf {
     /// What the token request needs.
     #[must_use]
@@ -123,22 +137,34 @@ impl EntraConf {
         }
     }
 
-    /// Reads, judges and checks one file.
-    pub fn load(path: &Path, env: &Env) -> Result<Self, ConfigError> {
+    /// Reads, judges and checks the file `name` of the directory `place` says.
+    pub fn load(place: &Place<'_>, name: &std::ffi::OsStr, env: &Env) -> Result<Self, ConfigError> {
+        let path = place.dir.path().join(name);
         let unreadable = |e: &dyn std::fmt::Display| {
-            ConfigError::new(
-                path,
-                format!("cannot read: {e}"),
-                "check that it is a text file readable by the user usersync runs as",
-            )
+            let hint = if e.to_string().contains("symlink") || e.to_string().contains("hard links") {
+                "usersync follows no symlink and reads no second name of a file in a directory that someone else than root controls: put the config itself there"
+            } else {
+                "check that it is a text file readable by the user usersync runs as"
+            };
+            ConfigError::new(&path, format!("cannot read: {e}"), hint)
         };
-        let (bytes, trust) = trust::read(path).map_err(|e| unreadable(&e))?;
+        let (bytes, trust) = place.dir.read_file(name).map_err(|e| unreadable(&crate::resolve::explain(&e)))?;
         let text = String::from_utf8(bytes).map_err(|e| unreadable(&e))?;
-        Self::parse(&text, path, env, trust)
+        Self::parse_in(&text, &path, env, trust, Some(place))
     }
 
-    /// Parses and checks the text of `path`, a file judged `trust`.
+    /// Parses and checks the text of `path`, a trusted file (for tests).
     pub fn parse(text: &str, path: &Path, env: &Env, trust: Trust) -> Result<Self, ConfigError> {
+        Self::parse_in(text, path, env, trust, None)
+    }
+
+    fn parse_in(
+        text: &str,
+        path: &Path,
+        env: &Env,
+        trust: Trust,
+        place: Option<&Place<'_>>,
+    ) -> Result<Self, ConfigError> {
         let raw: RawEntraConf = toml::from_str(text).map_err(|e| {
             let msg = e.message().to_owned();
             let at = e
@@ -155,11 +181,17 @@ impl EntraConf {
             };
             ConfigError::new(path, format!("{}{at}", quote_in(&msg.replace("unknown field", "unknown key"))), key_hint)
         })?;
-        Self::from_raw(raw, path, env, trust)
+        Self::from_raw(raw, path, env, trust, place)
     }
 
     #[allow(clippy::too_many_lines)] // one linear check per key
-    fn from_raw(raw: RawEntraConf, path: &Path, env: &Env, trust: Trust) -> Result<Self, ConfigError> {
+    fn from_raw(
+        raw: RawEntraConf,
+        path: &Path,
+        env: &Env,
+        trust: Trust,
+        place: Option<&Place<'_>>,
+    ) -> Result<Self, ConfigError> {
         let bad = |key: &str, msg: String, hint: &str| ConfigError::new(path, format!("key `{key}`: {msg}"), hint);
         let required = |key: &str, v: Option<String>| v.ok_or_else(|| bad(key, "is missing".into(), HINT_REFERENCE));
 
@@ -177,7 +209,15 @@ impl EntraConf {
                 ));
             }
         }
-        let confine = (!trust.is_trusted()).then(|| trust::parent(path));
+        let confine = match (&trust, place) {
+            (Trust::Trusted, _) => None,
+            (Trust::Untrusted(why), Some(p)) => {
+                Some(Confine { dir: p.dir, why, instance: p.instance, credentials: p.credentials })
+            }
+            (Trust::Untrusted(_), None) => {
+                return Err(ConfigError::new(path, "an untrusted config read from no directory", HINT_REFERENCE));
+            }
+        };
 
         let tenant_text = required("tenant_id", raw.tenant_id)?;
         let tenant = TenantId::parse(&tenant_text).ok_or_else(|| {
@@ -215,7 +255,7 @@ impl EntraConf {
             client_key_credential: raw.client_key_credential,
             assertion_algorithm: raw.assertion_algorithm,
         }
-        .load(path, env, confine, crate::date::now())?;
+        .load(path, env, confine.as_ref(), crate::date::now())?;
 
         let query_filter = raw.query_filter;
         let mut mail = false;

@@ -56,6 +56,20 @@ pub fn quote(value: &str) -> String {
     out
 }
 
+/// Where the double-quoted value that `s` starts with ends: its first quote not escaped
+/// by a backslash.
+fn closing_quote(s: &str) -> Option<usize> {
+    let mut escaped = false;
+    for (i, c) in s.char_indices() {
+        match c {
+            '\\' if !escaped => escaped = true,
+            '"' if !escaped => return Some(i),
+            _ => escaped = false,
+        }
+    }
+    None
+}
+
 /// A parser's message with each double-quoted value in it cut as [`quote`] does.
 #[must_use]
 pub fn quote_in(message: &str) -> String {
@@ -64,7 +78,9 @@ pub fn quote_in(message: &str) -> String {
     while let Some(start) = rest.find('"') {
         out.push_str(&rest[..=start]);
         rest = &rest[start + 1..];
-        let Some(end) = rest.find('"') else {
+        // The value ends at the first quote that no backslash escapes: a `\"` inside it
+        // is part of it, and the cap holds whatever it holds.
+        let Some(end) = closing_quote(rest) else {
             out.push_str(&quote(rest));
             return out;
         };
@@ -187,6 +203,9 @@ mod tests {
             quote_in("invalid type: string \"Xq8~s3cretValue.9\", expected a boolean"),
             "invalid type: string \"Xq8~s3cr…\", expected a boolean"
         );
+        // A quote inside the value (escaped by the parser) does not end it early.
+        let m = quote_in(r#"invalid type: string "ab\"cdefghij-secret-part", expected a boolean"#);
+        assert!(!m.contains("secret"), "{m}");
     }
 
     #[test]

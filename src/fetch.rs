@@ -7,7 +7,7 @@
 //! written or found unchanged, so that a dry run, a guard refusal or a failed write sees the
 //! same changes again next time.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,6 +48,12 @@ impl FetchKey {
             group: c.group.to_string(),
             nested: c.nested,
         }
+    }
+
+    /// The group's id.
+    #[must_use]
+    pub fn group(&self) -> &str {
+        &self.group
     }
 
     /// The app the group is read with: one users round serves all its groups.
@@ -161,13 +167,20 @@ struct Plan {
 enum How {
     /// A full read, for this reason.
     Full(FullReason),
-    /// A delta round from the state's links.
-    Delta(Header),
+    /// A full read as the safety net, with the old state (its drift is counted).
+    SafetyNet(delta_state::Reader),
+    /// A delta round from the state's links. The state is read through this one opening
+    /// only: a commit by another run meanwhile cannot mix two versions.
+    Delta(delta_state::Reader),
 }
 
 /// Reads every distinct group of `instances`. At most `[http] max_concurrency` requests are
 /// in flight; the whole fetch ends by `[http] deadline_seconds`.
-pub async fn fetch_all(client: &Arc<GraphClient>, instances: &[Instance], s: &Settings<'_>) -> Fetches {
+pub async fn fetch_all(
+    client: &Arc<GraphClient>,
+    instances: &[impl std::ops::Deref<Target = Instance>],
+    s: &Settings<'_>,
+) -> Fetches {
     // Per group: its query (phones if any config wants them) and why delta is off, if it is.
     let mut groups: BTreeMap<FetchKey, (Credentials, GroupQuery, Option<FullReason>)> = BTreeMap::new();
     // Per group, the configs that name it, for its progress line.
@@ -193,7 +206,13 @@ pub async fn fetch_all(client: &Arc<GraphClient>, instances: &[Instance], s: &Se
     let deadline = started + s.http.deadline;
     let keys: Vec<FetchKey> = plans.keys().cloned().collect();
     let mut out = Fetches::default();
-    let rounds = tokio::time::timeout_at(deadline, users_rounds(client, &mut plans)).await.unwrap_or_default();
+    // A users round still going at the deadline fails its app's groups with the deadline.
+    let rounds = if let Ok(r) = tokio::time::timeout_at(deadline, users_rounds(client, &mut plans)).await {
+        r
+    } else {
+        let seconds = s.http.deadline.as_secs();
+        plans.keys().map(|k| (k.app(), Arc::new(AppRounds::failed(FetchError::Deadline { seconds })))).collect()
+    };
     // Per app, its groups to read by delta: what the users round's changes are weighed against.
     let mut delta_groups: HashMap<App, usize> = HashMap::new();
     for (key, p) in &plans {
@@ -260,11 +279,16 @@ pub async fn fetch_all(client: &Arc<GraphClient>, instances: &[Instance], s: &Se
 /// delta this run. They are ignored; each delta read of the app says how many.
 fn count_ignored(
     done: &mut [(FetchKey, Fetched)],
-    rounds: &HashMap<App, Arc<Result<UsersRound, FetchError>>>,
+    rounds: &HashMap<App, Arc<AppRounds>>,
     delta_groups: &HashMap<App, usize>,
 ) {
-    for (app, round) in rounds {
-        let Ok(round) = round.as_ref() else { continue };
+    for (app, rounds) in rounds {
+        let changed: HashSet<&str> = rounds
+            .from
+            .values()
+            .filter_map(|r| r.as_ref().as_ref().ok())
+            .flat_map(|r| r.now.keys().chain(r.removed.iter()).map(String::as_str))
+            .collect();
         let delta_of_app = |(k, f): &&(FetchKey, Fetched)| k.app() == *app && f.read == Read::Delta;
         // Only when every delta read of the app succeeded does "in none of its groups" hold.
         if done.iter().filter(delta_of_app).count() != delta_groups.get(app).copied().unwrap_or(0) {
@@ -272,7 +296,7 @@ fn count_ignored(
         }
         let matched: HashSet<&str> =
             done.iter().filter(delta_of_app).flat_map(|(_, f)| f.matched.iter().map(String::as_str)).collect();
-        let ignored = (round.now.len() + round.removed.len()).saturating_sub(matched.len()) as u64;
+        let ignored = changed.len().saturating_sub(matched.len()) as u64;
         if ignored > 0 {
             tracing::info!(graph = %app.1, ignored, "users changed outside the synced groups (ignored)");
         }
@@ -308,72 +332,101 @@ fn decide(state: &Result<delta_state::Key, FullReason>, query: &GroupQuery, s: &
             tracing::warn!(group = %query.group, why = %why, "the delta state is unreadable; reading in full");
             How::Full(FullReason::Resync("state-corrupt".into()))
         }
-        Ok(r) if Duration::from_secs(s.now.saturating_sub(r.header.full_at)) >= s.delta.full_sync => {
-            How::Full(FullReason::SafetyNet)
+        // A last full read in the future means the clock went back: one safety-net read,
+        // rather than none until the clock catches up.
+        Ok(r) if s.now < r.header.full_at || Duration::from_secs(s.now - r.header.full_at) >= s.delta.full_sync => {
+            How::SafetyNet(r)
         }
-        Ok(r) => How::Delta(r.header),
+        Ok(r) => How::Delta(r),
     }
 }
 
 /// An app: who asks, and which Graph.
 type App = (Identity, String);
 
-/// What an app's users round needs: its credentials, the oldest link of its groups to read
-/// by delta (when it was taken, and the link), and whether it has groups to read in full
-/// that keep a state.
-type AppRound = (Credentials, Option<(u64, String)>, bool);
+/// The users rounds of one app in a run: one from each distinct link its groups read by
+/// delta stand at (almost always one; two after overlapping runs), so that no link is ever
+/// ordered by the local clock; and the link every group of the app stands at afterwards.
+#[derive(Debug, Default)]
+pub struct AppRounds {
+    /// Per starting link, the round from it.
+    from: HashMap<String, Arc<Result<UsersRound, FetchError>>>,
+    /// The first link Graph gave in this run, and the requests that took it. Rounds run one
+    /// after the other and full reads after them, so no group's data is older than it: from
+    /// there, the next run replays at most, and never misses a change.
+    next: Option<(Result<String, FetchError>, u64)>,
+}
 
-/// One users round per app, for the apps with groups to read by delta, from the oldest link
-/// among them (a replay is harmless to the others); and, for apps with groups to read in
-/// full that keep a state, a link from now. A resync of the round turns its groups into full
-/// reads; any other failure fails them.
-async fn users_rounds(
-    client: &GraphClient,
-    plans: &mut BTreeMap<FetchKey, Plan>,
-) -> HashMap<(Identity, String), Arc<Result<UsersRound, FetchError>>> {
-    let mut apps: BTreeMap<App, AppRound> = BTreeMap::new();
+impl AppRounds {
+    /// Fails every group of the app with `e` (the deadline passed during the rounds).
+    fn failed(e: FetchError) -> Self {
+        Self { from: HashMap::new(), next: Some((Err(e), 0)) }
+    }
+
+    /// The round from `link`, or why there is none.
+    fn from(&self, link: &str) -> Result<&UsersRound, FetchError> {
+        match self.from.get(link).map(|r| r.as_ref().as_ref()) {
+            Some(Ok(r)) => Ok(r),
+            Some(Err(e)) => Err(e.clone()),
+            None => Err(self.next_link().err().unwrap_or_else(|| FetchError::Internal("no users round".into()))),
+        }
+    }
+
+    /// The link for the new states, or why there is none.
+    fn next_link(&self) -> Result<(String, u64), FetchError> {
+        match &self.next {
+            Some((Ok(l), requests)) => Ok((l.clone(), *requests)),
+            Some((Err(e), _)) => Err(e.clone()),
+            None => Err(FetchError::Internal("no users link".into())),
+        }
+    }
+}
+
+/// The users rounds of every app with groups to read by delta, one from each distinct link
+/// among them; and, for apps with groups to read in full that keep a state, a link from
+/// now. A resync of a round turns its groups into full reads; any other failure fails them.
+async fn users_rounds(client: &GraphClient, plans: &mut BTreeMap<FetchKey, Plan>) -> HashMap<App, Arc<AppRounds>> {
+    let mut apps: BTreeMap<App, (Credentials, BTreeSet<String>, bool)> = BTreeMap::new();
     for (key, p) in plans.iter() {
-        let app = apps.entry(key.app()).or_insert_with(|| (p.cred.clone(), None, false));
+        let app = apps.entry(key.app()).or_insert_with(|| (p.cred.clone(), BTreeSet::new(), false));
         match &p.how {
-            How::Delta(h) if app.1.as_ref().is_none_or(|(at, _)| h.users_link_at < *at) => {
-                app.1 = Some((h.users_link_at, h.users_link.clone()));
+            How::Delta(r) => {
+                app.1.insert(r.header.users_link.clone());
             }
-            How::Full(_) if p.state.is_ok() => app.2 = true,
-            _ => {}
+            How::Full(_) | How::SafetyNet(_) if p.state.is_ok() => app.2 = true,
+            How::Full(_) | How::SafetyNet(_) => {}
         }
     }
     let mut out = HashMap::new();
-    for (app, (cred, oldest, full_with_state)) in apps {
-        let round = match oldest {
-            Some((_, link)) => client.users_round(&cred, &app.1, &link).await,
-            None if full_with_state => client.users_latest(&cred, &app.1).await.map(|link| UsersRound {
-                link,
-                requests: 1,
-                ..UsersRound::default()
-            }),
-            None => continue,
-        };
-        if let Err(e) = &round {
-            if let Some(reason) = e.resync_reason() {
-                tracing::warn!(graph = %app.1, %reason, error = %e, "the users delta link is no longer valid; reading this app's groups in full");
-                for (key, p) in plans.iter_mut() {
-                    if key.app() == app && matches!(p.how, How::Delta(_)) {
-                        p.how = How::Full(FullReason::Resync(reason.into()));
+    for (app, (cred, links, mut full_with_state)) in apps {
+        let mut rounds = AppRounds::default();
+        for link in links {
+            let round = client.users_round(&cred, &app.1, &link).await;
+            match &round {
+                Err(e) if e.resync_reason().is_some() => {
+                    let reason = e.resync_reason().unwrap_or_default();
+                    tracing::warn!(graph = %app.1, %reason, error = %e, "the users delta link is no longer valid; reading its groups in full");
+                    for (key, p) in plans.iter_mut() {
+                        if key.app() == app && matches!(&p.how, How::Delta(r) if r.header.users_link == link) {
+                            p.how = How::Full(FullReason::Resync(reason.into()));
+                        }
                     }
+                    full_with_state = true;
                 }
-                // A link from now for the full reads; two requests: the round that failed, and this.
-                let latest = client.users_latest(&cred, &app.1).await;
-                let requests = 2;
-                out.insert(app, Arc::new(latest.map(|link| UsersRound { link, requests, ..UsersRound::default() })));
-                continue;
+                Ok(r) => {
+                    if !r.now.is_empty() || !r.removed.is_empty() {
+                        tracing::info!(graph = %app.1, changed = r.now.len(), deleted = r.removed.len(), "users changed since the last run");
+                    }
+                    rounds.next.get_or_insert_with(|| (Ok(r.link.clone()), r.requests));
+                }
+                Err(_) => {}
             }
+            rounds.from.insert(link, Arc::new(round));
         }
-        if let Ok(r) = &round {
-            if !r.now.is_empty() || !r.removed.is_empty() {
-                tracing::info!(graph = %app.1, changed = r.now.len(), deleted = r.removed.len(), "users changed since the last run");
-            }
+        if rounds.next.is_none() && full_with_state {
+            rounds.next = Some((client.users_latest(&cred, &app.1).await, 1));
         }
-        out.insert(app, Arc::new(round));
+        out.insert(app, Arc::new(rounds));
     }
     out
 }
@@ -392,31 +445,30 @@ impl GroupReader<'_> {
     async fn read_group(
         &self,
         plan: Plan,
-        round: Option<Arc<Result<UsersRound, FetchError>>>,
+        rounds: Option<Arc<AppRounds>>,
         line: &Line,
     ) -> Result<(Fetched, Option<Staged>), FetchError> {
         let Plan { cred, query, state, how } = plan;
-        let reason = match how {
-            How::Full(r) => r,
-            How::Delta(header) => {
+        let (reason, old) = match how {
+            How::Full(r) => (r, None),
+            How::SafetyNet(old) => (FullReason::SafetyNet, Some(old)),
+            How::Delta(old) => {
                 let key = state.as_ref().map_err(|_| FetchError::Internal("a delta read without a state".into()))?;
-                let users_round = round.clone().ok_or_else(|| FetchError::Internal("no users round".into()))?;
-                let users = match users_round.as_ref() {
-                    Ok(u) => u,
-                    Err(e) => return Err(e.clone()),
-                };
+                let rounds = rounds.as_deref().ok_or_else(|| FetchError::Internal("no users round".into()))?;
+                let users = rounds.from(&old.header.users_link)?;
+                let (next, _) = rounds.next_link()?;
                 line.status("reading what changed");
-                match self.delta_read(&cred, &query, key, header, users).await {
+                match self.delta_read(&cred, &query, key, old, (users, &next)).await {
                     Err(e) if e.resync_reason().is_some() => {
                         let reason = e.resync_reason().unwrap_or_default();
                         tracing::warn!(group = %query.group, %reason, error = %e, "the group's delta link is no longer valid; reading it in full");
-                        FullReason::Resync(reason.into())
+                        (FullReason::Resync(reason.into()), None)
                     }
                     r => return r,
                 }
             }
         };
-        self.full_read(&cred, &query, state.ok(), reason, round, line).await
+        self.full_read(&cred, &query, state.ok(), (reason, old), rounds, line).await
     }
 
     /// A full read; with a state key (delta on), the links are taken first, so that nothing
@@ -426,32 +478,34 @@ impl GroupReader<'_> {
         cred: &Credentials,
         query: &GroupQuery,
         key: Option<delta_state::Key>,
-        reason: FullReason,
-        round: Option<Arc<Result<UsersRound, FetchError>>>,
+        (reason, old): (FullReason, Option<delta_state::Reader>),
+        rounds: Option<Arc<AppRounds>>,
         line: &Line,
     ) -> Result<(Fetched, Option<Staged>), FetchError> {
         let Self { client, state_dir, dry_run, now } = *self;
         let mut requests = 0;
         let keep = match key {
             Some(key) if !dry_run => {
-                let users_link = match round.as_deref() {
-                    Some(Ok(r)) => {
-                        requests += r.requests;
-                        r.link.clone()
-                    }
-                    Some(Err(e)) => return Err(e.clone()),
-                    None => {
-                        requests += 1;
-                        client.users_latest(cred, &query.graph).await?
-                    }
+                let users_link = if let Some(app) = rounds.as_deref() {
+                    let (next, taken_by) = app.next_link()?;
+                    requests += taken_by;
+                    next
+                } else {
+                    requests += 1;
+                    client.users_latest(cred, &query.graph).await?
                 };
                 let group_link = client.membership_latest(cred, &query.graph, query.group.as_str()).await?;
                 requests += 1;
                 let path = key.path(state_dir);
-                let before = if reason == FullReason::SafetyNet { digests(&path, &key) } else { None };
-                let header = Header { key, group_link, users_link, users_link_at: now, full_at: now };
-                let writer = delta_state::Writer::create(&path, &header).map_err(|e| FetchError::state(&e))?;
-                Some(Keep { writer, phones: query.mobile_phone, before, drift: 0, failed: None })
+                let before = old.and_then(digests);
+                let header = Header { key, group_link, users_link, full_at: now };
+                match delta_state::Writer::create(&path, &header) {
+                    Ok(writer) => Some(Keep { writer, phones: query.mobile_phone, before, drift: 0, failed: None }),
+                    Err(e) => {
+                        delta_state::abandon(&path, query.group.as_str(), &e);
+                        None
+                    }
+                }
             }
             _ => None,
         };
@@ -478,29 +532,31 @@ impl GroupReader<'_> {
         cred: &Credentials,
         query: &GroupQuery,
         key: &delta_state::Key,
-        header: Header,
-        users: &UsersRound,
+        old: delta_state::Reader,
+        (users, next): (&UsersRound, &str),
     ) -> Result<(Fetched, Option<Staged>), FetchError> {
-        let Self { client, state_dir, dry_run, now } = *self;
+        let header = old.header.clone();
+        let Self { client, state_dir, dry_run, .. } = *self;
         let membership = client.membership_round(cred, &query.graph, query.group.as_str(), &header.group_link).await?;
         let mut requests = membership.requests + users.requests;
         let path = key.path(state_dir);
         let new_header = Header {
             key: key.clone(),
             group_link: membership.link.clone(),
-            users_link: users.link.clone(),
-            users_link_at: now,
+            users_link: next.to_owned(),
             full_at: header.full_at,
         };
         let writer = if dry_run {
             None
         } else {
-            Some(delta_state::Writer::create(&path, &new_header).map_err(|e| FetchError::state(&e))?)
+            delta_state::Writer::create(&path, &new_header)
+                .map_err(|e| delta_state::abandon(&path, query.group.as_str(), &e))
+                .ok()
         };
         let phones = query.mobile_phone;
-        let mut applied = Apply::new(&membership, users, phones, writer);
+        let mut applied = Apply::new(&membership, users, phones, writer, query.group.as_str());
         // A million records take about a second of CPU: not on an async worker's time.
-        tokio::task::block_in_place(|| stream_old(&path, key, &mut applied))?;
+        tokio::task::block_in_place(|| stream_old(&path, old, &mut applied))?;
         // Members that joined and were not in the state: their attributes from the users round,
         // or read by id.
         let unknown: Vec<String> = applied
@@ -514,9 +570,9 @@ impl GroupReader<'_> {
         let (looked_up, lookups) =
             if unknown.is_empty() { (HashMap::new(), 0) } else { client.lookup(cred, &query.graph, &unknown).await? };
         requests += lookups;
-        applied.add_joined(&looked_up)?;
+        applied.add_joined(&looked_up);
         let matched = std::mem::take(&mut applied.matched);
-        let (roster, state) = tokio::task::block_in_place(|| applied.finish())?;
+        let (roster, state) = tokio::task::block_in_place(|| applied.finish());
         if let Some(missing) = roster.limited() {
             let (group, users) = (query.group.to_string(), roster.user_objects());
             return Err(FetchError::LimitedInformation { group, users, missing });
@@ -526,10 +582,9 @@ impl GroupReader<'_> {
     }
 }
 
-/// The members of the state at `path`, as digests (of the id → of the record), to count
-/// the drift; `None` if it cannot be read whole.
-fn digests(path: &Path, key: &delta_state::Key) -> Option<HashMap<u64, u64>> {
-    let mut r = delta_state::Reader::open(path, key).ok()?;
+/// The members of the old state, as digests (of the id → of the record), to count the
+/// drift; `None` if it cannot be read whole.
+fn digests(mut r: delta_state::Reader) -> Option<HashMap<u64, u64>> {
     let mut out = HashMap::new();
     while let Some(rec) = r.next_record().ok()? {
         out.insert(rec.id_digest(), rec.digest());
@@ -548,26 +603,33 @@ struct Apply<'a> {
     phones: bool,
     roster: Roster,
     writer: Option<delta_state::Writer>,
+    group: &'a str,
 }
 
 impl<'a> Apply<'a> {
-    fn new(m: &'a MembershipRound, users: &'a UsersRound, phones: bool, writer: Option<delta_state::Writer>) -> Self {
+    fn new(
+        m: &'a MembershipRound,
+        users: &'a UsersRound,
+        phones: bool,
+        writer: Option<delta_state::Writer>,
+        group: &'a str,
+    ) -> Self {
         let left: HashSet<&str> = m.left.iter().map(String::as_str).collect();
         // Graph lists changes in no order; a member both joined and left in one round is
         // taken as gone (the next full read corrects it if not).
         let joined =
             m.joined.iter().filter(|(id, _)| !left.contains(id.as_str())).map(|(id, k)| (id.as_str(), *k)).collect();
         let (present, matched) = (HashSet::new(), Vec::new());
-        Self { left, joined, users, present, matched, phones, roster: Roster::new(phones), writer }
+        Self { left, joined, users, present, matched, phones, roster: Roster::new(phones), writer, group }
     }
 
     /// One member of the old state: gone, changed, or as it was.
-    fn old(&mut self, rec: &Record) -> Result<(), FetchError> {
+    fn old(&mut self, rec: &Record) {
         if self.users.removed.contains(&rec.id) || self.users.now.contains_key(&rec.id) {
             self.matched.push(rec.id.clone());
         }
         if self.left.contains(rec.id.as_str()) || self.users.removed.contains(&rec.id) {
-            return Ok(());
+            return;
         }
         if self.joined.contains_key(rec.id.as_str()) {
             self.present.insert(rec.id.clone());
@@ -579,7 +641,7 @@ impl<'a> Apply<'a> {
     }
 
     /// The members that joined and were not in the state.
-    fn add_joined(&mut self, looked_up: &HashMap<String, Record>) -> Result<(), FetchError> {
+    fn add_joined(&mut self, looked_up: &HashMap<String, Record>) {
         let joined: Vec<(String, ObjectKind)> = self
             .joined
             .iter()
@@ -599,9 +661,8 @@ impl<'a> Apply<'a> {
             } else {
                 Record { id, kind, enabled: None, mail: None, phone: None }
             };
-            self.keep(&rec)?;
+            self.keep(&rec);
         }
-        Ok(())
     }
 
     /// A user's attributes as this state keeps them.
@@ -609,30 +670,36 @@ impl<'a> Apply<'a> {
         Record { phone: if self.phones { r.phone.clone() } else { None }, ..r.clone() }
     }
 
-    fn keep(&mut self, rec: &Record) -> Result<(), FetchError> {
+    /// Into the roster, and into the new state unless writing it failed (then the state is
+    /// abandoned, and the list written all the same).
+    fn keep(&mut self, rec: &Record) {
         self.roster.push(&rec.view());
         if let Some(w) = &mut self.writer {
-            w.push(rec).map_err(|e| FetchError::state(&e))?;
+            if let Err(e) = w.push(rec) {
+                delta_state::abandon(w.path(), self.group, &e);
+                self.writer = None;
+            }
         }
-        Ok(())
     }
 
-    fn finish(mut self) -> Result<(Roster, Option<Staged>), FetchError> {
+    fn finish(mut self) -> (Roster, Option<Staged>) {
         self.roster.end_page();
         self.roster.finish();
-        let staged = self.writer.map(delta_state::Writer::finish).transpose().map_err(|e| FetchError::state(&e))?;
-        Ok((self.roster, staged))
+        let staged = self.writer.and_then(|w| {
+            let path = w.path().to_owned();
+            w.finish().map_err(|e| delta_state::abandon(&path, self.group, &e)).ok()
+        });
+        (self.roster, staged)
     }
 }
 
-/// Streams the old state's records through `apply`; a state that turns out unreadable is a
-/// resync.
-fn stream_old(path: &Path, key: &delta_state::Key, apply: &mut Apply<'_>) -> Result<(), FetchError> {
+/// Streams the old state's records (`r`, opened when the run decided) through `apply`; a
+/// state that turns out unreadable is a resync.
+fn stream_old(path: &Path, mut r: delta_state::Reader, apply: &mut Apply<'_>) -> Result<(), FetchError> {
     let corrupt = |e: Unusable| FetchError::StateCorrupt(format!("{}: {e:?}", path.display()));
-    let mut r = delta_state::Reader::open(path, key).map_err(corrupt)?;
     let mut n = 0u64;
     while let Some(rec) = r.next_record().map_err(corrupt)? {
-        apply.old(&rec)?;
+        apply.old(&rec);
         n += 1;
         // Sorting in runs, as a full read does page by page.
         if n % 999 == 0 {
@@ -643,17 +710,17 @@ fn stream_old(path: &Path, key: &delta_state::Key, apply: &mut Apply<'_>) -> Res
 }
 
 /// Commits the staged state of every group whose instances all succeeded (`ok` says which
-/// groups qualify); the others' stay as they were. Returns the failures.
+/// groups qualify); the others' stay as they were. Returns the failures, with their group.
 #[must_use]
 pub fn commit(
     staged: impl IntoIterator<Item = (FetchKey, Staged)>,
     ok: impl Fn(&FetchKey) -> bool,
-) -> Vec<crate::write::WriteError> {
+) -> Vec<(FetchKey, crate::write::WriteError)> {
     let mut failed = Vec::new();
     for (key, s) in staged {
         if ok(&key) {
             if let Err(e) = s.commit() {
-                failed.push(e);
+                failed.push((key, e));
             }
         }
     }

@@ -3,7 +3,15 @@
 
 use std::fmt;
 
-/// Is `s` a GUID in its usual 8-4-4-4-12 hex form?
+/// Whether `s` can be a directory object's id: Graph's are GUIDs; accepted are 1 to 64
+/// ASCII letters, digits, `-`, `_` and `.`. Anything else (a line break, a tab) is a
+/// hostile value: it never reaches a list or the delta state.
+#[must_use]
+pub fn is_object_id(s: &str) -> bool {
+    (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// Whether `s` is a GUID, `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`.
 #[must_use]
 pub fn is_guid(s: &str) -> bool {
     let groups: Vec<&str> = s.split('-').collect();

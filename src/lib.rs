@@ -21,6 +21,7 @@ pub mod graph;
 pub mod guard;
 pub mod ids;
 pub mod instance;
+pub mod judged;
 pub mod lock;
 mod log;
 pub mod metrics;

@@ -19,6 +19,8 @@ pub enum SkipReason {
     OtherObject,
     /// An object without `@odata.type`.
     UntypedObject,
+    /// An object whose id is no directory object id (see [`crate::ids::is_object_id`]).
+    InvalidId,
     /// `accountEnabled` is false and `include_disabled` is not set.
     Disabled,
     /// Graph sent no `accountEnabled`, and `include_disabled` is not set: whether the
@@ -47,6 +49,7 @@ impl SkipReason {
             Self::ServicePrincipal => "service-principal",
             Self::OtherObject => "other-object",
             Self::UntypedObject => "untyped-object",
+            Self::InvalidId => "invalid-id",
             Self::Disabled => "disabled",
             Self::EnabledUnknown => "enabled-unknown",
             Self::NoMail => "no-mail",

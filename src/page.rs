@@ -343,16 +343,24 @@ pub fn visit_group_delta(
     body: &[u8],
     group: &str,
     mut f: impl FnMut(MemberChange<'_>),
-) -> Result<Links, serde_json::Error> {
+) -> Result<(Links, GroupGone), serde_json::Error> {
     let raw: RawPage = serde_json::from_slice(body)?;
+    let mut gone = GroupGone(false);
     for g in raw.value.into_iter().filter(|g| g.id.as_deref().is_some_and(|id| id.eq_ignore_ascii_case(group))) {
+        gone.0 |= g.removed.is_some();
         for m in g.members {
             let kind = m.odata_type.as_deref().map_or(ObjectKind::User, ObjectKind::from_type);
             f(MemberChange { id: m.id, kind, removed: m.removed.is_some() });
         }
     }
-    Ok(Links { next: raw.next_link, delta: raw.delta_link })
+    Ok((Links { next: raw.next_link, delta: raw.delta_link }, gone))
 }
+
+/// Whether a `groups/delta` page says the group itself is gone (`@removed` on the group
+/// object: deleted in Entra ID). Its members say nothing any more.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use]
+pub struct GroupGone(pub bool);
 
 /// A user on a `users/delta` page: its selected attributes now, or that it is gone.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -368,7 +376,9 @@ pub enum UserChange<'a> {
 /// error.
 pub fn visit_user_delta(body: &[u8], mut f: impl FnMut(UserChange<'_>)) -> Result<Links, serde_json::Error> {
     let raw: RawPage = serde_json::from_slice(body)?;
-    let default_kind = ObjectKind::from_context(raw.context.as_deref());
+    // Everything `users/delta` lists is a user, whatever its `@odata.context` says (or
+    // whether it says anything): an object without `@odata.type` is one.
+    let default_kind = ObjectKind::User;
     for m in raw.value {
         if m.removed.is_some() {
             f(UserChange::Removed(m.id.unwrap_or_default()));
@@ -450,8 +460,9 @@ mod tests {
     fn group_delta_samples_give_member_changes_and_links() {
         let changes = |name: &str, group: &str| {
             let mut out = Vec::new();
-            let links =
+            let (links, gone) =
                 visit_group_delta(&fixture(name), group, |c| out.push((c.id.into_owned(), c.kind, c.removed))).unwrap();
+            assert_eq!(gone, GroupGone(false), "no sample deletes its group");
             (out, links)
         };
         let (c, links) = changes("groups_delta_changes_member_removed.json", "2e5807ce-58f3-4a94-9b37-ffff2e085957");

@@ -158,6 +158,9 @@ pub struct ErrorReport {
     pub message: String,
     /// How to fix it.
     pub hint: Option<String>,
+    /// The instance it belongs to, if one (for the alert state; not in the JSON report).
+    #[serde(skip)]
+    pub instance: Option<String>,
 }
 
 /// One instance.

@@ -247,6 +247,7 @@ impl Roster {
             value: escape_for_log(value.map_or("", TextRef::as_str)).into(),
         };
         let reason = match m.kind {
+            _ if !crate::ids::is_object_id(&m.id) => Some(SkipReason::InvalidId),
             ObjectKind::User => None,
             ObjectKind::Group => Some(SkipReason::Group),
             ObjectKind::Device => Some(SkipReason::Device),

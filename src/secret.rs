@@ -5,8 +5,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use crate::error::ConfigError;
+use crate::judged::{self, Dir};
 use crate::resolve;
-use crate::trust;
+use crate::trust::{self, Distrust, Trust};
 
 /// A client secret or an access token. Printing it in any way gives `***`.
 #[derive(Clone, PartialEq, Eq)]
@@ -118,7 +119,7 @@ pub fn resolve(
     credential: Option<String>,
     path: &Path,
     env: &Env,
-    confine: Option<&Path>,
+    confine: Option<&Confine<'_>>,
 ) -> Result<(Secret, PathBuf), ConfigError> {
     let one_of = format!("set exactly one of {key}, {key}_file, {key}_credential");
     let given = usize::from(inline.is_some()) + usize::from(file.is_some()) + usize::from(credential.is_some());
@@ -163,19 +164,53 @@ pub fn resolve(
     Ok((Secret::new(value.to_owned()), source))
 }
 
+/// Where a config that is not root's word (contract §9) may take its secrets from: files
+/// beneath its own directory that whoever may change the config could read anyway, and the
+/// systemd credentials that the global config gives its instance. Anything else would lend
+/// it a secret that root keeps from that account.
+#[derive(Clone, Copy, Debug)]
+pub struct Confine<'a> {
+    /// The config's directory, opened and judged.
+    pub dir: &'a Dir,
+    /// Why the config is untrusted: who may change it.
+    pub why: &'a Distrust,
+    /// Its instance.
+    pub instance: &'a str,
+    /// The credentials `[credentials]` of the global config gives the instance.
+    pub credentials: &'a [String],
+}
+
+impl Confine<'_> {
+    /// An error unless the credential `name` is the instance's (the check happens before
+    /// anything is read, so that nothing is sent with a borrowed credential).
+    pub fn credential(&self, path: &Path, key: &str, name: &str) -> Result<(), ConfigError> {
+        if self.credentials.iter().any(|c| c == name) {
+            return Ok(());
+        }
+        let (i, p) = (self.instance, path.display());
+        Err(ConfigError::new(
+            path,
+            format!("key `{key}`: the credential `{name}` is not given to instance `{i}` in the global configuration ([credentials]), and this config is {}, so it may use only its instance's credentials; nothing was sent with it", Trust::Untrusted(self.why.clone())),
+            format!("if `{name}` is meant for `{i}`, add it in /etc/usersync/usersync.toml: [credentials] {i} = [\"{name}\"]; or make the config root's: chown root: {p}; chmod go-w {p}"),
+        ))
+    }
+}
+
 /// Reads what the config at `path` names with `file_key` (a path, relative to the config's
 /// directory) or with the `_credential` key next to it (a systemd credential name): its
 /// bytes and the file they came from. `None` when neither is set; both set is an error.
-/// With `confine` (an untrusted config's directory), the file must lie beneath it with no
-/// symlink on the way; nothing is read otherwise. Files are read without blocking, must be
-/// regular files, and are capped.
+/// With `confine` (a config that is not root's word), the file must lie beneath its
+/// directory with no symlink on the way and be readable anyway by whoever may change the
+/// config, and a credential must be its instance's; nothing is read otherwise. Files are
+/// read without blocking, judged along their whole path, must be regular files, and are
+/// capped.
 pub fn read_source(
     file_key: &str,
     file: Option<PathBuf>,
     credential: Option<String>,
     path: &Path,
     env: &Env,
-    confine: Option<&Path>,
+    confine: Option<&Confine<'_>>,
 ) -> Result<Option<(Vec<u8>, PathBuf)>, ConfigError> {
     let base = file_key.strip_suffix("_file").unwrap_or(file_key);
     let credential_key = format!("{base}_credential");
@@ -187,14 +222,14 @@ pub fn read_source(
             format!("keep one of {file_key} and {credential_key}"),
         )),
         (Some(f), None) => {
-            let f = trust::parent(path).join(f);
+            let f = judged::absolute(&trust::parent(path).join(f));
             let bytes = match confine {
-                None => trust::read(&f).map(|(b, _)| b),
-                Some(dir) => read_beneath(dir, &f).map_err(|(what, hint)| {
+                None => judged::read(&f).map(|(b, _)| b),
+                Some(c) => read_beneath(c, &f).map_err(|(what, hint)| {
                     let p = path.display();
                     ConfigError::new(
                         path,
-                        format!("key `{file_key}`: {} {what}; this config is untrusted, so it may only name files beneath {} with no symlink on the way; nothing was read", f.display(), dir.display()),
+                        format!("key `{file_key}`: {} {what}; this config is {}, so it may only name files beneath {} with no symlink on the way that whoever may change it could read anyway; nothing was read", f.display(), Trust::Untrusted(c.why.clone()), c.dir.path().display()),
                         format!("{hint}; or make the config root's: chown root: {p}; chmod go-w {p}"),
                     )
                 })?,
@@ -212,11 +247,14 @@ pub fn read_source(
                     "give the name used in the unit's LoadCredential=NAME:PATH",
                 ));
             }
+            if let Some(c) = confine {
+                c.credential(path, &credential_key, &name)?;
+            }
             let Some(dir) = &env.credentials_directory else {
                 return Err(ConfigError::new(path, format!("key `{credential_key}`: `{name}` is set but $CREDENTIALS_DIRECTORY is not"), format!("run usersync from its systemd unit with LoadCredential={name}:/etc/usersync/credentials/{name}, or use {file_key}")));
             };
-            let f = dir.join(&name);
-            let bytes = trust::read(&f).map(|(b, _)| b).map_err(|e| {
+            let f = judged::absolute(&dir.join(&name));
+            let bytes = judged::read(&f).map(|(b, _)| b).map_err(|e| {
                 ConfigError::new(
                     path,
                     format!("key `{credential_key}`: cannot read {}: {e}", f.display()),
@@ -228,30 +266,57 @@ pub fn read_source(
     }
 }
 
-/// Reads `f` if it lies beneath `dir` with no symlink on the way. The outer error says why
-/// it may not be read (and how to fix it); the inner one is an ordinary read failure.
-fn read_beneath(dir: &Path, f: &Path) -> Result<std::io::Result<Vec<u8>>, (String, String)> {
+/// Reads `f` if it lies beneath the confined config's directory with no symlink on the way,
+/// has no other name, and whoever may change the config could read it anyway. The outer
+/// error says why it may not be read (and how to fix it); the inner one is an ordinary
+/// read failure.
+fn read_beneath(c: &Confine<'_>, f: &Path) -> Result<std::io::Result<Vec<u8>>, (String, String)> {
     use rustix::fs::{Mode, OFlags};
+    let dir = c.dir.path();
     let rel = resolve::beneath(dir, f).ok_or_else(|| {
         ("is not beneath the config's directory".to_owned(), format!("move the file into {}", dir.display()))
     })?;
-    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
-    let d = match rustix::fs::open(dir, flags, Mode::empty()) {
-        Ok(d) => d,
-        Err(e) => return Ok(Err(e.into())),
-    };
-    match resolve::open_beneath(&d, &rel, OFlags::RDONLY | OFlags::NONBLOCK, Mode::empty()) {
-        Ok(fd) => {
-            let file = std::fs::File::from(fd);
-            Ok(trust::regular(&file).and_then(|_| trust::read_capped(file, trust::CONFIG_CAP)))
-        }
-        Err(e) if matches!(e.raw_os_error(), Some(c) if c == rustix::io::Errno::LOOP.raw_os_error() || c == rustix::io::Errno::XDEV.raw_os_error()) => {
-            Err((
+    let file = match c.dir.open_beneath(&rel, OFlags::RDONLY | OFlags::NONBLOCK, Mode::empty()) {
+        Ok(fd) => std::fs::File::from(fd),
+        Err(e) if matches!(e.raw_os_error(), Some(c) if c == rustix::io::Errno::LOOP.raw_os_error() || c == rustix::io::Errno::XDEV.raw_os_error()) =>
+        {
+            return Err((
                 format!("is reached through a symlink ({})", resolve::explain(&e)),
                 "name the real file, placed in the config's directory".to_owned(),
-            ))
+            ));
         }
-        Err(e) => Ok(Err(e)),
+        Err(e) => return Ok(Err(e)),
+    };
+    let st = match trust::regular(&file) {
+        Ok(st) => st,
+        Err(e) => return Ok(Err(e)),
+    };
+    if st.st_nlink > 1 {
+        return Err((
+            format!("has {} hard links (it may be another file's second name)", st.st_nlink),
+            format!("remove the other names of {}, or put a copy there", f.display()),
+        ));
+    }
+    if !could_read(&st, c.why) {
+        return Err((
+            format!("is owned by uid {} with mode {:04o}, so it is not a secret of whoever may change this config (a borrowed secret)", st.st_uid, st.st_mode & 0o7777),
+            "give the file to the config's owner (chown it to that user), or give the instance a systemd credential in [credentials] of /etc/usersync/usersync.toml".to_owned(),
+        ));
+    }
+    Ok(trust::read_capped(file, trust::CONFIG_CAP))
+}
+
+/// Whether whoever `why` says may change a config could read a file with status `st`
+/// anyway: its owner, a group whose members may write, or everyone.
+fn could_read(st: &rustix::fs::Stat, why: &Distrust) -> bool {
+    if st.st_mode & 0o004 != 0 {
+        return true;
+    }
+    match why {
+        Distrust::Owner { uid } => st.st_uid == *uid,
+        Distrust::Writable { mode, gid } => mode & 0o002 == 0 && st.st_gid == *gid && st.st_mode & 0o040 != 0,
+        Distrust::Sticky => false,
+        Distrust::Path { why, .. } => could_read(st, why),
     }
 }
 

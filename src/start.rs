@@ -46,9 +46,12 @@ impl Stop {
     /// The error as report entries (message and hint each).
     #[must_use]
     pub fn reports(&self) -> Vec<ErrorReport> {
-        let one = |message: String, hint: Option<String>| ErrorReport { message, hint };
+        let one = |message: String, hint: Option<String>| ErrorReport { message, hint, instance: None };
         match self {
-            Self::Config(errors) => errors.iter().map(|e| one(e.to_string(), e.hint())).collect(),
+            Self::Config(errors) => errors
+                .iter()
+                .map(|e| ErrorReport { instance: e.instance.clone(), ..one(e.to_string(), e.hint()) })
+                .collect(),
             Self::Node(e) => vec![one(e.to_string(), e.hint())],
             Self::Runtime(e) => vec![one(self.to_string(), e.hint())],
         }

@@ -11,9 +11,11 @@ pub struct State {
     /// Instance → Unix time of its last successful sync.
     #[serde(default)]
     pub last_success: BTreeMap<String, u64>,
-    /// What the alerts said so far.
+    /// What the alerts said so far, per instance (and `""` for a run stopped before any
+    /// instance: the global config, the node check): an instance recovers only by its own
+    /// success, never because another one synced.
     #[serde(default)]
-    pub alert: AlertState,
+    pub alerts: BTreeMap<String, AlertState>,
     /// Instance → config → reason → how many times its group's delta links were found no
     /// good, since the state began (a counter).
     #[serde(default)]
@@ -39,16 +41,28 @@ fn file(dir: &Path) -> PathBuf {
     dir.join(FILE)
 }
 
+/// The lock that makes load, alert and save one step across concurrent runs.
+const LOCK: &str = "state.lock";
+
+/// How long a run waits for another one's load-alert-save step (which may be sending mail).
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
 impl State {
-    /// Reads the state; a missing or unreadable file is an empty state (logged).
+    /// Reads the state; a missing or unreadable file is an empty state (logged). The file is
+    /// read as an output is: never through a symlink, never blocking on a FIFO, capped.
     #[must_use]
     pub fn load(dir: &Path) -> Self {
-        match std::fs::read(file(dir)) {
-            Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
-                tracing::warn!(file = %file(dir).display(), error = %e, "run state unreadable; starting afresh");
+        let path = file(dir);
+        match crate::judged::read(&path) {
+            Ok((b, _)) => serde_json::from_slice(&b).unwrap_or_else(|e| {
+                tracing::warn!(file = %path.display(), error = %e, "run state unreadable; starting afresh");
                 Self::default()
             }),
-            Err(_) => Self::default(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Self::default(),
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %crate::resolve::explain(&e), "run state unreadable; starting afresh");
+                Self::default()
+            }
         }
     }
 
@@ -59,6 +73,31 @@ impl State {
         std::fs::DirBuilder::new().recursive(true).mode(0o750).create(dir)?;
         let json = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
         crate::write::write_file(&file(dir), 0o600, &json).map_err(|e| e.source)
+    }
+
+    /// Loads the state, lets `f` change it, and saves it when `f` says it changed, under a
+    /// lock that other runs take too, so that none loses another's update. If the lock
+    /// cannot be had, `f` still runs on the state as read, and nothing is saved (logged).
+    pub fn update<T>(dir: &Path, f: impl FnOnce(&mut Self) -> (bool, T)) -> (Self, T) {
+        use std::os::unix::fs::DirBuilderExt;
+        let _ = std::fs::DirBuilder::new().recursive(true).mode(0o750).create(dir);
+        let lock = crate::judged::Dir::open(&crate::judged::absolute(dir))
+            .map_err(|e| e.to_string())
+            .and_then(|d| crate::lock::wait_for(&d, LOCK, LOCK_WAIT).map_err(|e| e.to_string()));
+        let mut state = Self::load(dir);
+        let (changed, out) = f(&mut state);
+        match lock {
+            Ok(_held) if changed => {
+                if let Err(e) = state.save(dir) {
+                    tracing::warn!(state_dir = %dir.display(), error = %e, "cannot save the run state; check state_dir");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(state_dir = %dir.display(), error = %e, "cannot lock the run state; it was not saved");
+            }
+        }
+        (state, out)
     }
 }
 

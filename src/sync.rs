@@ -16,7 +16,7 @@ use crate::entraidconf::Env;
 use crate::error::{render_error, ConfigError, Hint, Outcome};
 use crate::fetch::{self, FetchKey};
 use crate::graph::{FetchError, GraphClient};
-use crate::instance::{self, Instance};
+use crate::instance::{self, Instance, Loaded};
 use crate::metrics::{self, RunFacts};
 use crate::node::{self, NodeState};
 use crate::normalize::SkipReason;
@@ -74,11 +74,9 @@ fn print_report(cli: &Cli, report: &Report) {
     }
 }
 
-/// After a real run: remember successes in `state_dir`, write the metrics textfile.
-/// Neither changes the exit code; a failure is logged.
-fn record(config: &Config, report: &Report, started: Instant) {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    let mut state = State::load(&config.state_dir);
+/// What a run adds to the run state (successes, resyncs, drift, alerts); whether anything
+/// changed, and whether an alert was due that no provider delivered.
+fn remember(config: &Config, report: &Report, state: &mut State, now: std::time::Duration) -> (bool, bool) {
     let mut changed = false;
     for i in report.instances.iter().filter(|i| i.outcome == InstanceOutcome::Ok) {
         state.last_success.insert(i.name.clone(), now.as_secs());
@@ -100,15 +98,18 @@ fn record(config: &Config, report: &Report, started: Instant) {
     }
     let mut alert_failed = false;
     if let Some(alert) = &config.alert {
-        let before = state.alert;
-        alert_failed = crate::alert::after_run(alert, &config.http, report, &mut state.alert, now.as_secs());
-        changed |= state.alert != before;
+        let before = state.alerts.clone();
+        alert_failed = crate::alert::after_run(alert, &config.http, report, &mut state.alerts, now.as_secs());
+        changed |= state.alerts != before;
     }
-    if changed {
-        if let Err(e) = state.save(&config.state_dir) {
-            tracing::warn!(state_dir = %config.state_dir.display(), error = %e, "cannot save the run state; check state_dir");
-        }
-    }
+    (changed, alert_failed)
+}
+
+/// After a real run: remember successes in `state_dir`, write the metrics textfile.
+/// Neither changes the exit code; a failure is logged.
+fn record(config: &Config, report: &Report, started: Instant) {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let (state, alert_failed) = State::update(&config.state_dir, |state| remember(config, report, state, now));
     if let Some(path) = &config.metrics_textfile {
         let facts = RunFacts {
             report,
@@ -126,7 +127,7 @@ fn record(config: &Config, report: &Report, started: Instant) {
 }
 
 /// The credentials whose expiry is known: each config's, then each alert provider's.
-fn credential_reports(instances: &[Instance], config: &Config) -> Vec<CredentialReport> {
+fn credential_reports(instances: &[Loaded], config: &Config) -> Vec<CredentialReport> {
     let kind = |auth: &ClientAuth| if matches!(auth, ClientAuth::Certificate(_)) { "certificate" } else { "secret" };
     let mut out = Vec::new();
     for i in instances {
@@ -206,7 +207,7 @@ impl Run<'_> {
                 runnable.push(inst);
                 continue;
             }
-            match lock::acquire(&inst.entraid_dir()) {
+            match lock::acquire(&inst.entraid) {
                 Ok(l) => {
                     locks.push(l);
                     runnable.push(inst);
@@ -254,9 +255,8 @@ impl Run<'_> {
         }
         // 8. The delta state moves on only for groups whose every instance was written or
         // found unchanged; the others see the same changes again next run.
-        for e in fetch::commit(staged, |k| committed.contains(k)) {
-            let hint = e.hint().unwrap_or_default();
-            tracing::error!(error = %e, %hint, "cannot keep the delta state: the next run reads the changes again");
+        for (key, e) in fetch::commit(staged, |k| committed.contains(k)) {
+            crate::delta_state::abandon(&e.path, key.group(), &e);
         }
         report.exit_code = outcome.code();
         Ok(report)
@@ -270,13 +270,13 @@ impl Run<'_> {
         }
     }
 
-    fn load_instances(&self) -> Result<Vec<Instance>, Stop> {
-        let env = Env::from_process();
+    fn load_instances(&self) -> Result<Vec<Loaded>, Stop> {
+        let ctx = instance::Context::new(self.config, Env::from_process());
         let names = instance::select(self.root, &self.cli.instances)?;
         let mut errors = Vec::new();
         let mut instances = Vec::new();
         for n in &names {
-            match instance::load(self.root, n, &env) {
+            match instance::load(self.root, n, &ctx) {
                 Ok(i) => instances.push(i),
                 Err(e) => errors.extend(e),
             }
@@ -291,7 +291,7 @@ impl Run<'_> {
     /// Plans, guards and writes one instance; its report says how each config was read.
     async fn sync_instance(
         &self,
-        inst: &Instance,
+        inst: &Loaded,
         fetches: &mut Fetches,
         uses: &mut HashMap<FetchKey, usize>,
     ) -> InstanceReport {
@@ -303,7 +303,7 @@ impl Run<'_> {
 
     async fn plan_and_write(
         &self,
-        inst: &Instance,
+        inst: &Loaded,
         fetches: &mut Fetches,
         uses: &mut HashMap<FetchKey, usize>,
     ) -> InstanceReport {
@@ -441,7 +441,7 @@ fn gather(inst: &Instance, fetches: &Fetches) -> Result<Vec<Arc<fetch::Fetched>>
 /// once, when its file is first read; the write goes through the same descriptor, so a
 /// directory swapped for a symlink meanwhile is not followed.
 struct Outputs<'i> {
-    inst: &'i Instance,
+    inst: &'i Loaded,
     targets: BTreeMap<Output, write::Target>,
 }
 
@@ -528,7 +528,7 @@ fn planned_instance(
 }
 
 fn error_report(message: &str, hint: Option<String>) -> ErrorReport {
-    ErrorReport { message: message.to_owned(), hint }
+    ErrorReport { message: message.to_owned(), hint, instance: None }
 }
 
 fn print_errors(errors: &[ErrorReport]) {

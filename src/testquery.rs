@@ -15,7 +15,7 @@ pub fn run(cli: &Cli, name: &str, entraid: Option<&str>, show: bool) -> Result<u
     let env = Env::from_process();
     let (config, root) = crate::start::setup(cli, &env)?;
     let names = instance::select(&root, &[name.to_owned()])?;
-    let inst = instance::load(&root, &names[0], &env).map_err(Stop::Config)?;
+    let inst = instance::load(&root, &names[0], &instance::Context::new(&config, env.clone())).map_err(Stop::Config)?;
     let configs: Vec<&EntraConf> =
         inst.configs.iter().filter(|c| entraid.is_none_or(|e| c.path.file_stem().is_some_and(|s| s == e))).collect();
     if configs.is_empty() {

@@ -1,14 +1,14 @@
 //! Whose word a config file is (contract §9): a file is trusted when it is owned by root or
 //! by the user usersync runs as and no group or other can write it (OpenSSH's
-//! `StrictModes`). Files are judged by `fstat` on the descriptor actually read.
+//! `StrictModes`), and so is every directory on its path ([`crate::judged`] walks it).
+//! Files are judged by `fstat` on the descriptor actually read.
 
 use std::fmt;
-use std::fs::File;
 use std::io::{self, Read as _};
 use std::os::fd::AsFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use rustix::fs::{fstat, openat, statat, AtFlags, FileType, Mode, OFlags, Stat};
+use rustix::fs::{fstat, FileType, Stat};
 
 /// Config files are small: a bigger one is refused rather than read.
 pub const CONFIG_CAP: u64 = 1 << 20;
@@ -25,16 +25,46 @@ pub enum Distrust {
     Writable {
         /// Its permission bits.
         mode: u32,
+        /// Its group.
+        gid: u32,
     },
-    /// It is a symlink in a directory that someone else may write (so the link could be
-    /// swapped for another one).
-    Symlink,
+    /// An entry of someone else in a sticky directory that others may write.
+    Sticky,
+    /// A directory on its path is someone else's to change (see [`crate::judged`]).
+    Path {
+        /// The first such directory.
+        dir: PathBuf,
+        /// Why that directory is not trusted.
+        why: Box<Distrust>,
+    },
+}
+
+impl Distrust {
+    /// What is wrong with the file or directory itself, without "untrusted: ".
+    fn reason(&self) -> String {
+        match self {
+            Self::Owner { uid } => format!("owned by uid {uid}, neither root nor usersync's user"),
+            Self::Writable { mode, .. } => format!("group or others may write it (mode {mode:04o})"),
+            Self::Sticky => "someone else's, in a directory that others may write".into(),
+            Self::Path { dir, why } => format!("{} on its path is {}", dir.display(), why.reason()),
+        }
+    }
+
+    /// The first directory on the path that someone else controls, if that is the reason.
+    #[must_use]
+    pub fn directory(&self) -> Option<&Path> {
+        match self {
+            Self::Path { dir, .. } => Some(dir),
+            _ => None,
+        }
+    }
 }
 
 /// Whether a file may override what only root should decide.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Trust {
-    /// Owned by root or usersync's user, writable by neither group nor others.
+    /// Owned by root or usersync's user, writable by neither group nor others, and so is
+    /// every directory on its path.
     Trusted,
     /// Anything else.
     Untrusted(Distrust),
@@ -52,15 +82,7 @@ impl fmt::Display for Trust {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Trusted => f.write_str("trusted"),
-            Self::Untrusted(Distrust::Owner { uid }) => {
-                write!(f, "untrusted: owned by uid {uid}, neither root nor usersync's user")
-            }
-            Self::Untrusted(Distrust::Writable { mode }) => {
-                write!(f, "untrusted: group or others may write it (mode {mode:04o})")
-            }
-            Self::Untrusted(Distrust::Symlink) => {
-                f.write_str("untrusted: a symlink in a directory that others may write")
-            }
+            Self::Untrusted(why) => write!(f, "untrusted: {}", why.reason()),
         }
     }
 }
@@ -84,41 +106,10 @@ pub fn judge(st: &Stat) -> Trust {
     if !trusted_owner(st.st_uid) {
         Trust::Untrusted(Distrust::Owner { uid: st.st_uid })
     } else if mode & 0o022 != 0 {
-        Trust::Untrusted(Distrust::Writable { mode })
+        Trust::Untrusted(Distrust::Writable { mode, gid: st.st_gid })
     } else {
         Trust::Trusted
     }
-}
-
-/// Opens a config file for reading, never blocking (a FIFO or device is refused), and
-/// judges the file opened. A symlink is followed; it keeps the target's trust only when
-/// it lies in a trusted directory, where nobody else could have placed or swapped it.
-pub fn open(path: &Path) -> io::Result<(File, Trust)> {
-    let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC;
-    let (file, link) = match rustix::fs::open(path, flags | OFlags::NOFOLLOW, Mode::empty()) {
-        Ok(fd) => (File::from(fd), None),
-        Err(e) if e == rustix::io::Errno::LOOP => {
-            let dir =
-                rustix::fs::open(parent(path), OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
-            let name = path.file_name().unwrap_or_default();
-            let link = statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
-            let safe = judge(&fstat(&dir)?).is_trusted() && trusted_owner(link.st_uid);
-            (File::from(openat(&dir, name, flags, Mode::empty())?), Some(safe))
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let st = regular(&file)?;
-    let trust = match link {
-        Some(false) => Trust::Untrusted(Distrust::Symlink),
-        _ => judge(&st),
-    };
-    Ok((file, trust))
-}
-
-/// Reads a config file (at most [`CONFIG_CAP`] bytes) and judges it, as [`open`].
-pub fn read(path: &Path) -> io::Result<(Vec<u8>, Trust)> {
-    let (file, trust) = open(path)?;
-    Ok((read_capped(file, CONFIG_CAP)?, trust))
 }
 
 /// Everything `file` holds, or an error if that is more than `cap` bytes.
@@ -167,47 +158,41 @@ pub fn parent(path: &Path) -> &Path {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::{symlink, PermissionsExt};
-
-    fn chmod(p: &Path, mode: u32) {
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
-    }
 
     #[test]
     fn owner_and_mode_decide() {
-        let t = tempfile::tempdir().unwrap();
-        let p = t.path().join("a.entraidconf");
-        std::fs::write(&p, "x = 1\n").unwrap();
-        chmod(&p, 0o600);
-        assert_eq!(read(&p).unwrap(), (b"x = 1\n".to_vec(), Trust::Trusted));
-        chmod(&p, 0o664);
-        assert_eq!(read(&p).unwrap().1, Trust::Untrusted(Distrust::Writable { mode: 0o664 }));
-        chmod(&p, 0o646);
-        assert!(!read(&p).unwrap().1.is_trusted());
+        let st = |uid: u32, mode: u32| {
+            let t = tempfile::tempdir().unwrap();
+            let p = t.path().join("f");
+            std::fs::write(&p, "").unwrap();
+            std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+            let mut st = rustix::fs::stat(&p).unwrap();
+            st.st_uid = uid;
+            st
+        };
+        assert_eq!(judge(&st(me(), 0o600)), Trust::Trusted);
+        assert!(matches!(judge(&st(me(), 0o664)), Trust::Untrusted(Distrust::Writable { mode: 0o664, .. })));
+        assert!(!judge(&st(me(), 0o646)).is_trusted());
+        let other = if me() == 4242 { 4243 } else { 4242 };
+        assert_eq!(judge(&st(other, 0o600)), Trust::Untrusted(Distrust::Owner { uid: other }));
     }
 
     #[test]
     fn a_fifo_is_refused_without_blocking() {
         let t = tempfile::tempdir().unwrap();
         let p = t.path().join("envelope.cfg");
-        rustix::fs::mknodat(rustix::fs::CWD, &p, FileType::Fifo, Mode::from(0o600), 0).unwrap();
-        let e = read(&p).unwrap_err();
+        rustix::fs::mknodat(rustix::fs::CWD, &p, FileType::Fifo, rustix::fs::Mode::from(0o600), 0).unwrap();
+        let e = crate::judged::read(&p).unwrap_err();
         assert!(e.to_string().contains("not a regular file but a FIFO"), "{e}");
     }
 
     #[test]
-    fn a_symlink_is_trusted_only_in_a_trusted_directory() {
-        let t = tempfile::tempdir().unwrap();
-        let target = t.path().join("target.toml");
-        std::fs::write(&target, "").unwrap();
-        chmod(&target, 0o644);
-        let link = t.path().join("link.toml");
-        symlink(&target, &link).unwrap();
-        chmod(t.path(), 0o755);
-        assert_eq!(read(&link).unwrap().1, Trust::Trusted);
-        chmod(t.path(), 0o777);
-        assert_eq!(read(&link).unwrap().1, Trust::Untrusted(Distrust::Symlink));
-        chmod(t.path(), 0o755);
+    fn a_path_reason_names_the_directory() {
+        let why = Distrust::Path { dir: "/server/gw2".into(), why: Box::new(Distrust::Owner { uid: 1001 }) };
+        assert_eq!(
+            Trust::Untrusted(why).to_string(),
+            "untrusted: /server/gw2 on its path is owned by uid 1001, neither root nor usersync's user"
+        );
     }
 
     #[test]

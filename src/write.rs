@@ -1,10 +1,12 @@
 //! Reading the current output files and replacing them atomically (contract §5.5, §9).
 //!
-//! An output is reached through its directory, opened once ([`Target::open`]): every read,
+//! An output is reached through its directory, opened once ([`Target::at`], judged from `/`,
+//! or [`Target::beneath`] an instance): every read,
 //! temp file, rename and fsync after that is relative to that descriptor, so a directory
 //! swapped for a symlink after the check is not followed. The file itself is never opened
 //! through a symlink, must be a regular file, and is read with a cap.
 
+use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::fs::File;
@@ -12,10 +14,12 @@ use std::io::{self, Read as _, Write};
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rustix::fs::{fchmod, fchown, fstat, openat, renameat, statat, unlinkat, AtFlags, FileType, Mode, OFlags, Stat};
 
 use crate::error::Hint;
+use crate::judged::{self, Dir};
 use crate::resolve;
 use crate::trust;
 
@@ -81,32 +85,98 @@ impl Hint for WriteError {
     }
 }
 
+/// Files and directories that usersync itself reads, locks or keeps state in, by device
+/// and inode: no output may be one of them, nor lie in one of them (contract §9), however
+/// a path names it.
+#[derive(Debug, Default, Clone)]
+pub struct Ours {
+    files: HashSet<(u64, u64)>,
+    dirs: HashSet<(u64, u64)>,
+}
+
+impl Ours {
+    /// The file with status `st` is ours.
+    pub fn add_file(&mut self, st: &Stat) {
+        self.files.insert(id(st));
+    }
+
+    /// The file at `path` is ours, if it exists.
+    pub fn add_file_at(&mut self, path: &Path) {
+        if let Ok(st) = rustix::fs::stat(path) {
+            self.add_file(&st);
+        }
+    }
+
+    /// Nothing in the directory with status `st` may be an output.
+    pub fn add_dir(&mut self, st: &Stat) {
+        self.dirs.insert(id(st));
+    }
+
+    /// The directory at `path` is ours, if it exists.
+    pub fn add_dir_at(&mut self, path: &Path) {
+        if let Ok(st) = rustix::fs::stat(path) {
+            self.add_dir(&st);
+        }
+    }
+
+    fn has_file(&self, st: &Stat) -> bool {
+        self.files.contains(&id(st))
+    }
+
+    fn has_dir(&self, st: &Stat) -> bool {
+        self.dirs.contains(&id(st))
+    }
+}
+
+fn id(st: &Stat) -> (u64, u64) {
+    (st.st_dev, st.st_ino)
+}
+
 /// An output file, reached through its opened directory.
 #[derive(Debug)]
 pub struct Target {
     dir: File,
     name: OsString,
     path: PathBuf,
+    ours: Arc<Ours>,
 }
 
 impl Target {
-    /// Opens the directory of `path`. With `confine`, the path must lie beneath that
-    /// directory and no component on the way may be a symlink; without it, the directory
-    /// is opened as the path names it. Either way the file itself is never followed.
-    pub fn open(path: &Path, confine: Option<&Path>) -> Result<Self, WriteError> {
+    /// The file at `path` (absolute), its directory opened from `/` and judged on the way:
+    /// a symlink is followed only where nobody but root could have placed it (see
+    /// [`crate::judged`]). The file itself is never followed.
+    pub fn at(path: &Path) -> Result<Self, WriteError> {
         let fail = |source| WriteError { path: path.to_owned(), action: "open the directory of", source };
-        let invalid = || fail(io::Error::new(io::ErrorKind::InvalidInput, "it names no file"));
-        let name = path.file_name().ok_or_else(invalid)?.to_owned();
+        let name = file_name(path).map_err(fail)?;
+        let dir = Dir::open(trust::parent(&judged::absolute(path))).map_err(fail)?;
+        Ok(Self { dir: File::from(dir.into_fd()), name, path: path.to_owned(), ours: Arc::default() })
+    }
+
+    /// The file at `path`, which must lie beneath `base` with no symlink on the way.
+    pub fn beneath(base: &Dir, path: &Path) -> Result<Self, WriteError> {
+        let fail = |source| WriteError { path: path.to_owned(), action: "open the directory of", source };
+        let name = file_name(path).map_err(fail)?;
+        let rel = resolve::beneath(base.path(), path).ok_or_else(|| fail(rustix::io::Errno::XDEV.into()))?;
         let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
-        let dir = match confine {
-            Some(base) => {
-                let rel = resolve::beneath(base, path).ok_or_else(|| fail(rustix::io::Errno::XDEV.into()))?;
-                let base = rustix::fs::open(base, flags, Mode::empty()).map_err(|e| fail(e.into()))?;
-                resolve::open_beneath(&base, trust::parent(&rel), flags, Mode::empty()).map_err(fail)?
-            }
-            None => rustix::fs::open(trust::parent(path), flags, Mode::empty()).map_err(|e| fail(e.into()))?,
-        };
-        Ok(Self { dir: File::from(dir), name, path: path.to_owned() })
+        let dir = base.open_beneath(trust::parent(&rel), flags, Mode::empty()).map_err(fail)?;
+        Ok(Self { dir: File::from(dir), name, path: path.to_owned(), ours: Arc::default() })
+    }
+
+    /// From now on the target refuses to be, or to lie in, any of `ours`; an error if it
+    /// does now.
+    pub fn never(mut self, ours: &Arc<Ours>) -> Result<Self, WriteError> {
+        self.ours = Arc::clone(ours);
+        let st = fstat(&self.dir).map_err(|e| self.err("inspect the directory of")(e.into()))?;
+        if self.ours.has_dir(&st) {
+            return Err(self.err("use")(io::Error::new(io::ErrorKind::InvalidInput, OURS_DIR)));
+        }
+        self.inspect()?;
+        Ok(self)
+    }
+
+    /// Removes the file (not what a symlink there points to).
+    pub fn remove(&self) -> Result<(), WriteError> {
+        unlinkat(&self.dir, &self.name, AtFlags::empty()).map_err(|e| self.err("remove")(e.into()))
     }
 
     /// The output's path, for messages.
@@ -123,7 +193,7 @@ impl Target {
     /// regular file (a symlink, FIFO, device, directory …) or is larger than [`READ_CAP`].
     pub fn inspect(&self) -> Result<Option<Stat>, WriteError> {
         match statat(&self.dir, &self.name, AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(st) => check_current(&st).map(Some).map_err(self.err("use")),
+            Ok(st) => check_current(&st, &self.ours).map(Some).map_err(self.err("use")),
             Err(e) if e == rustix::io::Errno::NOENT => Ok(None),
             Err(e) => Err(self.err("inspect")(e.into())),
         }
@@ -140,7 +210,7 @@ impl Target {
             Ok(fd) => {
                 let f = File::from(fd);
                 let st = fstat(&f).map_err(|e| self.err("inspect")(e.into()))?;
-                check_current(&st).map_err(self.err("use"))?;
+                check_current(&st, &self.ours).map_err(self.err("use"))?;
                 Ok(Some(f))
             }
             Err(e) if e == rustix::io::Errno::NOENT => Ok(None),
@@ -260,8 +330,13 @@ impl Target {
     }
 }
 
-/// An existing output must be a regular file no larger than [`READ_CAP`].
-fn check_current(st: &Stat) -> io::Result<Stat> {
+/// Why an output may not lie in a directory of ours.
+const OURS_DIR: &str = "it would lie in a directory where usersync keeps its configs, lock or state";
+
+/// An existing output must be a regular file no larger than [`READ_CAP`], with no other
+/// name (a hard link could be another file's, which usersync would read and whose owner it
+/// would give the new list), and none of `ours`.
+fn check_current(st: &Stat, ours: &Ours) -> io::Result<Stat> {
     let t = FileType::from_raw_mode(st.st_mode);
     if t != FileType::RegularFile {
         let e = if t == FileType::Symlink {
@@ -270,6 +345,15 @@ fn check_current(st: &Stat) -> io::Result<Stat> {
             io::Error::new(io::ErrorKind::InvalidInput, format!("it exists but is {}", trust::kind(t)))
         };
         return Err(e);
+    }
+    if st.st_nlink > 1 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("it has {} hard links, so it may be another file's second name", st.st_nlink),
+        ));
+    }
+    if ours.has_file(st) {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "it is a file usersync itself reads or locks"));
     }
     if u64::try_from(st.st_size).unwrap_or(0) > READ_CAP {
         return Err(io::Error::new(io::ErrorKind::FileTooLarge, format!("it is larger than {READ_CAP} bytes")));
@@ -293,7 +377,8 @@ impl Staged {
     /// A temporary file next to `path` (its directory as the path names it), to be filled
     /// through [`Staged::file`]; it gets `mode` on commit.
     pub fn create(path: &Path, mode: u32) -> Result<Self, WriteError> {
-        let target = Target::open(path, None)?;
+        let target = Target::at(path)?;
+        target.inspect()?;
         let (file, tmp) = target.create_temp()?;
         Ok(Self { target, tmp, file, mode, committed: false })
     }
@@ -326,7 +411,11 @@ impl Drop for Staged {
 /// Replaces the file at `path` (its directory taken as the path names it) with `content`,
 /// atomically as [`Target::write_with`]; a new file gets `new_mode`.
 pub fn write_file(path: &Path, new_mode: u32, content: &[u8]) -> Result<(), WriteError> {
-    Target::open(path, None)?.write_with(new_mode, |w| w.write_all(content))
+    Target::at(path)?.write_with(new_mode, |w| w.write_all(content))
+}
+
+fn file_name(path: &Path) -> io::Result<OsString> {
+    path.file_name().map(OsStr::to_owned).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "it names no file"))
 }
 
 #[cfg(test)]
@@ -335,7 +424,7 @@ mod tests {
     use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 
     fn target(p: &Path) -> Target {
-        Target::open(p, None).unwrap()
+        Target::at(p).unwrap()
     }
 
     #[test]
@@ -444,11 +533,12 @@ mod tests {
         std::fs::create_dir_all(gw.join("config")).unwrap();
         std::fs::create_dir_all(t.path().join("etc")).unwrap();
         symlink(t.path().join("etc"), gw.join("lists")).unwrap();
-        assert!(Target::open(&gw.join("config/a.txt"), Some(&gw)).is_ok());
-        assert!(Target::open(&gw.join("lists/a.txt"), None).is_ok(), "unconfined: as the path names it");
-        let e = Target::open(&gw.join("lists/a.txt"), Some(&gw)).unwrap_err();
+        let base = Dir::open(&gw).unwrap();
+        assert!(Target::beneath(&base, &gw.join("config/a.txt")).is_ok());
+        assert!(Target::at(&gw.join("lists/a.txt")).is_ok(), "a root-owned symlink in root's directory is followed");
+        let e = Target::beneath(&base, &gw.join("lists/a.txt")).unwrap_err();
         assert!(e.to_string().contains("a symlink is on the way"), "{e}");
-        let e = Target::open(&gw.join("../etc/a.txt"), Some(&gw)).unwrap_err();
+        let e = Target::beneath(&base, &gw.join("../etc/a.txt")).unwrap_err();
         assert!(e.to_string().contains("leads out of the directory"), "{e}");
     }
 }

@@ -13,30 +13,104 @@ use crate::report::{InstanceOutcome, Report};
 use crate::state::AlertState;
 
 /// What a run's outcome calls for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
-    /// A failure alert (first, or repeated after `repeat_hours`).
-    Failure,
-    /// The first success after failures.
-    Recovery,
+    /// A failure alert for these (first, or repeated after `repeat_hours`); the others that
+    /// recovered in the same run are named in it.
+    Failure {
+        /// Failing, and due to be told.
+        failing: Vec<String>,
+        /// Failing before, fine now.
+        recovered: Vec<String>,
+    },
+    /// The first success of these after failures.
+    Recovery(Vec<String>),
     /// Nothing to say (or said recently).
     Nothing,
 }
 
-/// Pure: what to send for a run that ended with `exit`, given what was sent before.
+/// Whether each instance this run covered is failing (`""` stands for the run itself:
+/// stopped before any instance, or not). A passive node's run says nothing; an instance
+/// locked by another run is that run's to judge.
 #[must_use]
-pub fn decide(state: &AlertState, exit: u8, now: u64, repeat: Duration) -> Decision {
-    match exit {
-        1..=3 => {
+pub fn statuses(report: &Report) -> std::collections::BTreeMap<String, bool> {
+    let mut out = std::collections::BTreeMap::new();
+    if report.node.active == Some(false) {
+        return out;
+    }
+    out.insert(String::new(), false);
+    for e in &report.errors {
+        out.insert(e.instance.clone().unwrap_or_default(), true);
+    }
+    for i in &report.instances {
+        match i.outcome {
+            InstanceOutcome::Ok | InstanceOutcome::SkippedPassive => {
+                out.entry(i.name.clone()).or_insert(false);
+            }
+            InstanceOutcome::Failed | InstanceOutcome::Refused => {
+                out.insert(i.name.clone(), true);
+            }
+            InstanceOutcome::Locked => {}
+        }
+    }
+    out
+}
+
+/// Pure: what to send, given each instance's status this run and what was sent before.
+#[must_use]
+pub fn decide(
+    before: &std::collections::BTreeMap<String, AlertState>,
+    now_failing: &std::collections::BTreeMap<String, bool>,
+    now: u64,
+    repeat: Duration,
+) -> Decision {
+    let mut failing = Vec::new();
+    let mut recovered = Vec::new();
+    for (name, &is_failing) in now_failing {
+        let state = before.get(name).copied().unwrap_or_default();
+        if is_failing {
             let due = state.last_alert.is_none_or(|t| now.saturating_sub(t) >= repeat.as_secs());
             if !state.failing || due {
-                Decision::Failure
-            } else {
-                Decision::Nothing
+                failing.push(name.clone());
             }
+        } else if state.failing {
+            recovered.push(name.clone());
         }
-        0 if state.failing => Decision::Recovery,
-        _ => Decision::Nothing,
+    }
+    match (failing.is_empty(), recovered.is_empty()) {
+        (false, _) => Decision::Failure { failing, recovered },
+        (true, false) => Decision::Recovery(recovered),
+        (true, true) => Decision::Nothing,
+    }
+}
+
+/// The alert state after a run whose statuses are `now_failing`, given `decision` and
+/// whether its mail was delivered: an alert that was not delivered is due again next run.
+pub fn update(
+    states: &mut std::collections::BTreeMap<String, AlertState>,
+    now_failing: &std::collections::BTreeMap<String, bool>,
+    decision: &Decision,
+    delivered: bool,
+    now: u64,
+) {
+    for (name, &is_failing) in now_failing {
+        if is_failing {
+            states.entry(name.clone()).or_default().failing = true;
+        }
+    }
+    if !delivered {
+        return;
+    }
+    let (told, recovered): (&[String], &[String]) = match decision {
+        Decision::Failure { failing, recovered } => (failing, recovered),
+        Decision::Recovery(recovered) => (&[], recovered),
+        Decision::Nothing => (&[], &[]),
+    };
+    for name in told {
+        states.entry(name.clone()).or_default().last_alert = Some(now);
+    }
+    for name in recovered {
+        states.remove(name);
     }
 }
 
@@ -73,7 +147,7 @@ const EXIT_MEANING: [(u8, &str); 5] = [
 
 /// The failure or recovery message for `report`.
 #[must_use]
-pub fn compose(decision: Decision, report: &Report, host: &str, repeat: Duration) -> Mail {
+pub fn compose(decision: &Decision, report: &Report, host: &str, repeat: Duration) -> Mail {
     let meaning = EXIT_MEANING.iter().find(|(c, _)| *c == report.exit_code).map_or("unknown", |(_, m)| m);
     let troubled: Vec<String> = report
         .instances
@@ -81,8 +155,11 @@ pub fn compose(decision: Decision, report: &Report, host: &str, repeat: Duration
         .filter(|i| i.outcome != InstanceOutcome::Ok)
         .map(|i| format!("{} {}", clean(&i.name), i.outcome))
         .collect();
+    let list = |names: &[String]| {
+        names.iter().map(|n| if n.is_empty() { "the run".to_owned() } else { clean(n) }).collect::<Vec<_>>().join(", ")
+    };
     let subject = match decision {
-        Decision::Recovery => format!("[usersync] {host}: recovered, all instances synced"),
+        Decision::Recovery(recovered) => format!("[usersync] {host}: recovered: {}", list(recovered)),
         _ if troubled.is_empty() => format!("[usersync] {host}: {meaning} (exit {})", report.exit_code),
         _ => format!("[usersync] {host}: {} (exit {})", troubled.join(", "), report.exit_code),
     };
@@ -112,15 +189,16 @@ pub fn compose(decision: Decision, report: &Report, host: &str, repeat: Duration
         }
         body.push('\n');
     }
-    match decision {
-        Decision::Recovery => body.push_str("The failure reported earlier is over.\n"),
-        _ => {
-            let _ = writeln!(
-                body,
-                "While this goes on, this alert is repeated at most every {} h.",
-                repeat.as_secs() / 3600
-            );
+    if let Decision::Recovery(recovered) = decision {
+        let _ = writeln!(body, "The failure reported earlier is over for {}.", list(recovered));
+    } else {
+        if let Decision::Failure { recovered, .. } = decision {
+            if !recovered.is_empty() {
+                let _ = writeln!(body, "Recovered since the last alert: {}.\n", list(recovered));
+            }
         }
+        let _ =
+            writeln!(body, "While this goes on, this alert is repeated at most every {} h.", repeat.as_secs() / 3600);
     }
     Mail { subject, body }
 }
@@ -152,32 +230,28 @@ pub fn deliver(cfg: &AlertConfig, http: &HttpConfig, mail: &Mail, all: bool) -> 
     attempts
 }
 
-/// After a real run: decide, send, update `state`. Returns `true` if an alert
-/// was due and no provider delivered it.
-pub fn after_run(cfg: &AlertConfig, http: &HttpConfig, report: &Report, state: &mut AlertState, now: u64) -> bool {
-    // A passive node's run says nothing about the sync.
-    if report.node.active == Some(false) {
-        return false;
-    }
-    let decision = decide(state, report.exit_code, now, cfg.repeat);
-    if report.exit_code != 0 && report.exit_code != 75 {
-        state.failing = true;
-    }
+/// After a real run: decide, send, update `states` (per instance). Returns `true` if an
+/// alert was due and no provider delivered it.
+pub fn after_run(
+    cfg: &AlertConfig,
+    http: &HttpConfig,
+    report: &Report,
+    states: &mut std::collections::BTreeMap<String, AlertState>,
+    now: u64,
+) -> bool {
+    let now_failing = statuses(report);
+    let decision = decide(states, &now_failing, now, cfg.repeat);
     if decision == Decision::Nothing {
+        update(states, &now_failing, &decision, true, now);
         return false;
     }
-    let mail = compose(decision, report, &hostname(), cfg.repeat);
+    let mail = compose(&decision, report, &hostname(), cfg.repeat);
     let delivered = deliver(cfg, http, &mail, false).iter().any(|a| a.result.is_ok());
+    update(states, &now_failing, &decision, delivered, now);
     if !delivered {
         tracing::error!(subject = %mail.subject, "no alert provider could deliver the alert; see the warnings above");
-        return true;
     }
-    match decision {
-        Decision::Failure => state.last_alert = Some(now),
-        Decision::Recovery => *state = AlertState::default(),
-        Decision::Nothing => {}
-    }
-    false
+    !delivered
 }
 
 #[cfg(test)]
@@ -187,18 +261,35 @@ mod tests {
     const DAY: Duration = Duration::from_secs(86_400);
 
     #[test]
-    fn decisions() {
-        let ok = AlertState::default();
+    fn decisions_are_per_instance() {
+        use std::collections::BTreeMap;
+        let of = |v: &[(&str, bool)]| v.iter().map(|(n, f)| ((*n).to_owned(), *f)).collect::<BTreeMap<_, _>>();
         let failing = AlertState { failing: true, last_alert: Some(1_000) };
-        assert_eq!(decide(&ok, 1, 2_000, DAY), Decision::Failure);
-        assert_eq!(decide(&ok, 3, 2_000, DAY), Decision::Failure);
-        assert_eq!(decide(&ok, 0, 2_000, DAY), Decision::Nothing);
-        assert_eq!(decide(&ok, 75, 2_000, DAY), Decision::Nothing);
-        assert_eq!(decide(&failing, 1, 2_000, DAY), Decision::Nothing, "inside repeat_hours");
-        assert_eq!(decide(&failing, 2, 1_000 + 86_400, DAY), Decision::Failure, "repeated after repeat_hours");
-        assert_eq!(decide(&failing, 0, 2_000, DAY), Decision::Recovery);
-        let undelivered = AlertState { failing: true, last_alert: None };
-        assert_eq!(decide(&undelivered, 1, 2_000, DAY), Decision::Failure, "an undelivered alert is tried again");
+        let none = BTreeMap::new();
+        let names = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            decide(&none, &of(&[("a", true)]), 2_000, DAY),
+            Decision::Failure { failing: names(&["a"]), recovered: vec![] }
+        );
+        assert_eq!(decide(&none, &of(&[("a", false)]), 2_000, DAY), Decision::Nothing);
+        let a_failing = BTreeMap::from([("a".to_owned(), failing)]);
+        assert_eq!(decide(&a_failing, &of(&[("a", true)]), 2_000, DAY), Decision::Nothing, "inside repeat_hours");
+        assert!(matches!(decide(&a_failing, &of(&[("a", true)]), 1_000 + 86_400, DAY), Decision::Failure { .. }));
+        assert_eq!(decide(&a_failing, &of(&[("a", false)]), 2_000, DAY), Decision::Recovery(names(&["a"])));
+        // Another instance syncing says nothing about `a`.
+        assert_eq!(decide(&a_failing, &of(&[("", false), ("b", false)]), 2_000, DAY), Decision::Nothing);
+        let undelivered = BTreeMap::from([("a".to_owned(), AlertState { failing: true, last_alert: None })]);
+        assert!(matches!(decide(&undelivered, &of(&[("a", true)]), 2_000, DAY), Decision::Failure { .. }));
+        // The state follows what was delivered.
+        let mut st = BTreeMap::new();
+        let d = decide(&st, &of(&[("a", true)]), 5, DAY);
+        update(&mut st, &of(&[("a", true)]), &d, false, 5);
+        assert_eq!(st["a"], AlertState { failing: true, last_alert: None }, "not delivered: due again");
+        update(&mut st, &of(&[("a", true)]), &d, true, 6);
+        assert_eq!(st["a"], AlertState { failing: true, last_alert: Some(6) });
+        let d = decide(&st, &of(&[("a", false)]), 7, DAY);
+        update(&mut st, &of(&[("a", false)]), &d, true, 7);
+        assert!(st.is_empty());
     }
 
     #[test]
@@ -213,9 +304,10 @@ mod tests {
             errors: vec![crate::report::ErrorReport {
                 message: "boom\r\nX-Injected: 1".into(),
                 hint: Some("fix it".into()),
+                instance: None,
             }],
         });
-        let m = compose(Decision::Failure, &r, "gw01", DAY);
+        let m = compose(&Decision::Failure { failing: vec!["gw\u{1b}1".into()], recovered: vec![] }, &r, "gw01", DAY);
         assert_eq!(m.subject, "[usersync] gw01: gw\\u{1b}1 failed (exit 1)");
         assert!(m.body.contains("boom\\r\nX-Injected: 1") && m.body.contains("hint: fix it"), "{}", m.body);
         assert!(m.body.contains("at most every 24 h"));

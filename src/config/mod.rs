@@ -1,5 +1,6 @@
 //! The global configuration file (contract §3): raw TOML, then one checked `Config`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -9,7 +10,7 @@ pub mod alert;
 
 use crate::error::{quote, quote_in, ConfigError};
 use crate::secret::Env;
-use crate::trust::{self, Trust};
+use crate::trust::Trust;
 use alert::AlertConfig;
 
 /// Where the global config lives when `--config` is not given.
@@ -28,6 +29,7 @@ struct RawConfig {
     metrics: RawMetrics,
     delta: RawDelta,
     alert: Option<alert::RawAlert>,
+    credentials: BTreeMap<String, Vec<String>>,
 }
 
 impl Default for RawConfig {
@@ -41,6 +43,7 @@ impl Default for RawConfig {
             metrics: RawMetrics::default(),
             delta: RawDelta::default(),
             alert: None,
+            credentials: BTreeMap::new(),
         }
     }
 }
@@ -127,6 +130,9 @@ pub struct Config {
     pub delta: DeltaConfig,
     /// Alert mail.
     pub alert: Option<AlertConfig>,
+    /// `[credentials]`: per instance, the systemd credentials (`LoadCredential=` names) that
+    /// its configs may use when they are not root's word (contract §9).
+    pub credentials: BTreeMap<String, Vec<String>>,
 }
 
 /// `[node]`
@@ -203,7 +209,7 @@ impl Config {
     /// where the alert providers' systemd credentials are (or that `check` leaves them).
     pub fn load(explicit: Option<&Path>, env: &Env) -> Result<Self, ConfigError> {
         let path = explicit.map_or_else(|| PathBuf::from(DEFAULT_PATH), Path::to_path_buf);
-        let read = trust::read(&path).and_then(|(b, t)| {
+        let read = crate::judged::read(&crate::judged::absolute(&path)).and_then(|(b, t)| {
             String::from_utf8(b).map(|s| (s, t)).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
         });
         match read {
@@ -311,7 +317,7 @@ impl Config {
         let ca_bundle = match h.ca_bundle {
             None => None,
             Some(ca) => {
-                let bytes = trust::read(&ca).map(|(b, _)| b).map_err(|e| {
+                let bytes = crate::judged::read(&crate::judged::absolute(&ca)).map(|(b, _)| b).map_err(|e| {
                     bad(
                         "http.ca_bundle",
                         format!("cannot read {}: {e}", ca.display()),
@@ -347,6 +353,22 @@ impl Config {
             full_sync: Duration::from_secs(raw.delta.full_sync_hours.saturating_mul(3600)),
         };
         let alert = raw.alert.map(|a| AlertConfig::from_raw(a, file, env)).transpose()?;
+        for (instance, names) in &raw.credentials {
+            if instance.is_empty() || instance.contains('/') || instance == "." || instance == ".." {
+                return Err(bad(
+                    "credentials",
+                    format!("`{}` is not an instance name", quote(instance)),
+                    "use the name of an instance's directory under the server root",
+                ));
+            }
+            if let Some(n) = names.iter().find(|n| n.is_empty() || n.contains('/') || *n == "." || *n == "..") {
+                return Err(bad(
+                    &format!("credentials.{instance}"),
+                    format!("`{}` is not a credential name", quote(n)),
+                    "give the NAME of the unit's LoadCredential=NAME:PATH",
+                ));
+            }
+        }
         Ok(Self {
             path: path.map(Path::to_path_buf),
             server_root,
@@ -357,6 +379,7 @@ impl Config {
             metrics_textfile,
             delta,
             alert,
+            credentials: raw.credentials,
         })
     }
 }

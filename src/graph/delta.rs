@@ -60,7 +60,9 @@ impl GraphClient {
     /// A link from which the group's next round sees the changes from now on.
     pub async fn membership_latest(&self, cred: &Credentials, graph: &str, group: &str) -> Result<String, FetchError> {
         let url = format!("{}&$deltatoken=latest", groups_url(graph, group));
-        self.round(cred, graph, url, |body| page::visit_group_delta(body, group, |_| {})).await.map(|(link, _)| link)
+        self.round(cred, graph, url, |body| page::visit_group_delta(body, group, |_| {}).map(|(links, _)| links))
+            .await
+            .map(|(link, _)| link)
     }
 
     /// A link from which the app's next users round sees the changes from now on.
@@ -79,18 +81,29 @@ impl GraphClient {
         link: &str,
     ) -> Result<MembershipRound, FetchError> {
         let mut r = MembershipRound::default();
+        let mut gone = false;
         let (new_link, requests) = self
             .round(cred, graph, link.to_owned(), |body| {
-                page::visit_group_delta(body, group, |c| {
+                let (links, page::GroupGone(g)) = page::visit_group_delta(body, group, |c| {
+                    // A full read skips such an object: so does a delta read.
+                    if !crate::ids::is_object_id(&c.id) {
+                        return;
+                    }
                     let id = c.id.to_ascii_lowercase();
                     if c.removed {
                         r.left.push(id);
                     } else {
                         r.joined.push((id, c.kind));
                     }
-                })
+                })?;
+                gone |= g;
+                Ok(links)
             })
             .await?;
+        // Fail closed: a list of a deleted group's members would be a guess.
+        if gone {
+            return Err(FetchError::GroupDeleted { group: group.to_owned() });
+        }
         (r.link, r.requests) = (new_link, requests);
         Ok(r)
     }
@@ -103,15 +116,17 @@ impl GraphClient {
             .round(cred, graph, link.to_owned(), |body| {
                 page::visit_user_delta(body, |u| match u {
                     UserChange::Now(m) => {
-                        let rec = Record::of(&m, true);
-                        r.removed.remove(&rec.id);
-                        r.now.insert(rec.id.clone(), rec);
+                        if let Some(rec) = Record::of(&m, true) {
+                            r.removed.remove(&rec.id);
+                            r.now.insert(rec.id.clone(), rec);
+                        }
                     }
-                    UserChange::Removed(id) => {
+                    UserChange::Removed(id) if crate::ids::is_object_id(&id) => {
                         let id = id.to_ascii_lowercase();
                         r.now.remove(&id);
                         r.removed.insert(id);
                     }
+                    UserChange::Removed(_) => {}
                 })
             })
             .await?;
@@ -139,7 +154,7 @@ impl GraphClient {
             let answer = self.post_page(cred, &url, body.as_bytes()).await?;
             requests += 1;
             page::visit(&answer, |m| {
-                let rec = Record::of(&m, true);
+                let Some(rec) = Record::of(&m, true) else { return };
                 if m.kind == ObjectKind::User && m.account_enabled.is_none() {
                     again.push(rec.id);
                 } else if m.kind == ObjectKind::User {
@@ -154,7 +169,7 @@ impl GraphClient {
             let answer = self.page(cred, graph, &url).await?;
             requests += 1;
             let next = page::visit(&answer, |m| {
-                let rec = Record::of(&m, true);
+                let Some(rec) = Record::of(&m, true) else { return };
                 found.insert(rec.id.clone(), rec);
             })
             .map_err(|e| FetchError::BadPage { url: url.clone(), detail: e.to_string() })?;

@@ -127,6 +127,12 @@ pub enum FetchError {
         /// The attributes none of them had.
         missing: &'static str,
     },
+    /// `groups/delta` says the group itself was deleted (`@removed` on the group).
+    #[error("Graph says the group {group} was deleted (@removed on the group in its delta round)")]
+    GroupDeleted {
+        /// The group's id.
+        group: String,
+    },
     /// The run's deadline passed before this fetch finished.
     #[error("the run deadline of {seconds} s passed before this group was fetched completely")]
     Deadline {
@@ -145,9 +151,6 @@ pub enum FetchError {
     /// The delta state turned out unreadable while it was read (a resync).
     #[error("the delta state {0} is unreadable")]
     StateCorrupt(String),
-    /// The delta state could not be written.
-    #[error("cannot keep the delta state: {0}")]
-    State(String),
     /// usersync itself failed (a task stopped, the runtime could not start).
     #[error("internal error: {0}")]
     Internal(String),
@@ -160,12 +163,6 @@ impl FetchError {
     #[must_use]
     pub fn is_unknown_tenant(&self) -> bool {
         matches!(self, Self::Token { aadsts: Some(90_002 | 90_038), .. })
-    }
-
-    /// A failure writing the delta state.
-    #[must_use]
-    pub fn state(e: &crate::write::WriteError) -> Self {
-        Self::State(e.to_string())
     }
 
     /// Graph says the delta link can no longer be used, and why: a full read starts over.
@@ -224,12 +221,12 @@ impl Hint for FetchError {
             Self::BadPage { .. } | Self::ForeignNextLink { .. } | Self::PageLoop { .. } | Self::TooLarge { .. } => "the answer could not be trusted, so nothing was written; check for a proxy rewriting responses, then retry".into(),
             Self::BadToken { .. } => "check authority_host / cloud: the token endpoint did not behave like Entra ID".into(),
             Self::LimitedInformation { .. } => format!("the app lacks User.Read.All, so Graph hides the users' attributes; {PERMISSIONS}"),
+            Self::GroupDeleted { .. } => "nothing of the instances that use it was written: restore the group in the Entra admin center (Groups > Deleted groups), or point group_id at the group that replaces it".into(),
             Self::Deadline { .. } => "Graph is slow or throttling hard; nothing of this instance was written and the next run tries again. If runs are legitimately this long, raise [http] deadline_seconds".into(),
             Self::Tls(_) => "check [http] ca_bundle and the system's certificate store (ca-certificates)".into(),
             Self::Request(_) => "check graph_endpoint / authority_host (or `cloud`) in the config".into(),
             Self::Signing(_) => "check client_key: an unencrypted RSA key that belongs to client_certificate".into(),
             Self::StateCorrupt(_) => "the next run reads the group in full and writes a new state".into(),
-            Self::State(_) => "usersync's user must be able to write state_dir (under systemd it is the StateDirectory, /var/lib/usersync); or set [delta] enabled = false".into(),
             Self::Internal(_) => "nothing was written; run again with -vv, and report the log if it happens again".into(),
         };
         Some(h)

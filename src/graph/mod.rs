@@ -155,6 +155,7 @@ impl GraphClient {
         let (pages_tx, mut pages_rx) = tokio::sync::mpsc::channel::<(String, Vec<u8>)>(PAGES_AHEAD);
         let phones = q.mobile_phone;
         let line = line.clone();
+        let group = q.group.to_string();
         let parser = tokio::task::spawn_blocking(move || {
             let mut roster = Roster::new(phones);
             let mut keep = keep;
@@ -168,11 +169,20 @@ impl GraphClient {
             let (state, drift) = match keep {
                 None => (None, None),
                 Some(k) => {
-                    if let Some(e) = k.failed {
-                        return Err(e);
-                    }
                     let drift = k.before.map(|b| k.drift + b.len() as u64);
-                    (Some(k.writer.finish().map_err(|e| FetchError::state(&e))?), drift)
+                    let path = k.writer.path().to_owned();
+                    let staged = match k.failed {
+                        Some(e) => Err(e),
+                        None => k.writer.finish().map_err(|e| e.to_string()),
+                    };
+                    match staged {
+                        Ok(s) => (Some(s), drift),
+                        // The roster is whole: the list is written all the same.
+                        Err(e) => {
+                            crate::delta_state::abandon(&path, &group, &e);
+                            (None, drift)
+                        }
+                    }
                 }
             };
             Ok::<_, FetchError>(FullRead { roster, pages, state, drift })
@@ -366,19 +376,20 @@ pub struct Keep {
     pub before: Option<HashMap<u64, u64>>,
     /// Members met so far that the old state did not have, or had otherwise.
     pub drift: u64,
-    /// The first error writing the state.
-    pub failed: Option<FetchError>,
+    /// The first error writing the state (then nothing more is written to it).
+    pub failed: Option<String>,
 }
 
 impl Keep {
     fn push(&mut self, m: &crate::page::MemberView<'_>) {
-        let r = crate::delta_state::Record::of(m, self.phones);
+        // The roster skipped it as well.
+        let Some(r) = crate::delta_state::Record::of(m, self.phones) else { return };
         if let Some(before) = &mut self.before {
             self.drift += u64::from(before.remove(&r.id_digest()) != Some(r.digest()));
         }
         if self.failed.is_none() {
             if let Err(e) = self.writer.push(&r) {
-                self.failed = Some(FetchError::state(&e));
+                self.failed = Some(e.to_string());
             }
         }
     }

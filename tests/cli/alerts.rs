@@ -182,7 +182,7 @@ fn a_failure_that_goes_on_is_not_repeated_and_recovery_is_sent_once() {
     r.run();
     let msgs = smtp.messages();
     assert_eq!(msgs.len(), 2);
-    assert!(msgs[1].0.contains(": recovered, all instances synced"), "{}", msgs[1].0);
+    assert!(msgs[1].0.contains(": recovered: gw"), "{}", msgs[1].0);
     r = r.expect_exit(0);
     r.run();
     assert_eq!(smtp.messages().len(), 2, "recovery is sent once");
@@ -516,4 +516,63 @@ fn check_and_the_textfile_follow_a_providers_certificate_expiry() {
         not_after - not_after.rem_euclid(DAY)
     );
     assert!(text.lines().any(|l| l == want), "{want}\n{text}");
+}
+
+/// Alert state is per instance: a run of a healthy instance says nothing about another that
+/// still fails; only that instance's own success is its recovery.
+#[test]
+fn an_instance_recovers_only_by_its_own_success() {
+    let r = one_conf()
+        .group(SALES, vec![user("s1", Some("sam@example.com"), None, true)])
+        .conf("ok", "sales", &format!("group_id = \"{SALES}\"\n"))
+        .conf("bad", "gone", "group_id = \"0b0f1c3e-0000-4000-8000-00000000dead\"\n");
+    write_pki(r.path());
+    let smtp = Smtp::start(&[]);
+    let cfg = alert_config(&r, &smtp_provider(1, smtp.port, "none", false), "");
+    let mut r = r.global(&cfg).args(&["-i", "bad", "-i", "gw"]).expect_exit(1).ignore_stderr();
+    r.run();
+    assert_eq!(smtp.messages().len(), 1, "bad fails");
+    let mut r = r.args(&["-i", "ok"]).expect_exit(0);
+    r.run();
+    assert_eq!(smtp.messages().len(), 1, "ok syncing is no recovery of bad");
+    std::fs::remove_file(r.root().join("bad/config/entraid/gone.entraidconf")).unwrap();
+    let mut r = r.conf("bad", "sales", &format!("group_id = \"{SALES}\"\n")).args(&["-i", "bad"]);
+    r.run();
+    let msgs = smtp.messages();
+    assert_eq!(msgs.len(), 2);
+    assert!(msgs[1].0.contains(": recovered: bad"), "{}", msgs[1].0);
+}
+
+/// Two runs of different instances end together: each one's alert state survives the
+/// other's save (one lock spans load, alert and save).
+#[test]
+fn concurrent_runs_lose_no_alert_state() {
+    for round in 0..8 {
+        let r = one_conf().conf("a", "x", "group_id = \"0b0f1c3e-0000-4000-8000-00000000000a\"\n").conf(
+            "b",
+            "x",
+            "group_id = \"0b0f1c3e-0000-4000-8000-00000000000b\"\n",
+        );
+        write_pki(r.path());
+        let smtp = Smtp::start(&[]);
+        let cfg = alert_config(&r, &smtp_provider(1, smtp.port, "none", false), "");
+        let r = r.global(&cfg);
+        let children: Vec<_> = ["a", "b"]
+            .iter()
+            .map(|i| {
+                let mut c = r.command();
+                c.args(["-i", i]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+                c.spawn().unwrap()
+            })
+            .collect();
+        for mut c in children {
+            assert_eq!(c.wait().unwrap().code(), Some(1));
+        }
+        let state: Value =
+            serde_json::from_str(&std::fs::read_to_string(r.path().join("state/state.json")).unwrap()).unwrap();
+        for i in ["a", "b"] {
+            assert_eq!(state["alerts"][i]["failing"], true, "round {round}: {i} lost: {state}");
+        }
+        assert_eq!(smtp.messages().len(), 2, "round {round}");
+    }
 }

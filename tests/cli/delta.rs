@@ -310,6 +310,11 @@ fn a_corrupt_state_reads_in_full() {
 
 /// Rewrites the state's header as if its last full read were `hours` ago.
 fn age_full_read(r: &Run, hours: u64) {
+    age_full_read_to(r, |now| now - hours * 3600);
+}
+
+/// Rewrites the state's header with its last full read at `at(now)`.
+fn age_full_read_to(r: &Run, at: impl FnOnce(u64) -> u64) {
     use usersync::delta_state::{Reader, Writer};
     let path = states(r).remove(0);
     let key = {
@@ -323,7 +328,7 @@ fn age_full_read(r: &Run, hours: u64) {
     let mut reader = Reader::open(&path, &key).unwrap();
     let mut header = reader.header.clone();
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
-    header.full_at = now - hours * 3600;
+    header.full_at = at(now);
     let mut w = Writer::create(&path, &header).unwrap();
     while let Some(rec) = reader.next_record().unwrap() {
         w.push(&rec).unwrap();
@@ -709,4 +714,150 @@ proptest::proptest! {
             assert_same_as_full(&r);
         }
     }
+}
+
+// ---- Issue 20: the state never costs a list; clocks; what Graph may send ----
+
+/// `state_dir` cannot take the state (here a file stands where its `delta/` must go): the
+/// lists are written all the same, with a warning, and the next run reads in full.
+#[test]
+fn a_state_dir_that_cannot_take_the_state_costs_no_list() {
+    let r = staff();
+    std::fs::create_dir_all(r.path().join("state")).unwrap();
+    std::fs::write(r.path().join("state/delta"), "not a directory").unwrap();
+    let mut r = r
+        .args(&["--format", "json"])
+        .ignore_stderr()
+        .expect_file(SENDERS, Some("alice@example.com\ncarol@example.com\n"));
+    let out = r.run();
+    assert!(out.stderr.contains("cannot write the delta state; the lists are written all the same"), "{}", out.stderr);
+    let out = r.run();
+    assert_eq!(reads(&out.stdout)[0].1.as_deref(), Some("first"), "the next run reads in full");
+}
+
+/// A FIFO where the state should be: read without blocking, taken for a corrupt state (a
+/// full read), and removed, so that the run after starts afresh.
+#[test]
+fn a_fifo_in_place_of_the_state_does_not_hang() {
+    let mut r = staff().args(&["--format", "json"]).ignore_stderr();
+    r.run();
+    let path = states(&r).remove(0);
+    std::fs::remove_file(&path).unwrap();
+    rustix::fs::mknodat(rustix::fs::CWD, &path, rustix::fs::FileType::Fifo, rustix::fs::Mode::from(0o600), 0).unwrap();
+    let out = r.run_within(std::time::Duration::from_secs(30));
+    assert_eq!(reads(&out.stdout)[0].1.as_deref(), Some("resync:state-corrupt"));
+    let out = r.run();
+    assert_eq!(reads(&out.stdout)[0].1.as_deref(), Some("first"));
+    let out = r.run();
+    assert_eq!(reads(&out.stdout)[0].0, "delta");
+    assert_same_as_full(&r);
+}
+
+/// An object id with a line break and a tab cannot break the state's lines: such an object
+/// is skipped by reason, and the next run reads by delta, not "state-corrupt" for ever.
+#[test]
+fn a_hostile_object_id_never_corrupts_the_state() {
+    let r = staff();
+    edit(&r, |m| m.push(user("x\ny\tz", Some("hostile@example.com"), None, true)));
+    let mut r = r.args(&["--format", "json"]).expect_file(SENDERS, Some("alice@example.com\ncarol@example.com\n"));
+    let out = r.run();
+    assert!(out.stdout.contains("\"invalid-id\": 1"), "{}", out.stdout);
+    let out = r.run();
+    assert_eq!(reads(&out.stdout)[0].0, "delta");
+    assert_same_as_full(&r);
+}
+
+/// On `users/delta` everything is a user, with or without `@odata.context`: a changed
+/// user is applied, never dropped as untyped.
+#[test]
+fn users_delta_items_are_users_whatever_the_context_says() {
+    for context in ["", "https://graph.microsoft.com/v1.0/$metadata#Collection(microsoft.graph.user)"] {
+        let mut r = staff().args(&["--format", "json"]);
+        r.run();
+        r.sim.state().users_delta_context = Some(context.to_owned());
+        edit(&r, |m| m[0]["mail"] = json!("alice.new@example.com"));
+        r = r.expect_file(SENDERS, Some("alice.new@example.com\ncarol@example.com\n"));
+        let out = r.run();
+        assert_eq!(reads(&out.stdout)[0].0, "delta", "{context:?}");
+        assert_same_as_full(&r);
+    }
+}
+
+/// The synced group itself deleted: noticed in the run that sees it, which fails closed
+/// with an error naming the group; the list stays as it was.
+#[test]
+fn a_deleted_group_fails_its_run_naming_the_group() {
+    let mut r = staff();
+    r.run();
+    r.sim.state().deleted_groups.insert(STAFF.into());
+    let mut r = r.expect_exit(1).ignore_stderr().expect_file(SENDERS, Some("alice@example.com\ncarol@example.com\n"));
+    let out = r.run();
+    assert!(out.stderr.contains(&format!("Graph says the group {STAFF} was deleted")), "{}", out.stderr);
+}
+
+/// The local clock runs an hour slow for one run of `-i b`, which then holds the newer
+/// users link with the older time. The next run must still see the change `a` missed.
+#[test]
+fn a_run_with_a_slow_clock_leaves_no_change_unseen() {
+    let Some(faketime) = libfaketime() else { return };
+    let r = staff().group(SALES, vec![user("s1", Some("sam@example.com"), None, true)]).conf(
+        "b",
+        "sales",
+        &format!("group_id = \"{SALES}\"\n"),
+    );
+    // Two groups are fetched at once: their log lines come in either order.
+    let mut r = r.args(&["--format", "json"]).ignore_stderr();
+    r.run();
+    edit(&r, |m| m[0]["mail"] = json!("alice.new@example.com"));
+    let mut r = r.args(&["-i", "b", "--format", "json"]).env("LD_PRELOAD", &faketime).env("FAKETIME", "-1h");
+    r.run();
+    let mut r = r
+        .args(&["--format", "json"])
+        .env("FAKETIME", "+0")
+        .expect_file(SENDERS, Some("alice.new@example.com\ncarol@example.com\n"));
+    r.run();
+    assert_same_as_full(&r);
+}
+
+/// libfaketime, if installed (tests/setup does it).
+fn libfaketime() -> Option<String> {
+    let found = [
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
+        "/usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).exists());
+    if found.is_none() {
+        eprintln!("skipped: libfaketime is not installed (apt-get install faketime; tests/setup does it)");
+    }
+    found.map(str::to_owned)
+}
+
+/// A last full read in the future (the clock was ahead, and went back): one safety-net read
+/// now, not none until the clock catches up.
+#[test]
+fn a_full_read_stamped_in_the_future_is_due_now() {
+    let mut r = staff().args(&["--format", "json"]);
+    r.run();
+    age_full_read_to(&r, |now| now + 365 * 86_400);
+    let out = r.run();
+    assert_eq!(reads(&out.stdout)[0].1.as_deref(), Some("safety-net"));
+    let out = r.run();
+    assert_eq!(reads(&out.stdout)[0].0, "delta");
+}
+
+/// A users round that is still going at the run's deadline fails its groups with the
+/// deadline error and its hint, not an internal error.
+#[test]
+fn a_users_round_past_the_deadline_fails_with_the_deadline() {
+    let mut r = staff();
+    r.run();
+    r.sim.state().users_delta_latency = std::time::Duration::from_secs(8);
+    let mut r = r
+        .global("[http]\ntimeout_seconds = 30\nmax_retries = 0\ndeadline_seconds = 1\n")
+        .expect_exit(1)
+        .ignore_stderr();
+    let out = r.run();
+    assert!(out.stderr.contains("the run deadline of 1 s passed"), "{}", out.stderr);
+    assert!(!out.stderr.contains("internal error"), "{}", out.stderr);
 }

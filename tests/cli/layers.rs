@@ -53,7 +53,21 @@ fn graph() -> BTreeMap<String, BTreeSet<String>> {
 /// Modules in layers: each uses only modules of layers before it (or of its own layer,
 /// without cycles).
 const LAYERS: &[&[&str]] = &[
-    &["cli", "ids", "output", "normalize", "date", "cfgfile", "secret", "error", "trust", "resolve", "progress", "log"],
+    &[
+        "cli",
+        "ids",
+        "output",
+        "normalize",
+        "date",
+        "cfgfile",
+        "secret",
+        "error",
+        "trust",
+        "resolve",
+        "judged",
+        "progress",
+        "log",
+    ],
     &["page", "roster", "credential", "endpoints", "write", "lock", "delta_state"],
     &["config", "entraidconf", "instance"],
     &["render", "plan", "guard"],

@@ -229,7 +229,7 @@ fn an_untrusted_entraidconf_reads_only_files_beneath_its_directory() {
     let out = r.run();
     assert!(
         out.stderr.contains(&format!(
-            "{}: key `client_secret_file`: {} is not beneath the config's directory; this config is untrusted, so it may only name files beneath {} with no symlink on the way; nothing was read",
+            "{}: key `client_secret_file`: {} is not beneath the config's directory; this config is untrusted: owned by uid 65534, neither root nor usersync's user, so it may only name files beneath {} with no symlink on the way that whoever may change it could read anyway; nothing was read",
             conf.display(),
             other.display(),
             conf.parent().unwrap().display()
@@ -264,6 +264,9 @@ fn an_untrusted_entraidconf_still_syncs_within_its_rights() {
     let creds = r.path().join("credentials");
     std::fs::create_dir_all(&creds).unwrap();
     std::fs::write(creds.join("gw-staff"), SECRET).unwrap();
+    // Root gives the instance its systemd credential in the global config.
+    let global = std::fs::read_to_string(r.path().join("usersync.toml")).unwrap();
+    let r = r.global(&format!("{global}[credentials]\ngw = [\"gw-staff\"]\n"));
     let mut r = r
         .file("gw/config/entraid/staff.secret", SECRET)
         .conf_no_endpoints("gw", "a", &format!("group_id = \"{STAFF}\"\nclient_secret_file = \"staff.secret\"\n"))
@@ -513,7 +516,10 @@ fn two_outputs_in_one_file_are_a_configuration_error() {
             .expect_file(SENDERS, None);
         let out = r.run();
         assert!(
-            out.stderr.contains(&format!("gw/{path}: both allowed_senders and gsm_list would be written to this file")),
+            // A trusted .cfg's path is taken as written, `..` lexically.
+            out.stderr.contains(
+                "gw/config/allowed_senders_ldap.txt: both allowed_senders and gsm_list would be written to this file"
+            ),
             "{path}: {}",
             out.stderr
         );

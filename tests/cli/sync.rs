@@ -305,7 +305,8 @@ fn a_held_lock_skips_the_instance_with_exit_75() {
         .group(SALES, users(2))
         .conf("other", "sales", &format!("group_id = \"{SALES}\"\n"))
         .file(SENDERS, "old@example.com\n");
-    let _held = usersync::lock::acquire(&r.root().join("gw/config/entraid")).unwrap();
+    let _held =
+        usersync::lock::acquire(&usersync::judged::Dir::open(&r.root().join("gw/config/entraid")).unwrap()).unwrap();
     r = r
         .expect_exit(75)
         .expect_file(SENDERS, Some("old@example.com\n"))
@@ -369,13 +370,18 @@ fn a_rewrite_keeps_the_old_files_mode_and_owner() {
 
 #[test]
 fn a_first_file_written_as_root_belongs_to_its_directorys_owner() {
-    let mut r = one_conf().expect_exit(0);
-    let dir = r.root().join("gw/config");
-    if std::fs::metadata(&dir).unwrap().uid() != 0 {
-        eprintln!("not root: directory owner not tested");
+    if !as_root() {
         return;
     }
-    std::os::unix::fs::chown(&dir, Some(1234), Some(2345)).unwrap();
+    // The directory is the gateway's, so the config found through it is untrusted: it
+    // reaches Microsoft's names, which the redirecting proxy stands in for.
+    let r = Run::new_tls().group(STAFF, staff_members());
+    let proxy = usersync_sim::Proxy::redirecting(r.sim.addr()).unwrap();
+    let mut r = r
+        .conf_no_endpoints("gw", "staff", &format!("group_id = \"{STAFF}\"\n"))
+        .env("HTTPS_PROXY", &proxy.url())
+        .expect_exit(0);
+    std::os::unix::fs::chown(r.root().join("gw/config"), Some(1234), Some(2345)).unwrap();
     r.run();
     let m = std::fs::metadata(r.root().join(SENDERS)).unwrap();
     assert_eq!((m.uid(), m.gid()), (1234, 2345));
@@ -642,7 +648,8 @@ fn exit_codes_follow_the_priority_2_1_3_75() {
         .file(SENDERS, "keep@example.com\n")
         .conf("other", "x", &format!("group_id = \"{SALES}\"\n"))
         .expect_exit(3);
-    let _held = usersync::lock::acquire(&r.root().join("other/config/entraid")).unwrap();
+    let _held =
+        usersync::lock::acquire(&usersync::judged::Dir::open(&r.root().join("other/config/entraid")).unwrap()).unwrap();
     r.run();
 }
 

@@ -215,7 +215,9 @@ fn groups(s: &mut State, base: &str, q: &HashMap<String, String>) -> (u16, Respo
     };
     let items = round(s, format!("g.{from:?}.{to}.{group}"), |s| group_changes(s, from, to, &group));
     let (chunk, more) = slice(s, &items, page);
-    let value = if chunk.is_empty() {
+    let value = if s.deleted_groups.contains(&group) {
+        vec![json!({"id": group, "@removed": {"reason": "changed"}})]
+    } else if chunk.is_empty() {
         vec![]
     } else {
         vec![json!({"id": group, "displayName": group, "members@delta": chunk})]
@@ -355,6 +357,13 @@ fn users(s: &mut State, base: &str, q: &HashMap<String, String>, app: &App) -> (
         round(s, format!("u.{from:?}.{to}.{select}.{}", app.limited), |s| user_changes(s, from, to, &fields, app));
     let (chunk, more) = slice(s, &items, page);
     let mut body = json!({"@odata.context": context(base, "users"), "value": chunk});
+    match s.users_delta_context.as_deref() {
+        Some("") => {
+            body.as_object_mut().map(|o| o.remove("@odata.context"));
+        }
+        Some(c) => body["@odata.context"] = json!(c),
+        None => {}
+    }
     if more {
         let from = from.map_or_else(|| "i".to_owned(), |f| f.to_string());
         body["@odata.nextLink"] =

@@ -130,6 +130,12 @@ pub struct State {
     pub latency: Duration,
     /// Extra delay before every members answer of one group.
     pub group_latency: HashMap<String, Duration>,
+    /// Delay before every `users/delta` answer (a users round stalled past the deadline).
+    pub users_delta_latency: Duration,
+    /// `users/delta` pages say this `@odata.context` instead (`Some("")`: none at all).
+    pub users_delta_context: Option<String>,
+    /// Groups that `groups/delta` says are deleted (`@removed` on the group object).
+    pub deleted_groups: std::collections::HashSet<String>,
     /// `sendMail` requests accepted: (from, JSON body).
     pub sent_mail: Vec<(String, Value)>,
     /// SendGrid `POST /v3/mail/send` bodies accepted.
@@ -739,7 +745,10 @@ async fn delta_request(
 ) -> Response {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let (authorization, accept_encoding) = (header("authorization"), header("accept-encoding"));
-    let delay = lock(state).latency;
+    let delay = {
+        let s = lock(state);
+        s.latency + if path.ends_with("/users/delta") { s.users_delta_latency } else { Duration::ZERO }
+    };
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
