@@ -52,7 +52,7 @@ pub fn run(cli: &Cli) -> Result<ExitCode, Stop> {
         print_report(cli, &report);
     }
     if !cli.dry_run {
-        record(&config, &report, started);
+        record(&config, &report, started, cli.instances.is_empty());
     }
     result.map(|r| ExitCode::from(r.exit_code))
 }
@@ -76,7 +76,13 @@ fn print_report(cli: &Cli, report: &Report) {
 
 /// What a run adds to the run state (successes, resyncs, drift, alerts); whether anything
 /// changed, and whether an alert was due that no provider delivered.
-fn remember(config: &Config, report: &Report, state: &mut State, now: std::time::Duration) -> (bool, bool) {
+fn remember(
+    config: &Config,
+    report: &Report,
+    state: &mut State,
+    now: std::time::Duration,
+    whole_root: bool,
+) -> (bool, bool) {
     let mut changed = false;
     for i in report.instances.iter().filter(|i| i.outcome == InstanceOutcome::Ok) {
         state.last_success.insert(i.name.clone(), now.as_secs());
@@ -99,7 +105,8 @@ fn remember(config: &Config, report: &Report, state: &mut State, now: std::time:
     let mut alert_failed = false;
     if let Some(alert) = &config.alert {
         let before = state.alerts.clone();
-        alert_failed = crate::alert::after_run(alert, &config.http, report, &mut state.alerts, now.as_secs());
+        alert_failed =
+            crate::alert::after_run(alert, &config.http, report, &mut state.alerts, now.as_secs(), whole_root);
         changed |= state.alerts != before;
     }
     (changed, alert_failed)
@@ -107,9 +114,11 @@ fn remember(config: &Config, report: &Report, state: &mut State, now: std::time:
 
 /// After a real run: remember successes in `state_dir`, write the metrics textfile.
 /// Neither changes the exit code; a failure is logged.
-fn record(config: &Config, report: &Report, started: Instant) {
+/// `whole_root`: the run covered every instance under the server root (no `-i`).
+fn record(config: &Config, report: &Report, started: Instant, whole_root: bool) {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    let (state, alert_failed) = State::update(&config.state_dir, |state| remember(config, report, state, now));
+    let (state, alert_failed) =
+        State::update(&config.state_dir, |state| remember(config, report, state, now, whole_root));
     if let Some(path) = &config.metrics_textfile {
         let facts = RunFacts {
             report,

@@ -31,12 +31,23 @@ pub enum Decision {
 
 /// Whether each instance this run covered is failing (`""` stands for the run itself:
 /// stopped before any instance, or not). A passive node's run says nothing; an instance
-/// locked by another run is that run's to judge.
+/// locked by another run is that run's to judge. A run that went through every instance
+/// under the server root (`whole_root`) also says that an instance `known` to have failed
+/// but no longer there is over: it was removed.
 #[must_use]
-pub fn statuses(report: &Report) -> std::collections::BTreeMap<String, bool> {
+pub fn statuses(
+    report: &Report,
+    whole_root: bool,
+    known: &std::collections::BTreeMap<String, AlertState>,
+) -> std::collections::BTreeMap<String, bool> {
     let mut out = std::collections::BTreeMap::new();
     if report.node.active == Some(false) {
         return out;
+    }
+    if whole_root && report.errors.is_empty() {
+        for name in known.keys().filter(|n| !n.is_empty() && !report.instances.iter().any(|i| &i.name == *n)) {
+            out.insert(name.clone(), false);
+        }
     }
     out.insert(String::new(), false);
     for e in &report.errors {
@@ -238,8 +249,9 @@ pub fn after_run(
     report: &Report,
     states: &mut std::collections::BTreeMap<String, AlertState>,
     now: u64,
+    whole_root: bool,
 ) -> bool {
-    let now_failing = statuses(report);
+    let now_failing = statuses(report, whole_root, states);
     let decision = decide(states, &now_failing, now, cfg.repeat);
     if decision == Decision::Nothing {
         update(states, &now_failing, &decision, true, now);
@@ -290,6 +302,20 @@ mod tests {
         let d = decide(&st, &of(&[("a", false)]), 7, DAY);
         update(&mut st, &of(&[("a", false)]), &d, true, 7);
         assert!(st.is_empty());
+    }
+
+    #[test]
+    fn a_removed_instance_recovers_only_in_a_run_over_the_whole_root() {
+        use std::collections::BTreeMap;
+        let known = BTreeMap::from([("gone".to_owned(), AlertState { failing: true, last_alert: Some(1) })]);
+        let report = Report::default();
+        assert_eq!(statuses(&report, true, &known).get("gone"), Some(&false), "not under the root any more");
+        assert_eq!(statuses(&report, false, &known).get("gone"), None, "-i: the others are not this run's to judge");
+        let fatal = Report {
+            errors: vec![crate::report::ErrorReport { message: "x".into(), hint: None, instance: None }],
+            ..Report::default()
+        };
+        assert_eq!(statuses(&fatal, true, &known).get("gone"), None, "a run stopped early saw no instance");
     }
 
     #[test]
