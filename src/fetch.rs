@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{OnceCell, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::config::{DeltaConfig, HttpConfig};
@@ -206,34 +206,52 @@ pub async fn fetch_all(
     let deadline = started + s.http.deadline;
     let keys: Vec<FetchKey> = plans.keys().cloned().collect();
     let mut out = Fetches::default();
-    // A users round still going at the deadline fails its app's groups with the deadline.
-    let rounds = if let Ok(r) = tokio::time::timeout_at(deadline, users_rounds(client, &mut plans)).await {
-        r
-    } else {
-        let seconds = s.http.deadline.as_secs();
-        plans.keys().map(|k| (k.app(), Arc::new(AppRounds::failed(FetchError::Deadline { seconds })))).collect()
-    };
+    // Per app: what its users rounds start from, run once by the first of its groups that
+    // needs them. Apps do not wait for each other: a slow app runs out only its own groups'
+    // time, never another's.
+    let mut apps: HashMap<App, AppRoundsCell> = HashMap::new();
     // Per app, its groups to read by delta: what the users round's changes are weighed against.
     let mut delta_groups: HashMap<App, usize> = HashMap::new();
     for (key, p) in &plans {
-        if matches!(p.how, How::Delta(_)) {
-            *delta_groups.entry(key.app()).or_default() += 1;
+        let a = apps.entry(key.app()).or_insert_with(|| AppRoundsCell {
+            cred: p.cred.clone(),
+            links: BTreeSet::new(),
+            latest: false,
+            cell: OnceCell::new(),
+        });
+        match &p.how {
+            How::Delta(r) => {
+                a.links.insert(r.header.users_link.clone());
+                *delta_groups.entry(key.app()).or_default() += 1;
+            }
+            How::Full(_) | How::SafetyNet(_) if p.state.is_ok() => a.latest = true,
+            How::Full(_) | How::SafetyNet(_) => {}
         }
     }
+    let apps: HashMap<App, Arc<AppRoundsCell>> = apps.into_iter().map(|(k, a)| (k, Arc::new(a))).collect();
     let limit = Arc::new(Semaphore::new(s.http.max_concurrency * crate::graph::MAX_BATCH));
     let mut set = JoinSet::new();
     for (key, plan) in plans {
         let client = Arc::clone(client);
         let limit = Arc::clone(&limit);
-        let round = rounds.get(&key.app()).cloned();
+        let app = apps.get(&key.app()).cloned();
         let state_dir = s.state_dir.to_owned();
         let (dry_run, now) = (s.dry_run, s.now);
         let label = labels.remove(&key).unwrap_or_default().join(", ");
         set.spawn(async move {
             let _permit = limit.acquire_owned().await;
             let line = Line::start(&label, &key.group);
+            let needs_rounds = matches!(plan.how, How::Delta(_)) || plan.state.is_ok();
+            let rounds = match app {
+                Some(a) if needs_rounds => {
+                    line.status("reading what changed in the tenant");
+                    let graph = key.app().1;
+                    Some(Arc::clone(a.cell.get_or_init(|| app_rounds(&client, &a, &graph)).await))
+                }
+                _ => None,
+            };
             let reader = GroupReader { client: &client, state_dir: &state_dir, dry_run, now };
-            let r = reader.read_group(plan, round, &line).await;
+            let r = reader.read_group(plan, rounds, &line).await;
             match &r {
                 Ok((f, _)) => line.finish(true, &f.summary()),
                 Err(_) => line.finish(false, "failed (the error follows)"),
@@ -268,6 +286,8 @@ pub async fn fetch_all(
             }
         }
     }
+    let rounds: HashMap<App, Arc<AppRounds>> =
+        apps.into_iter().filter_map(|(app, a)| a.cell.get().cloned().map(|r| (app, r))).collect();
     count_ignored(&mut done, &rounds, &delta_groups);
     for (key, fetched) in done {
         out.groups.insert(key, Ok(Arc::new(fetched)));
@@ -358,11 +378,6 @@ pub struct AppRounds {
 }
 
 impl AppRounds {
-    /// Fails every group of the app with `e` (the deadline passed during the rounds).
-    fn failed(e: FetchError) -> Self {
-        Self { from: HashMap::new(), next: Some((Err(e), 0)) }
-    }
-
     /// The round from `link`, or why there is none.
     fn from(&self, link: &str) -> Result<&UsersRound, FetchError> {
         match self.from.get(link).map(|r| r.as_ref().as_ref()) {
@@ -382,53 +397,44 @@ impl AppRounds {
     }
 }
 
-/// The users rounds of every app with groups to read by delta, one from each distinct link
-/// among them; and, for apps with groups to read in full that keep a state, a link from
-/// now. A resync of a round turns its groups into full reads; any other failure fails them.
-async fn users_rounds(client: &GraphClient, plans: &mut BTreeMap<FetchKey, Plan>) -> HashMap<App, Arc<AppRounds>> {
-    let mut apps: BTreeMap<App, (Credentials, BTreeSet<String>, bool)> = BTreeMap::new();
-    for (key, p) in plans.iter() {
-        let app = apps.entry(key.app()).or_insert_with(|| (p.cred.clone(), BTreeSet::new(), false));
-        match &p.how {
-            How::Delta(r) => {
-                app.1.insert(r.header.users_link.clone());
+/// What an app's users rounds need, and, once the first of its groups has asked, the rounds.
+struct AppRoundsCell {
+    cred: Credentials,
+    /// The distinct links its groups to read by delta stand at.
+    links: BTreeSet<String>,
+    /// Some group of it is read in full and keeps a state: it needs a link from now.
+    latest: bool,
+    cell: OnceCell<Arc<AppRounds>>,
+}
+
+/// The users rounds of one app: one from each distinct link among its groups read by delta
+/// (a resync of one is kept as that round's error: its groups read in full), and, when some
+/// group needs one and no round gave it, a link from now.
+async fn app_rounds(client: &GraphClient, a: &AppRoundsCell, graph: &str) -> Arc<AppRounds> {
+    let mut rounds = AppRounds::default();
+    let mut latest = a.latest;
+    for link in &a.links {
+        let round = client.users_round(&a.cred, graph, link).await;
+        match &round {
+            Err(e) if e.resync_reason().is_some() => {
+                let reason = e.resync_reason().unwrap_or_default();
+                tracing::warn!(graph = %graph, %reason, error = %e, "the users delta link is no longer valid; reading its groups in full");
+                latest = true;
             }
-            How::Full(_) | How::SafetyNet(_) if p.state.is_ok() => app.2 = true,
-            How::Full(_) | How::SafetyNet(_) => {}
-        }
-    }
-    let mut out = HashMap::new();
-    for (app, (cred, links, mut full_with_state)) in apps {
-        let mut rounds = AppRounds::default();
-        for link in links {
-            let round = client.users_round(&cred, &app.1, &link).await;
-            match &round {
-                Err(e) if e.resync_reason().is_some() => {
-                    let reason = e.resync_reason().unwrap_or_default();
-                    tracing::warn!(graph = %app.1, %reason, error = %e, "the users delta link is no longer valid; reading its groups in full");
-                    for (key, p) in plans.iter_mut() {
-                        if key.app() == app && matches!(&p.how, How::Delta(r) if r.header.users_link == link) {
-                            p.how = How::Full(FullReason::Resync(reason.into()));
-                        }
-                    }
-                    full_with_state = true;
+            Ok(r) => {
+                if !r.now.is_empty() || !r.removed.is_empty() {
+                    tracing::info!(graph = %graph, changed = r.now.len(), deleted = r.removed.len(), "users changed since the last run");
                 }
-                Ok(r) => {
-                    if !r.now.is_empty() || !r.removed.is_empty() {
-                        tracing::info!(graph = %app.1, changed = r.now.len(), deleted = r.removed.len(), "users changed since the last run");
-                    }
-                    rounds.next.get_or_insert_with(|| (Ok(r.link.clone()), r.requests));
-                }
-                Err(_) => {}
+                rounds.next.get_or_insert_with(|| (Ok(r.link.clone()), r.requests));
             }
-            rounds.from.insert(link, Arc::new(round));
+            Err(_) => {}
         }
-        if rounds.next.is_none() && full_with_state {
-            rounds.next = Some((client.users_latest(&cred, &app.1).await, 1));
-        }
-        out.insert(app, Arc::new(rounds));
+        rounds.from.insert(link.clone(), Arc::new(round));
     }
-    out
+    if rounds.next.is_none() && latest {
+        rounds.next = Some((client.users_latest(&a.cred, graph).await, 1));
+    }
+    Arc::new(rounds)
 }
 
 /// What every group read of a run shares: the client, where the states live, whether the
@@ -454,9 +460,16 @@ impl GroupReader<'_> {
             How::SafetyNet(old) => (FullReason::SafetyNet, Some(old)),
             How::Delta(old) => {
                 let key = state.as_ref().map_err(|_| FetchError::Internal("a delta read without a state".into()))?;
-                let rounds = rounds.as_deref().ok_or_else(|| FetchError::Internal("no users round".into()))?;
-                let users = rounds.from(&old.header.users_link)?;
-                let (next, _) = rounds.next_link()?;
+                let app = rounds.as_deref().ok_or_else(|| FetchError::Internal("no users round".into()))?;
+                let users = match app.from(&old.header.users_link) {
+                    // The app's users link is no good: this group starts over in full.
+                    Err(e) if e.resync_reason().is_some() => {
+                        let reason = FullReason::Resync(e.resync_reason().unwrap_or_default().into());
+                        return self.full_read(&cred, &query, state.ok(), (reason, None), rounds, line).await;
+                    }
+                    r => r?,
+                };
+                let (next, _) = app.next_link()?;
                 line.status("reading what changed");
                 match self.delta_read(&cred, &query, key, old, (users, &next)).await {
                     Err(e) if e.resync_reason().is_some() => {

@@ -57,6 +57,10 @@ pub enum InstanceOutcome {
     Locked,
     /// The node turned passive before its write.
     SkippedPassive,
+    /// Its configuration is wrong: nothing of it was contacted or written (the other
+    /// instances go on: one instance's config, which the gateway's account may write, never
+    /// stops another's list).
+    ConfigError,
 }
 
 impl InstanceOutcome {
@@ -68,6 +72,7 @@ impl InstanceOutcome {
             Self::Failed => Outcome::Failed,
             Self::Refused => Outcome::Refused,
             Self::Locked => Outcome::Locked,
+            Self::ConfigError => Outcome::Config,
         }
     }
 
@@ -80,6 +85,7 @@ impl InstanceOutcome {
             Self::Refused => "refused",
             Self::Locked => "locked",
             Self::SkippedPassive => "skipped-passive",
+            Self::ConfigError => "config-error",
         }
     }
 }

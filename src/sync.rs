@@ -198,7 +198,12 @@ impl Run<'_> {
         }
 
         // 2. Every instance's configuration, all checked before anything is contacted.
-        let instances = self.load_instances()?;
+        let (instances, broken) = self.load_instances()?;
+        for ir in broken {
+            print_errors(&ir.errors);
+            outcome = outcome.max(ir.outcome.exit());
+            report.instances.push(ir);
+        }
         report.credentials = credential_reports(&instances, self.config);
         let client = Arc::new(GraphClient::new(&self.config.http).map_err(|e| {
             Stop::from(ConfigError::new(
@@ -279,22 +284,33 @@ impl Run<'_> {
         }
     }
 
-    fn load_instances(&self) -> Result<Vec<Loaded>, Stop> {
+    /// The instances of the run, loaded; and a report for each one whose configuration is
+    /// wrong (exit 2), which is then left out: the others go on.
+    fn load_instances(&self) -> Result<(Vec<Loaded>, Vec<InstanceReport>), Stop> {
         let ctx = instance::Context::new(self.config, Env::from_process());
         let names = instance::select(self.root, &self.cli.instances)?;
-        let mut errors = Vec::new();
         let mut instances = Vec::new();
+        let mut broken = Vec::new();
         for n in &names {
             match instance::load(self.root, n, &ctx) {
                 Ok(i) => instances.push(i),
-                Err(e) => errors.extend(e),
+                Err(errors) => {
+                    let errors = errors
+                        .iter()
+                        .map(|e| ErrorReport { instance: Some(n.clone()), ..error_report(&e.to_string(), e.hint()) })
+                        .collect();
+                    broken.push(InstanceReport {
+                        name: n.clone(),
+                        outcome: InstanceOutcome::ConfigError,
+                        outputs: Vec::new(),
+                        skipped: BTreeMap::new(),
+                        errors,
+                        reads: vec![],
+                    });
+                }
             }
         }
-        if errors.is_empty() {
-            Ok(instances)
-        } else {
-            Err(Stop::Config(errors))
-        }
+        Ok((instances, broken))
     }
 
     /// Plans, guards and writes one instance; its report says how each config was read.

@@ -58,7 +58,7 @@ pub fn statuses(
             InstanceOutcome::Ok | InstanceOutcome::SkippedPassive => {
                 out.entry(i.name.clone()).or_insert(false);
             }
-            InstanceOutcome::Failed | InstanceOutcome::Refused => {
+            InstanceOutcome::Failed | InstanceOutcome::Refused | InstanceOutcome::ConfigError => {
                 out.insert(i.name.clone(), true);
             }
             InstanceOutcome::Locked => {}

@@ -442,10 +442,16 @@ fn a_config_error_is_exit_2_naming_file_and_key_and_contacts_nothing() {
 
 #[test]
 fn every_config_error_is_exit_2_even_beside_runtime_failures() {
-    let mut r =
-        one_conf().conf("broken", "x", &format!("group_id = \"{STAFF}\"\nfeeds = [\"gsm_list\"]\n")).expect_exit(2);
+    // One instance's configuration error is that instance's: the others are synced (the
+    // gateway's account, which may write an instance's configs, never stops another's list).
+    let mut r = one_conf()
+        .conf("broken", "x", &format!("group_id = \"{STAFF}\"\nfeeds = [\"gsm_list\"]\n"))
+        .expect_exit(2)
+        .expect_file(SENDERS, Some("alice@example.com\ncarol@example.com\n"))
+        .expect_file("broken/config/gsm_list.txt", None);
     let out = r.run();
     assert!(out.stderr.contains("`gsm_list` needs phone numbers"), "{}", out.stderr);
+    assert!(out.stdout.contains("broken: config-error"), "{}", out.stdout);
     let mut r = Run::new().args(&["-i", "missing"]).expect_exit(2);
     let out = r.run();
     assert!(out.stderr.contains("not an instance"), "{}", out.stderr);
