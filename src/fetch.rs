@@ -209,26 +209,7 @@ pub async fn fetch_all(
     // Per app: what its users rounds start from, run once by the first of its groups that
     // needs them. Apps do not wait for each other: a slow app runs out only its own groups'
     // time, never another's.
-    let mut apps: HashMap<App, AppRoundsCell> = HashMap::new();
-    // Per app, its groups to read by delta: what the users round's changes are weighed against.
-    let mut delta_groups: HashMap<App, usize> = HashMap::new();
-    for (key, p) in &plans {
-        let a = apps.entry(key.app()).or_insert_with(|| AppRoundsCell {
-            cred: p.cred.clone(),
-            links: BTreeSet::new(),
-            latest: false,
-            cell: OnceCell::new(),
-        });
-        match &p.how {
-            How::Delta(r) => {
-                a.links.insert(r.header.users_link.clone());
-                *delta_groups.entry(key.app()).or_default() += 1;
-            }
-            How::Full(_) | How::SafetyNet(_) if p.state.is_ok() => a.latest = true,
-            How::Full(_) | How::SafetyNet(_) => {}
-        }
-    }
-    let apps: HashMap<App, Arc<AppRoundsCell>> = apps.into_iter().map(|(k, a)| (k, Arc::new(a))).collect();
+    let (apps, delta_groups) = app_cells(&plans);
     let limit = Arc::new(Semaphore::new(s.http.max_concurrency * crate::graph::MAX_BATCH));
     let mut set = JoinSet::new();
     for (key, plan) in plans {
@@ -405,6 +386,30 @@ struct AppRoundsCell {
     /// Some group of it is read in full and keeps a state: it needs a link from now.
     latest: bool,
     cell: OnceCell<Arc<AppRounds>>,
+}
+
+/// Per app: what its users rounds need (see [`AppRoundsCell`]); and how many of its groups
+/// are read by delta, which the users round's changes are weighed against.
+fn app_cells(plans: &BTreeMap<FetchKey, Plan>) -> (HashMap<App, Arc<AppRoundsCell>>, HashMap<App, usize>) {
+    let mut apps: HashMap<App, AppRoundsCell> = HashMap::new();
+    let mut delta_groups: HashMap<App, usize> = HashMap::new();
+    for (key, p) in plans {
+        let a = apps.entry(key.app()).or_insert_with(|| AppRoundsCell {
+            cred: p.cred.clone(),
+            links: BTreeSet::new(),
+            latest: false,
+            cell: OnceCell::new(),
+        });
+        match &p.how {
+            How::Delta(r) => {
+                a.links.insert(r.header.users_link.clone());
+                *delta_groups.entry(key.app()).or_default() += 1;
+            }
+            How::Full(_) | How::SafetyNet(_) if p.state.is_ok() => a.latest = true,
+            How::Full(_) | How::SafetyNet(_) => {}
+        }
+    }
+    (apps.into_iter().map(|(k, a)| (k, Arc::new(a))).collect(), delta_groups)
 }
 
 /// The users rounds of one app: one from each distinct link among its groups read by delta
