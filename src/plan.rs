@@ -23,8 +23,6 @@ pub trait Current {
     type Error;
     /// The file of `output`, as a stream; `None` if there is none.
     fn stream(&mut self, output: Output) -> Result<Option<impl io::BufRead + '_>, Self::Error>;
-    /// The whole file of `output`; `None` if there is none.
-    fn read(&mut self, output: Output) -> Result<Option<Vec<u8>>, Self::Error>;
     /// An error met while streaming the file of `output`.
     fn stream_failed(&self, output: Output, e: io::Error) -> Self::Error;
 }
@@ -37,10 +35,6 @@ impl Current for CurrentFiles {
 
     fn stream(&mut self, output: Output) -> io::Result<Option<impl io::BufRead + '_>> {
         Ok(self.get(&output).and_then(Option::as_deref))
-    }
-
-    fn read(&mut self, output: Output) -> io::Result<Option<Vec<u8>>> {
-        Ok(self.get(&output).cloned().flatten())
     }
 
     fn stream_failed(&self, _: Output, e: io::Error) -> io::Error {
@@ -209,7 +203,7 @@ impl<'a> Plan<'a> {
         let output = self.outputs[i].output;
         let same = match current.stream(output)? {
             None => {
-                self.diff(i, None, detail);
+                self.diff_new(i, detail);
                 return Ok(());
             }
             Some(r) => self.unchanged_in(i, r),
@@ -224,10 +218,16 @@ impl<'a> Plan<'a> {
         };
         match diffed {
             Ok(true) => Ok(()),
+            // Out of order (edited by hand): its lines are looked up among the new ones.
             Ok(false) => {
-                let cur = current.read(output)?;
-                self.diff(i, cur.as_deref(), detail);
-                Ok(())
+                let done = match current.stream(output)? {
+                    Some(r) => self.diff_unsorted(i, r, detail),
+                    None => {
+                        self.diff_new(i, detail);
+                        Ok(())
+                    }
+                };
+                done.map_err(|e| current.stream_failed(output, e))
             }
             Err(e) => Err(current.stream_failed(output, e)),
         }
@@ -265,7 +265,7 @@ impl<'a> Plan<'a> {
                 }
                 _ => {
                     (before, removed) = (before + 1, removed + 1);
-                    if detail {
+                    if detail && changes.removed.len() < MAX_LISTED {
                         changes.removed.push(String::from_utf8_lossy(&old.entry).into_owned());
                     }
                     at = old.advance()?;
@@ -277,54 +277,82 @@ impl<'a> Plan<'a> {
         Ok(true)
     }
 
-    /// For a current file known not to be exactly output `i` (or no file): counts, and
-    /// with `detail` lists, what is added and removed.
-    fn diff(&mut self, i: usize, current: Option<&[u8]>, detail: bool) {
-        // No file yet, and no list asked for: counting needs no rendering.
-        if current.is_none() && !detail {
-            let after = self.count(i);
-            let o = &mut self.outputs[i];
-            (o.before, o.after, o.added, o.removed, o.changes, o.changed) =
-                (0, after, after, 0, Changes::default(), true);
-            return;
-        }
-        let old = current.map(render::current_entries).unwrap_or_default();
-        let (mut added, mut removed, mut after, mut changes) = (0, 0, 0, Changes::default());
-        let mut lines = self.lines(i);
-        let mut new = lines.next();
-        let mut old_iter = old.iter().peekable();
-        loop {
-            let ord = match (new, old_iter.peek()) {
-                (None, None) => break,
-                (Some(_), None) => Ordering::Less,
-                (None, Some(_)) => Ordering::Greater,
-                (Some(n), Some(o)) => n.cmp(*o),
-            };
-            match (ord, new) {
-                (Ordering::Equal, _) => {
-                    old_iter.next();
-                    after += 1;
-                    new = lines.next();
-                }
-                (Ordering::Less, Some(n)) => {
-                    added += 1;
-                    after += 1;
-                    if detail {
-                        changes.added.push(String::from_utf8_lossy(n).into_owned());
-                    }
-                    new = lines.next();
-                }
-                _ => {
+    /// For a current file out of order (edited by hand): each of its lines is looked up
+    /// among output `i`'s new lines (rendered on demand, by binary search), so that memory
+    /// stays one flag a new line whatever the file holds. A line the file holds twice is
+    /// one entry; a line it holds twice that is not among the new ones counts as removed
+    /// twice (the guard errs on the safe side).
+    fn diff_unsorted(&mut self, i: usize, mut current: impl io::BufRead, detail: bool) -> io::Result<()> {
+        let output = self.outputs[i].output;
+        let distinct = self.distinct_lines(i);
+        let mut matched = vec![false; distinct.len()];
+        let (mut before, mut removed, mut changes) = (0, 0, Changes::default());
+        let (mut line, mut probe) = (Vec::new(), Vec::new());
+        while next_line(&mut current, &mut line)? {
+            before += 1;
+            let found = distinct.binary_search_by(|e| {
+                probe.clear();
+                self.render(output, *e, &mut probe);
+                probe.as_slice().cmp(&line)
+            });
+            match found {
+                Ok(k) if !matched[k] => matched[k] = true,
+                Ok(_) => before -= 1,
+                Err(_) => {
                     removed += 1;
-                    if let (Some(o), true) = (old_iter.next(), detail) {
-                        changes.removed.push(String::from_utf8_lossy(o).into_owned());
+                    if detail && changes.removed.len() < MAX_LISTED {
+                        changes.removed.push(String::from_utf8_lossy(&line).into_owned());
                     }
                 }
             }
         }
+        let mut added = 0;
+        for (e, _) in distinct.iter().zip(&matched).filter(|(_, m)| !**m) {
+            added += 1;
+            if detail {
+                probe.clear();
+                self.render(output, *e, &mut probe);
+                changes.added.push(String::from_utf8_lossy(&probe).into_owned());
+            }
+        }
+        changes.removed.sort();
+        let after = distinct.len();
         let o = &mut self.outputs[i];
-        (o.before, o.after, o.added, o.removed, o.changes, o.changed) =
-            (old.len(), after, added, removed, changes, true);
+        (o.before, o.after, o.added, o.removed, o.changes, o.changed) = (before, after, added, removed, changes, true);
+        Ok(())
+    }
+
+    /// Output `i`'s entries in line order, one for each distinct line.
+    fn distinct_lines(&self, i: usize) -> Vec<Entry> {
+        let output = self.outputs[i].output;
+        let order = self.outputs[i].own_order.as_deref().unwrap_or(&self.entries);
+        let (mut out, mut last, mut cur) = (Vec::new(), Vec::new(), Vec::new());
+        for e in order.iter().copied().filter(|e| self.feeds(*e, output)) {
+            cur.clear();
+            self.render(output, e, &mut cur);
+            if out.is_empty() || cur != last {
+                out.push(e);
+                std::mem::swap(&mut last, &mut cur);
+            }
+        }
+        out
+    }
+
+    /// For no current file: counts, and with `detail` lists, what is added.
+    fn diff_new(&mut self, i: usize, detail: bool) {
+        let mut changes = Changes::default();
+        let after = if detail {
+            let mut lines = self.lines(i);
+            while let Some(l) = lines.next() {
+                changes.added.push(String::from_utf8_lossy(l).into_owned());
+            }
+            changes.added.len()
+        } else {
+            // No list asked for: counting needs no rendering.
+            self.count(i)
+        };
+        let o = &mut self.outputs[i];
+        (o.before, o.after, o.added, o.removed, o.changes, o.changed) = (0, after, after, 0, changes, true);
     }
 
     /// The hourly common case without holding the file: if `current` (the file, read as a
@@ -478,8 +506,8 @@ enum Next {
     Unsorted,
 }
 
-/// A current file's entries, read one at a time, as [`render::current_entries`] gives
-/// them (non-blank lines, a trailing `\r` dropped, duplicates once), while they come sorted.
+/// A current file's entries, read one at a time (non-blank lines, a trailing `\r` dropped,
+/// duplicates once, none longer than [`MAX_LINE`]), while they come sorted.
 struct SortedEntries<R> {
     r: R,
     buf: Vec<u8>,
@@ -490,15 +518,10 @@ struct SortedEntries<R> {
 impl<R: io::BufRead> SortedEntries<R> {
     fn advance(&mut self) -> io::Result<Next> {
         loop {
-            self.buf.clear();
-            if self.r.read_until(b'\n', &mut self.buf)? == 0 {
+            if !next_line(&mut self.r, &mut self.buf)? {
                 return Ok(Next::End);
             }
-            let l = self.buf.strip_suffix(b"\n").unwrap_or(&self.buf);
-            let l = l.strip_suffix(b"\r").unwrap_or(l);
-            if l.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
+            let l = &self.buf[..];
             if self.started {
                 match l.cmp(&self.entry[..]) {
                     Ordering::Less => return Ok(Next::Unsorted),
@@ -510,6 +533,54 @@ impl<R: io::BufRead> SortedEntries<R> {
             self.entry.extend_from_slice(l);
             self.started = true;
             return Ok(Next::Entry);
+        }
+    }
+}
+
+/// No line of a list usersync writes is near this long (an address is at most 254 bytes):
+/// a current file with a longer one is not read on (the gateway's account may write it).
+pub const MAX_LINE: usize = 4096;
+
+/// At most this many entries a current file loses are listed (the counts stay exact): the
+/// file may be anyone's, and any size up to the read cap.
+pub const MAX_LISTED: usize = 100_000;
+
+/// The next line of `r` that is not blank, without its `\n` or `\r\n`, into `line`; false
+/// at the end. A line longer than [`MAX_LINE`] is an error, found without holding it.
+fn next_line(r: &mut impl io::BufRead, line: &mut Vec<u8>) -> io::Result<bool> {
+    loop {
+        line.clear();
+        let mut any = false;
+        loop {
+            let buf = r.fill_buf()?;
+            if buf.is_empty() {
+                break;
+            }
+            any = true;
+            let (take, end) = match buf.iter().position(|b| *b == b'\n') {
+                Some(n) => (n + 1, true),
+                None => (buf.len(), false),
+            };
+            line.extend_from_slice(&buf[..take]);
+            r.consume(take);
+            if line.len() > MAX_LINE + 2 {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("it holds a line longer than {MAX_LINE} bytes, so it is no list usersync wrote"),
+                ));
+            }
+            if end {
+                break;
+            }
+        }
+        if !any {
+            return Ok(false);
+        }
+        while matches!(line.last(), Some(b'\n' | b'\r')) {
+            line.pop();
+        }
+        if !line.iter().all(u8::is_ascii_whitespace) {
+            return Ok(true);
         }
     }
 }
@@ -722,7 +793,7 @@ mod tests {
     }
 
     #[test]
-    fn a_sorted_current_file_is_diffed_as_a_stream_exactly_as_the_whole_file_is() {
+    fn a_sorted_current_file_is_diffed_as_a_stream_exactly_as_by_lookup() {
         let i = instance(vec![conf("a", "")]);
         let members = [
             user("1", Some("b@x.com"), None, Some(true)),
@@ -739,8 +810,9 @@ mod tests {
             b"b@x.com\nd@x.com\nf@x.com\nf@x.com\n",
         ];
         for bytes in files {
+            // The lookup a file out of order gets agrees with the stream on any file.
             let mut whole = Plan::new(&[&roster], &i);
-            whole.diff(0, Some(bytes), true);
+            whole.diff_unsorted(0, std::io::BufReader::with_capacity(3, bytes), true).unwrap();
             let mut streamed = Plan::new(&[&roster], &i);
             let sorted = streamed.diff_sorted(0, std::io::BufReader::with_capacity(3, bytes), true).unwrap();
             let unsorted = bytes.starts_with(b"z");

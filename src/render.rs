@@ -26,23 +26,6 @@ pub fn line(out: &mut Vec<u8>, output: Output, style: AccessRule, mail: &[u8], p
     }
 }
 
-/// The entries of a current file, sorted and deduplicated: its non-empty lines
-/// (a trailing `\r` dropped), borrowed from `bytes`.
-#[must_use]
-pub fn current_entries(bytes: &[u8]) -> Vec<&[u8]> {
-    let mut v: Vec<&[u8]> = bytes
-        .split(|b| *b == b'\n')
-        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
-        .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
-        .collect();
-    // Files usersync wrote are sorted already.
-    if !v.is_sorted() {
-        v.sort_unstable();
-    }
-    v.dedup();
-    v
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -62,15 +45,5 @@ mod tests {
         assert_eq!(render(Output::GsmList, AccessRule::Sms), "user@example.com +358401234567");
         assert_eq!(render(Output::AccessRules, AccessRule::Registration), "* user@example.com <reg> - 0");
         assert_eq!(render(Output::AccessRules, AccessRule::Sms), "user@example.com * <sms> - 0");
-    }
-
-    #[test]
-    fn current_entries_are_sorted_unique_and_non_blank() {
-        fn e<'a>(v: &[&'a str]) -> Vec<&'a [u8]> {
-            v.iter().map(|s| s.as_bytes()).collect()
-        }
-        assert_eq!(current_entries(b"B@x\na@x\nb@x\n"), e(&["B@x", "a@x", "b@x"]));
-        assert_eq!(current_entries(b"b@x\r\n\n  \na@x\nb@x"), e(&["a@x", "b@x"]));
-        assert!(current_entries(b"").is_empty());
     }
 }

@@ -490,10 +490,6 @@ impl plan::Current for Outputs<'_> {
         self.target(output)?.stream()
     }
 
-    fn read(&mut self, output: Output) -> Result<Option<Vec<u8>>, WriteError> {
-        self.target(output)?.read_current()
-    }
-
     fn stream_failed(&self, output: Output, source: std::io::Error) -> WriteError {
         let path = self.inst.outputs.get(&output).map(|o| o.path.clone()).unwrap_or_default();
         WriteError { path, action: "read", source }
