@@ -220,12 +220,11 @@ impl<'a> Plan<'a> {
             Ok(true) => Ok(()),
             // Out of order (edited by hand): its lines are looked up among the new ones.
             Ok(false) => {
-                let done = match current.stream(output)? {
-                    Some(r) => self.diff_unsorted(i, r, detail),
-                    None => {
-                        self.diff_new(i, detail);
-                        Ok(())
-                    }
+                let done = if let Some(r) = current.stream(output)? {
+                    self.diff_unsorted(i, r, detail)
+                } else {
+                    self.diff_new(i, detail);
+                    Ok(())
                 };
                 done.map_err(|e| current.stream_failed(output, e))
             }
