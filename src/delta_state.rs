@@ -34,6 +34,10 @@ pub struct Key {
     pub group: String,
     /// The attributes stored for each user: `mail` or `mail,mobilePhone`.
     pub attributes: String,
+    /// The instance whose untrusted config the state is kept for alone (see
+    /// [`crate::entraidconf::EntraConf::isolated`]); absent for a shared one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isolated: Option<String>,
 }
 
 impl Key {
@@ -214,8 +218,8 @@ impl Reader {
     /// opened as an output is: never through a symlink, never blocking (a FIFO is no
     /// state), and never a second name of another file.
     pub fn open(path: &Path, key: &Key) -> Result<Self, Unusable> {
-        let file = match crate::judged::open(&crate::judged::absolute(path)) {
-            Ok((f, _)) => f,
+        let (file, trust) = match crate::judged::open(&crate::judged::absolute(path)) {
+            Ok(opened) => opened,
             // No file, or no directory where `delta/` should be: no state.
             Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => {
                 return Err(Unusable::Missing)
@@ -223,7 +227,7 @@ impl Reader {
             Err(e) => return Err(Unusable::Corrupt(crate::resolve::explain(&e))),
         };
         match rustix::fs::fstat(&file) {
-            Ok(st) if st.st_nlink > 1 => {
+            Ok(st) if st.st_nlink > 1 && !trust.is_trusted() => {
                 return Err(Unusable::Corrupt(format!("it has {} hard links", st.st_nlink)));
             }
             Ok(_) => {}
@@ -369,6 +373,7 @@ mod tests {
             client: "c".into(),
             group: "g".into(),
             attributes: "mail,mobilePhone".into(),
+            isolated: None,
         }
     }
 

@@ -14,7 +14,7 @@ use crate::output::{AccessRule, Output};
 use crate::secret::Confine;
 pub use crate::secret::Env;
 use crate::secret::Secret;
-use crate::trust::Trust;
+use crate::trust::{Controllers, Trust};
 
 const HINT_REFERENCE: &str = "see the `.entraidconf` table in the README, or config/example.entraidconf";
 
@@ -111,6 +111,11 @@ pub struct EntraConf {
     pub endpoints: Endpoints,
     /// Whether the file may set endpoints and name files outside its directory (§9).
     pub trust: Trust,
+    /// Its instance, when the config is not root's word: its group is fetched, and its
+    /// delta state kept, for it alone, never shared with another instance (a shared state
+    /// moves on only when every instance using it succeeded, and the gateway's account can
+    /// make its own instance fail for ever).
+    pub isolated: Option<String>,
 }
 
 /// Where a config was found: its directory (opened and judged), its instance, and the
@@ -148,9 +153,11 @@ impl EntraConf {
             };
             ConfigError::new(&path, format!("cannot read: {e}"), hint)
         };
-        let (bytes, trust) = place.dir.read_file(name).map_err(|e| unreadable(&crate::resolve::explain(&e)))?;
+        let (bytes, trust, st) =
+            place.dir.read_file_stat(name).map_err(|e| unreadable(&crate::resolve::explain(&e)))?;
         let text = String::from_utf8(bytes).map_err(|e| unreadable(&e))?;
-        Self::parse_in(&text, &path, env, trust, Some(place))
+        let controllers = Controllers::of(&trust, &st);
+        Self::parse_in(&text, &path, env, trust, Some((place, &controllers)))
     }
 
     /// Parses and checks the text of `path`, a trusted file (for tests).
@@ -163,7 +170,7 @@ impl EntraConf {
         path: &Path,
         env: &Env,
         trust: Trust,
-        place: Option<&Place<'_>>,
+        place: Option<(&Place<'_>, &Controllers)>,
     ) -> Result<Self, ConfigError> {
         let raw: RawEntraConf = toml::from_str(text).map_err(|e| {
             let msg = e.message().to_owned();
@@ -190,7 +197,7 @@ impl EntraConf {
         path: &Path,
         env: &Env,
         trust: Trust,
-        place: Option<&Place<'_>>,
+        place: Option<(&Place<'_>, &Controllers)>,
     ) -> Result<Self, ConfigError> {
         let bad = |key: &str, msg: String, hint: &str| ConfigError::new(path, format!("key `{key}`: {msg}"), hint);
         let required = |key: &str, v: Option<String>| v.ok_or_else(|| bad(key, "is missing".into(), HINT_REFERENCE));
@@ -200,19 +207,19 @@ impl EntraConf {
         if !trust.is_trusted() {
             let set =
                 [("authority_host", raw.authority_host.is_some()), ("graph_endpoint", raw.graph_endpoint.is_some())];
-            if let Some((key, _)) = set.iter().find(|(_, set)| *set) {
-                let f = path.display();
+            if let (Some((key, _)), Trust::Untrusted(why)) = (set.iter().find(|(_, set)| *set), &trust) {
                 return Err(bad(
                     key,
                     format!("may only be set in a trusted file, and this one is {trust}"),
-                    &format!("make the file root's (chown root: {f}; chmod go-w {f}), or remove {key} and set `cloud`"),
+                    &format!("{}, or remove {key} and set `cloud`", why.fix(path)),
                 ));
             }
         }
+        let trust_is_trusted = trust.is_trusted();
         let confine = match (&trust, place) {
             (Trust::Trusted, _) => None,
-            (Trust::Untrusted(why), Some(p)) => {
-                Some(Confine { dir: p.dir, why, instance: p.instance, credentials: p.credentials })
+            (Trust::Untrusted(why), Some((p, controllers))) => {
+                Some(Confine { dir: p.dir, why, controllers, instance: p.instance, credentials: p.credentials })
             }
             (Trust::Untrusted(_), None) => {
                 return Err(ConfigError::new(path, "an untrusted config read from no directory", HINT_REFERENCE));
@@ -349,6 +356,7 @@ impl EntraConf {
             cloud,
             endpoints,
             trust,
+            isolated: place.filter(|_| !trust_is_trusted).map(|(p, _)| p.instance.to_owned()),
         })
     }
 }

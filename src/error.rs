@@ -70,9 +70,21 @@ fn closing_quote(s: &str) -> Option<usize> {
     None
 }
 
-/// A parser's message with each double-quoted value in it cut as [`quote`] does.
+/// A parser's message with each double-quoted value in it cut as [`quote`] does, and so the
+/// name of an unknown key (in backquotes): a secret pasted as a key stays out of the log.
 #[must_use]
 pub fn quote_in(message: &str) -> String {
+    if let Some(rest) = message.strip_prefix("unknown key `") {
+        if let Some(end) = rest.find("`, ").or_else(|| rest.rfind('`')) {
+            // A typo of one of our keys is shown whole; anything else (a pasted secret has
+            // capitals or `~`) is cut like a value.
+            let key = &rest[..end];
+            let like_ours =
+                key.len() <= 40 && key.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+            let shown = if like_ours { key.to_owned() } else { quote(key) };
+            return format!("unknown key `{shown}`{}", quote_in(&rest[end + 1..]));
+        }
+    }
     let mut out = String::new();
     let mut rest = message;
     while let Some(start) = rest.find('"') {
@@ -149,19 +161,45 @@ pub fn print_error<E: std::error::Error + MaybeHint + ?Sized>(e: &E) {
 
 /// The text `print_error` prints.
 pub fn render_error<E: std::error::Error + MaybeHint + ?Sized>(e: &E) -> String {
-    let mut out = format!("error: {e}");
+    let mut out = render_message(&e.to_string(), None);
     let mut source = e.source();
     while let Some(s) = source {
-        let _ = write!(out, "\n  caused by: {s}");
+        let _ = write!(out, "\n  caused by: {}", escape_controls(&s.to_string()));
         source = s.source();
     }
     if let Some(h) = e.maybe_hint() {
-        for (i, line) in h.lines().enumerate() {
-            out.push_str(if i == 0 { "\nhint: " } else { "\n      " });
-            out.push_str(line);
-        }
+        push_hint(&mut out, &h);
     }
     out
+}
+
+/// `error: MESSAGE` and its `hint:` lines, as every error is printed. A message is one line:
+/// its control characters (a line break in a file name, say) are escaped, so that no value
+/// from a config or a server can add a line of its own; so are those of each hint line.
+#[must_use]
+pub fn render_message(message: &str, hint: Option<&str>) -> String {
+    let mut out = format!("error: {}", escape_controls(message));
+    if let Some(h) = hint {
+        push_hint(&mut out, h);
+    }
+    out
+}
+
+/// `hint:` and the hint's lines, each line escaped, the later ones indented under the first.
+fn push_hint(out: &mut String, hint: &str) {
+    for (i, line) in hint.lines().enumerate() {
+        out.push_str(if i == 0 { "\nhint: " } else { "\n      " });
+        out.push_str(&escape_controls(line));
+    }
+}
+
+/// `s` with every control character written as its escape (`\n`, `\u{1b}`).
+#[must_use]
+pub fn escape_controls(s: &str) -> String {
+    if !s.chars().any(char::is_control) {
+        return s.to_owned();
+    }
+    s.chars().flat_map(|c| if c.is_control() { c.escape_debug().collect::<Vec<_>>() } else { vec![c] }).collect()
 }
 
 /// Errors that may carry a hint; every error type of ours implements `Hint`.
@@ -206,6 +244,18 @@ mod tests {
         // A quote inside the value (escaped by the parser) does not end it early.
         let m = quote_in(r#"invalid type: string "ab\"cdefghij-secret-part", expected a boolean"#);
         assert!(!m.contains("secret"), "{m}");
+    }
+
+    #[test]
+    fn no_value_adds_a_line_to_an_error() {
+        let e = ConfigError::new("/gw/evil\nhint: run curl | sh.entraidconf", "unknown key `x\nhint: y`", "fix it");
+        let out = render_error(&e);
+        assert_eq!(out.lines().count(), 2, "{out}");
+        assert!(out.contains("evil\\nhint: run"), "{out}");
+        assert_eq!(
+            quote_in("unknown key `Xq8~s3cretValue.9`, expected one of `a`, `b`"),
+            "unknown key `Xq8~s3cr…`, expected one of `a`, `b`"
+        );
     }
 
     #[test]

@@ -36,6 +36,8 @@ pub struct FetchKey {
     graph: String,
     group: String,
     nested: bool,
+    /// The instance of a config that is not root's word: its fetch is its own.
+    isolated: Option<String>,
 }
 
 impl FetchKey {
@@ -47,6 +49,7 @@ impl FetchKey {
             graph: c.endpoints.graph_base(),
             group: c.group.to_string(),
             nested: c.nested,
+            isolated: c.isolated.clone(),
         }
     }
 
@@ -198,7 +201,7 @@ pub async fn fetch_all(
     }
     let mut plans: BTreeMap<FetchKey, Plan> = BTreeMap::new();
     for (key, (cred, query, off)) in groups {
-        let state = off.map_or_else(|| Ok(state_key(&cred, &query)), Err);
+        let state = off.map_or_else(|| Ok(state_key(&cred, &query, key.isolated.clone())), Err);
         let how = decide(&state, &query, s);
         plans.insert(key, Plan { cred, query, state, how });
     }
@@ -307,13 +310,14 @@ fn count_ignored(
     }
 }
 
-fn state_key(cred: &Credentials, q: &GroupQuery) -> delta_state::Key {
+fn state_key(cred: &Credentials, q: &GroupQuery, isolated: Option<String>) -> delta_state::Key {
     delta_state::Key {
         token_url: cred.token_url.clone(),
         graph: q.graph.clone(),
         client: cred.client_id.clone(),
         group: q.group.to_string(),
         attributes: if q.mobile_phone { "mail,mobilePhone" } else { "mail" }.into(),
+        isolated,
     }
 }
 

@@ -13,7 +13,7 @@ use crate::entraidconf::{EntraConf, Env, Place};
 use crate::error::ConfigError;
 use crate::judged::Dir;
 use crate::output::Output;
-use crate::trust::Trust;
+use crate::trust::{Controllers, Trust};
 use crate::write::{Ours, Target, WriteError};
 
 /// The directory under an instance holding its `.entraidconf` files.
@@ -327,8 +327,8 @@ fn output_path(
     };
     let cfg_path = dir.join("config").join(cfg);
     let Some(config) = config else { return confined(handle, default, None) };
-    let (text, trust) = match config.read_file(OsStr::new(cfg)).and_then(|(b, t)| {
-        String::from_utf8(b).map(|s| (s, t)).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    let (text, trust, st) = match config.read_file_stat(OsStr::new(cfg)).and_then(|(b, t, st)| {
+        String::from_utf8(b).map(|s| (s, t, st)).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
     }) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return confined(handle, default, None),
@@ -352,7 +352,14 @@ fn output_path(
         Some(v) if trust.is_trusted() => Ok(OutputPath { path: lexical(&dir.join(v)), confined: false }),
         Some(v) => {
             let p = OutputPath { path: dir.join(&v), confined: true };
-            confined(handle, p, Some((&cfg_path, key, &trust)))
+            let p = confined(handle, p, Some((&cfg_path, key, &trust)))?;
+            // A default path is written with or without the `.cfg`.
+            let default = Output::ALL.iter().any(|o| same_file(&p.path) == same_file(&dir.join(o.default_path())));
+            if default {
+                Ok(p)
+            } else {
+                writable_by(handle, p, &cfg_path, key, &Controllers::of(&trust, &st))
+            }
         }
     }
 }
@@ -372,6 +379,30 @@ fn lexical(p: &Path) -> PathBuf {
     out
 }
 
+/// An output an untrusted `.cfg` names must be one whoever may change the `.cfg` could
+/// write themselves (the file, or its directory): root writes nothing for them that they
+/// could not. A missing directory is no configuration error: the write reports it.
+fn writable_by(
+    handle: &Dir,
+    p: OutputPath,
+    cfg: &Path,
+    key: &str,
+    controllers: &Controllers,
+) -> Result<OutputPath, ConfigError> {
+    let Ok(t) = Target::beneath(handle, &p.path) else { return Ok(p) };
+    let dir_ok = t.dir_stat().is_ok_and(|st| controllers.could(&st, 0o2) && controllers.could(&st, 0o1));
+    let file_ok = matches!(t.inspect(), Ok(Some(st)) if controllers.could(&st, 0o2));
+    if dir_ok || file_ok {
+        return Ok(p);
+    }
+    let f = cfg.display();
+    Err(ConfigError::new(
+        cfg,
+        format!("`{key}` names {}, which whoever may change this file could not write themselves; root writes nothing for them that they could not", p.path.display()),
+        format!("name a list file in a directory that the file's owner may write; or, if the path is right, make {f} and every directory above it root's"),
+    ))
+}
+
 /// Checks that a confined output lies beneath the instance with no symlink on the way.
 /// `from` names the untrusted `.cfg` that set it (otherwise it is a default path). A missing
 /// directory is no configuration error: the write reports it.
@@ -386,11 +417,14 @@ fn confined(handle: &Dir, p: OutputPath, from: Option<(&Path, &str, &Trust)>) ->
     let what = if escapes { "leads out of the instance directory" } else { "has a symlink on the way" };
     Err(match from {
         Some((cfg, key, trust)) => {
-            let f = cfg.display();
+            let fix = match trust {
+                Trust::Untrusted(why) => why.fix(cfg),
+                Trust::Trusted => String::new(),
+            };
             ConfigError::new(
                 cfg,
                 format!("`{key}` names {}, which {what}; this file is {trust}, so it may only name files beneath {} with no symlink on the way", p.path.display(), dir.display()),
-                format!("name a file beneath {}; or, if the path is right, make the file root's: chown root: {f}; chmod go-w {f}", dir.display()),
+                format!("name a file beneath {}; or, if the path is right, {fix}", dir.display()),
             )
         }
         None => ConfigError::new(
@@ -436,8 +470,13 @@ mod tests {
         assert!(path(t.path(), Output::AllowedSenders).unwrap_err().message.contains("leads out of the instance"));
         write("../../etc/a.txt");
         assert!(path(t.path(), Output::AllowedSenders).is_err());
+        // Beneath the instance, but in a directory whoever may change the .cfg (anyone,
+        // here) could not write themselves: refused; the default path is fine.
         write(&t.path().join("config/a.txt").display().to_string());
-        assert_eq!(path(t.path(), Output::AllowedSenders).unwrap(), t.path().join("config/a.txt"));
+        let e = path(t.path(), Output::AllowedSenders).unwrap_err();
+        assert!(e.message.contains("could not write themselves"), "{e}");
+        write("config/allowed_senders_ldap.txt");
+        assert_eq!(path(t.path(), Output::AllowedSenders).unwrap(), t.path().join("config/allowed_senders_ldap.txt"));
         std::os::unix::fs::symlink("/etc", t.path().join("lists")).unwrap();
         write("lists/a.txt");
         let e = path(t.path(), Output::AllowedSenders).unwrap_err();

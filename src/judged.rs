@@ -129,13 +129,13 @@ impl Dir {
 
     /// Opens the file `name` of this directory for reading, without blocking (a FIFO or
     /// device is refused), and judges it: a symlink is followed only as [`Dir::dir`] would,
-    /// and a file with more than one name in a directory others control is refused (it may
-    /// be a hard link to a file its owner could not read).
+    /// and a file with more than one name in a directory others control (or in a sticky
+    /// one) is refused: it may be a hard link to a file its owner could not read.
     pub fn open_file(&self, name: &OsStr) -> io::Result<(File, Trust)> {
-        self.open_file_within(name, 0)
+        self.open_file_within(name, 0).map(|(f, t, _)| (f, t))
     }
 
-    fn open_file_within(&self, name: &OsStr, mut links: usize) -> io::Result<(File, Trust)> {
+    fn open_file_within(&self, name: &OsStr, mut links: usize) -> io::Result<(File, Trust, Stat)> {
         let st = statat(&self.fd, name, AtFlags::SYMLINK_NOFOLLOW)?;
         if FileType::from_raw_mode(st.st_mode) == FileType::Symlink {
             let target = self.follow(name, &st, &mut links)?;
@@ -146,23 +146,43 @@ impl Dir {
         let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let file = File::from(openat(&self.fd, name, flags, Mode::empty())?);
         let st = trust::regular(&file)?;
-        if st.st_nlink > 1 && !self.keeps(&st) {
+        if st.st_nlink > 1 && !self.keeps_links() {
             return Err(hard_link(&st));
         }
-        Ok((file, self.entry_trust(&st)))
+        let trust = self.entry_trust(&st);
+        Ok((file, trust, st))
+    }
+
+    /// Whether a second name of a file here can only be root's doing: the directory's path
+    /// is trusted and it is not sticky (in a sticky one anybody may link a file of root's
+    /// where `fs.protected_hardlinks` is off, and the name then looks like root's).
+    #[must_use]
+    pub fn keeps_links(&self) -> bool {
+        self.trust.is_trusted() && !self.sticky
     }
 
     /// Reads the file `name` of this directory (at most [`trust::CONFIG_CAP`] bytes) and
     /// judges it, as [`Dir::open_file`].
     pub fn read_file(&self, name: &OsStr) -> io::Result<(Vec<u8>, Trust)> {
-        let (file, trust) = self.open_file(name)?;
-        Ok((trust::read_capped(file, trust::CONFIG_CAP)?, trust))
+        self.read_file_stat(name).map(|(b, t, _)| (b, t))
+    }
+
+    /// As [`Dir::read_file`], with the file's status (whose own owner and mode tell who else
+    /// may have written it).
+    pub fn read_file_stat(&self, name: &OsStr) -> io::Result<(Vec<u8>, Trust, Stat)> {
+        let (file, trust, st) = self.open_file_within(name, 0)?;
+        Ok((trust::read_capped(file, trust::CONFIG_CAP)?, trust, st))
     }
 
     /// Opens `rel` beneath this directory with no symlink anywhere on the way, as
-    /// [`crate::resolve::open_beneath`].
+    /// [`crate::resolve::open_beneath`]; beneath a directory someone else controls, without
+    /// crossing a mount point either.
     pub fn open_beneath(&self, rel: &Path, flags: OFlags, mode: Mode) -> io::Result<OwnedFd> {
-        crate::resolve::open_beneath(&self.fd, rel, flags, mode)
+        if self.trust.is_trusted() {
+            crate::resolve::open_beneath(&self.fd, rel, flags, mode)
+        } else {
+            crate::resolve::open_beneath_one_fs(&self.fd, rel, flags, mode)
+        }
     }
 
     /// A second handle on the same directory.

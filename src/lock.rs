@@ -66,7 +66,7 @@ fn acquire_named(dir: &Dir, name: &str) -> Result<InstanceLock, LockError> {
     let flags = OFlags::CREATE | OFlags::RDWR | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
     let file = File::from(rustix::fs::openat(dir, name, flags, Mode::from(0o600)).map_err(|e| io(e.into()))?);
     let st = crate::trust::regular(&file).map_err(io)?;
-    if st.st_nlink > 1 {
+    if st.st_nlink > 1 && !dir.keeps_links() {
         return Err(io(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
             format!("it has {} hard links, so it may be another file's second name", st.st_nlink),

@@ -44,15 +44,28 @@ pub fn beneath(base: &Path, path: &Path) -> Option<PathBuf> {
 /// following no symlink, not even in the last component. An empty `rel` is `dir` itself.
 /// A symlink on the way fails with `ELOOP`, a path leaving `dir` with `EXDEV`.
 pub fn open_beneath(dir: impl AsFd, rel: &Path, flags: OFlags, mode: Mode) -> io::Result<OwnedFd> {
-    beneath_fd(dir.as_fd(), rel, flags, mode)
+    beneath_fd(dir.as_fd(), rel, flags, mode, false)
 }
 
-fn beneath_fd(dir: BorrowedFd<'_>, rel: &Path, flags: OFlags, mode: Mode) -> io::Result<OwnedFd> {
+/// As [`open_beneath`], and no mount point may be crossed either (`EXDEV`): beneath a
+/// directory someone else controls, a mount point is something they cannot move away, and
+/// so a way into another instance's files.
+pub fn open_beneath_one_fs(dir: impl AsFd, rel: &Path, flags: OFlags, mode: Mode) -> io::Result<OwnedFd> {
+    beneath_fd(dir.as_fd(), rel, flags, mode, true)
+}
+
+fn beneath_fd(dir: BorrowedFd<'_>, rel: &Path, flags: OFlags, mode: Mode, one_fs: bool) -> io::Result<OwnedFd> {
     let rel = if rel.as_os_str().is_empty() { Path::new(".") } else { rel };
     let flags = flags | OFlags::CLOEXEC | OFlags::NOFOLLOW;
-    let r = match openat2(dir, rel, flags, mode, ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS) {
+    let mut resolve = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS;
+    if one_fs {
+        resolve |= ResolveFlags::NO_XDEV;
+    }
+    let r = match openat2(dir, rel, flags, mode, resolve) {
         // Kernels before 5.6 lack it; seccomp filters may refuse it.
-        Err(e) if e == rustix::io::Errno::NOSYS || e == rustix::io::Errno::PERM => return walk(dir, rel, flags, mode),
+        Err(e) if e == rustix::io::Errno::NOSYS || e == rustix::io::Errno::PERM => {
+            return walk_fs(dir, rel, flags, mode, one_fs)
+        }
         r => r,
     };
     r.map_err(|e| symlink_at_end(dir, rel, e))
@@ -66,7 +79,7 @@ fn symlink_at_end(dir: BorrowedFd<'_>, rel: &Path, e: rustix::io::Errno) -> io::
     }
     let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else { return e.into() };
     let flags = OFlags::PATH | OFlags::DIRECTORY;
-    match beneath_fd(dir, parent, flags, Mode::empty()) {
+    match beneath_fd(dir, parent, flags, Mode::empty(), false) {
         Ok(p) if is_symlink(&p, name) => rustix::io::Errno::LOOP.into(),
         _ => e.into(),
     }
@@ -75,6 +88,18 @@ fn symlink_at_end(dir: BorrowedFd<'_>, rel: &Path, e: rustix::io::Errno) -> io::
 /// [`open_beneath`] without `openat2`: each directory on the way is opened with
 /// `O_NOFOLLOW`, relative to the one before.
 pub fn walk(dir: impl AsFd, rel: &Path, flags: OFlags, mode: Mode) -> io::Result<OwnedFd> {
+    walk_fs(dir, rel, flags, mode, false)
+}
+
+/// [`walk`]; with `one_fs`, every step must stay on `dir`'s file system (`EXDEV`).
+fn walk_fs(dir: impl AsFd, rel: &Path, flags: OFlags, mode: Mode, one_fs: bool) -> io::Result<OwnedFd> {
+    let dev = rustix::fs::fstat(&dir)?.st_dev;
+    let same_fs = |fd: &OwnedFd| -> io::Result<()> {
+        if one_fs && rustix::fs::fstat(fd)?.st_dev != dev {
+            return Err(rustix::io::Errno::XDEV.into());
+        }
+        Ok(())
+    };
     let mut names: Vec<&OsStr> = Vec::new();
     for c in rel.components() {
         match c {
@@ -91,7 +116,10 @@ pub fn walk(dir: impl AsFd, rel: &Path, flags: OFlags, mode: Mode) -> io::Result
     let mut cur = openat(&dir, ".", step, Mode::empty())?;
     for name in dirs {
         cur = match openat(&cur, *name, step, Mode::empty()) {
-            Ok(fd) => fd,
+            Ok(fd) => {
+                same_fs(&fd)?;
+                fd
+            }
             // `O_PATH | O_NOFOLLOW` stops on a symlink with ENOTDIR: say it was one.
             Err(e) if e == rustix::io::Errno::NOTDIR && is_symlink(&cur, name) => {
                 return Err(io::Error::from(rustix::io::Errno::LOOP))
@@ -99,13 +127,15 @@ pub fn walk(dir: impl AsFd, rel: &Path, flags: OFlags, mode: Mode) -> io::Result
             Err(e) => return Err(e.into()),
         };
     }
-    openat(&cur, *last, flags, mode).map_err(|e| {
+    let fd = openat(&cur, *last, flags, mode).map_err(|e| {
         if e == rustix::io::Errno::NOTDIR && is_symlink(&cur, last) {
-            rustix::io::Errno::LOOP.into()
+            io::Error::from(rustix::io::Errno::LOOP)
         } else {
-            e.into()
+            io::Error::from(e)
         }
-    })
+    })?;
+    same_fs(&fd)?;
+    Ok(fd)
 }
 
 fn is_symlink(dir: impl AsFd, name: &OsStr) -> bool {
@@ -117,7 +147,9 @@ fn is_symlink(dir: impl AsFd, name: &OsStr) -> bool {
 pub fn explain(e: &io::Error) -> String {
     match e.raw_os_error() {
         Some(c) if c == rustix::io::Errno::LOOP.raw_os_error() => "a symlink is on the way".into(),
-        Some(c) if c == rustix::io::Errno::XDEV.raw_os_error() => "it leads out of the directory".into(),
+        Some(c) if c == rustix::io::Errno::XDEV.raw_os_error() => {
+            "it leads out of the directory (or across a mount point)".into()
+        }
         _ => e.to_string(),
     }
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use crate::error::ConfigError;
 use crate::judged::{self, Dir};
 use crate::resolve;
-use crate::trust::{self, Distrust, Trust};
+use crate::trust::{self, Controllers, Distrust, Trust};
 
 /// A client secret or an access token. Printing it in any way gives `***`.
 #[derive(Clone, PartialEq, Eq)]
@@ -172,8 +172,10 @@ pub fn resolve(
 pub struct Confine<'a> {
     /// The config's directory, opened and judged.
     pub dir: &'a Dir,
-    /// Why the config is untrusted: who may change it.
+    /// Why the config is untrusted, for messages.
     pub why: &'a Distrust,
+    /// Everyone who may have written the config: the files it names must be theirs to use.
+    pub controllers: &'a Controllers,
     /// Its instance.
     pub instance: &'a str,
     /// The credentials `[credentials]` of the global config gives the instance.
@@ -187,11 +189,11 @@ impl Confine<'_> {
         if self.credentials.iter().any(|c| c == name) {
             return Ok(());
         }
-        let (i, p) = (self.instance, path.display());
+        let i = self.instance;
         Err(ConfigError::new(
             path,
             format!("key `{key}`: the credential `{name}` is not given to instance `{i}` in the global configuration ([credentials]), and this config is {}, so it may use only its instance's credentials; nothing was sent with it", Trust::Untrusted(self.why.clone())),
-            format!("if `{name}` is meant for `{i}`, add it in /etc/usersync/usersync.toml: [credentials] {i} = [\"{name}\"]; or make the config root's: chown root: {p}; chmod go-w {p}"),
+            format!("if `{name}` is meant for `{i}`, add it in /etc/usersync/usersync.toml: [credentials] {i} = [\"{name}\"]; or {}", self.why.fix(path)),
         ))
     }
 }
@@ -226,11 +228,10 @@ pub fn read_source(
             let bytes = match confine {
                 None => judged::read(&f).map(|(b, _)| b),
                 Some(c) => read_beneath(c, &f).map_err(|(what, hint)| {
-                    let p = path.display();
                     ConfigError::new(
                         path,
                         format!("key `{file_key}`: {} {what}; this config is {}, so it may only name files beneath {} with no symlink on the way that whoever may change it could read anyway; nothing was read", f.display(), Trust::Untrusted(c.why.clone()), c.dir.path().display()),
-                        format!("{hint}; or make the config root's: chown root: {p}; chmod go-w {p}"),
+                        format!("{hint}; or {}", c.why.fix(path)),
                     )
                 })?,
             }
@@ -276,6 +277,18 @@ fn read_beneath(c: &Confine<'_>, f: &Path) -> Result<std::io::Result<Vec<u8>>, (
     let rel = resolve::beneath(dir, f).ok_or_else(|| {
         ("is not beneath the config's directory".to_owned(), format!("move the file into {}", dir.display()))
     })?;
+    // Every directory on the way must be one they could pass through themselves.
+    let mut dir = PathBuf::new();
+    for part in trust::parent(&rel).components() {
+        dir.push(part);
+        let Ok(fd) = c.dir.open_beneath(&dir, OFlags::PATH | OFlags::DIRECTORY, Mode::empty()) else { break };
+        if rustix::fs::fstat(&fd).is_ok_and(|st| !c.controllers.could(&st, 0o1)) {
+            return Err((
+                format!("lies in {}, which whoever may change this config could not enter (a borrowed secret)", c.dir.path().join(&dir).display()),
+                "keep the config's secrets where its owner may read them, or give the instance a systemd credential in [credentials] of /etc/usersync/usersync.toml".to_owned(),
+            ));
+        }
+    }
     let file = match c.dir.open_beneath(&rel, OFlags::RDONLY | OFlags::NONBLOCK, Mode::empty()) {
         Ok(fd) => std::fs::File::from(fd),
         Err(e) if matches!(e.raw_os_error(), Some(c) if c == rustix::io::Errno::LOOP.raw_os_error() || c == rustix::io::Errno::XDEV.raw_os_error()) =>
@@ -297,27 +310,13 @@ fn read_beneath(c: &Confine<'_>, f: &Path) -> Result<std::io::Result<Vec<u8>>, (
             format!("remove the other names of {}, or put a copy there", f.display()),
         ));
     }
-    if !could_read(&st, c.why) {
+    if !c.controllers.could(&st, 0o4) {
         return Err((
             format!("is owned by uid {} with mode {:04o}, so it is not a secret of whoever may change this config (a borrowed secret)", st.st_uid, st.st_mode & 0o7777),
             "give the file to the config's owner (chown it to that user), or give the instance a systemd credential in [credentials] of /etc/usersync/usersync.toml".to_owned(),
         ));
     }
     Ok(trust::read_capped(file, trust::CONFIG_CAP))
-}
-
-/// Whether whoever `why` says may change a config could read a file with status `st`
-/// anyway: its owner, a group whose members may write, or everyone.
-fn could_read(st: &rustix::fs::Stat, why: &Distrust) -> bool {
-    if st.st_mode & 0o004 != 0 {
-        return true;
-    }
-    match why {
-        Distrust::Owner { uid } => st.st_uid == *uid,
-        Distrust::Writable { mode, gid } => mode & 0o002 == 0 && st.st_gid == *gid && st.st_mode & 0o040 != 0,
-        Distrust::Sticky => false,
-        Distrust::Path { why, .. } => could_read(st, why),
-    }
 }
 
 /// Whether group or others may read `path`, which holds `holds` (a client secret, a

@@ -554,12 +554,7 @@ fn error_report(message: &str, hint: Option<String>) -> ErrorReport {
 
 fn print_errors(errors: &[ErrorReport]) {
     for e in errors {
-        let mut s = format!("error: {}", e.message);
-        if let Some(h) = &e.hint {
-            s.push_str("\nhint: ");
-            s.push_str(h);
-        }
-        eprintln!("{s}");
+        eprintln!("{}", crate::error::render_message(&e.message, e.hint.as_deref()));
     }
 }
 

@@ -40,6 +40,21 @@ pub enum Distrust {
 }
 
 impl Distrust {
+    /// How to make the file at `path` trusted, for a hint: chown and chmod the file, or,
+    /// when a directory on its path is the reason, that directory too (making the file
+    /// alone root's would change nothing).
+    #[must_use]
+    pub fn fix(&self, path: &Path) -> String {
+        let f = path.display();
+        match self {
+            Self::Path { dir, .. } => {
+                let d = dir.display();
+                format!("make {d} and the directories beneath it down to the file root's, and the file too (chown root: {d} {f}; chmod go-w {d} {f})")
+            }
+            _ => format!("make the file root's (chown root: {f}; chmod go-w {f})"),
+        }
+    }
+
     /// What is wrong with the file or directory itself, without "untrusted: ".
     fn reason(&self) -> String {
         match self {
@@ -84,6 +99,56 @@ impl fmt::Display for Trust {
             Self::Trusted => f.write_str("trusted"),
             Self::Untrusted(why) => write!(f, "untrusted: {}", why.reason()),
         }
+    }
+}
+
+/// Everyone who may have written an untrusted file: its own owner or writers, and whoever
+/// controls a directory on its path. A file the config names is theirs to use only if every
+/// one of them could use it themselves (any of them may have written the config).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Controllers(Vec<Distrust>);
+
+impl Controllers {
+    /// The controllers of a file judged `trust` on its path, whose own status is `own`.
+    #[must_use]
+    pub fn of(trust: &Trust, own: &Stat) -> Self {
+        let mut v = Vec::new();
+        if let Trust::Untrusted(why) = trust {
+            v.push(why.clone());
+        }
+        if let Trust::Untrusted(why) = judge(own) {
+            if !v.contains(&why) {
+                v.push(why);
+            }
+        }
+        Self(v)
+    }
+
+    /// Whether every one of them could do what `bits` says (4 read, 2 write, 1 search or
+    /// execute, as in a mode's last digit) to a file with status `st`.
+    #[must_use]
+    pub fn could(&self, st: &Stat, bits: u32) -> bool {
+        self.0.iter().all(|why| could(why, st, bits))
+    }
+
+    /// The first of them, for messages.
+    #[must_use]
+    pub fn first(&self) -> Option<&Distrust> {
+        self.0.first()
+    }
+}
+
+/// Whether whoever `why` says may write a file could do `bits` to one with status `st`: as
+/// its owner (who may chmod it anyway), through a group that may write it, or as anyone.
+fn could(why: &Distrust, st: &Stat, bits: u32) -> bool {
+    if st.st_mode & bits != 0 {
+        return true;
+    }
+    match why {
+        Distrust::Owner { uid } => st.st_uid == *uid,
+        Distrust::Writable { mode, gid } => mode & 0o002 == 0 && st.st_gid == *gid && st.st_mode & (bits << 3) != 0,
+        Distrust::Sticky => false,
+        Distrust::Path { why, .. } => could(why, st, bits),
     }
 }
 

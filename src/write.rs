@@ -139,6 +139,9 @@ pub struct Target {
     name: OsString,
     path: PathBuf,
     ours: Arc<Ours>,
+    /// Only root could have given the current file a second name here (see
+    /// [`Dir::keeps_links`]): one is no trick then (a hard-link backup, say).
+    links_ok: bool,
 }
 
 impl Target {
@@ -149,7 +152,8 @@ impl Target {
         let fail = |source| WriteError { path: path.to_owned(), action: "open the directory of", source };
         let name = file_name(path).map_err(fail)?;
         let dir = Dir::open(trust::parent(&judged::absolute(path))).map_err(fail)?;
-        Ok(Self { dir: File::from(dir.into_fd()), name, path: path.to_owned(), ours: Arc::default() })
+        let links_ok = dir.keeps_links();
+        Ok(Self { dir: File::from(dir.into_fd()), name, path: path.to_owned(), ours: Arc::default(), links_ok })
     }
 
     /// The file at `path`, which must lie beneath `base` with no symlink on the way.
@@ -158,8 +162,10 @@ impl Target {
         let name = file_name(path).map_err(fail)?;
         let rel = resolve::beneath(base.path(), path).ok_or_else(|| fail(rustix::io::Errno::XDEV.into()))?;
         let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
-        let dir = base.open_beneath(trust::parent(&rel), flags, Mode::empty()).map_err(fail)?;
-        Ok(Self { dir: File::from(dir), name, path: path.to_owned(), ours: Arc::default() })
+        let dir = File::from(base.open_beneath(trust::parent(&rel), flags, Mode::empty()).map_err(fail)?);
+        let st = fstat(&dir).map_err(|e| fail(e.into()))?;
+        let links_ok = base.keeps_links() && trust::judge(&st).is_trusted() && st.st_mode & 0o1000 == 0;
+        Ok(Self { dir, name, path: path.to_owned(), ours: Arc::default(), links_ok })
     }
 
     /// From now on the target refuses to be, or to lie in, any of `ours`; an error if it
@@ -179,6 +185,11 @@ impl Target {
         unlinkat(&self.dir, &self.name, AtFlags::empty()).map_err(|e| self.err("remove")(e.into()))
     }
 
+    /// The status of the directory the file is in.
+    pub fn dir_stat(&self) -> Result<Stat, WriteError> {
+        fstat(&self.dir).map_err(|e| self.err("inspect the directory of")(e.into()))
+    }
+
     /// The output's path, for messages.
     #[must_use]
     pub fn path(&self) -> &Path {
@@ -193,7 +204,7 @@ impl Target {
     /// regular file (a symlink, FIFO, device, directory …) or is larger than [`READ_CAP`].
     pub fn inspect(&self) -> Result<Option<Stat>, WriteError> {
         match statat(&self.dir, &self.name, AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(st) => check_current(&st, &self.ours).map(Some).map_err(self.err("use")),
+            Ok(st) => check_current(&st, &self.ours, self.links_ok).map(Some).map_err(self.err("use")),
             Err(e) if e == rustix::io::Errno::NOENT => Ok(None),
             Err(e) => Err(self.err("inspect")(e.into())),
         }
@@ -210,7 +221,7 @@ impl Target {
             Ok(fd) => {
                 let f = File::from(fd);
                 let st = fstat(&f).map_err(|e| self.err("inspect")(e.into()))?;
-                check_current(&st, &self.ours).map_err(self.err("use"))?;
+                check_current(&st, &self.ours, self.links_ok).map_err(self.err("use"))?;
                 Ok(Some(f))
             }
             Err(e) if e == rustix::io::Errno::NOENT => Ok(None),
@@ -333,10 +344,11 @@ impl Target {
 /// Why an output may not lie in a directory of ours.
 const OURS_DIR: &str = "it would lie in a directory where usersync keeps its configs, lock or state";
 
-/// An existing output must be a regular file no larger than [`READ_CAP`], with no other
-/// name (a hard link could be another file's, which usersync would read and whose owner it
-/// would give the new list), and none of `ours`.
-fn check_current(st: &Stat, ours: &Ours) -> io::Result<Stat> {
+/// An existing output must be a regular file no larger than [`READ_CAP`], none of `ours`,
+/// and, unless `links_ok`, with no other name (where someone else controls the directory,
+/// a hard link could be another file's, which usersync would read and whose owner it would
+/// give the new list).
+fn check_current(st: &Stat, ours: &Ours, links_ok: bool) -> io::Result<Stat> {
     let t = FileType::from_raw_mode(st.st_mode);
     if t != FileType::RegularFile {
         let e = if t == FileType::Symlink {
@@ -346,7 +358,7 @@ fn check_current(st: &Stat, ours: &Ours) -> io::Result<Stat> {
         };
         return Err(e);
     }
-    if st.st_nlink > 1 {
+    if st.st_nlink > 1 && !links_ok {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("it has {} hard links, so it may be another file's second name", st.st_nlink),

@@ -177,7 +177,7 @@ pub fn compose(decision: &Decision, report: &Report, host: &str, repeat: Duratio
     let mut body = String::new();
     let _ = writeln!(body, "usersync on {host} finished with exit code {} ({meaning}).\n", report.exit_code);
     for e in &report.errors {
-        let _ = writeln!(body, "error: {}", clean(&e.message));
+        let _ = writeln!(body, "error: {}", crate::error::escape_controls(&e.message));
         if let Some(h) = &e.hint {
             let _ = writeln!(body, "hint: {}", clean(h));
         }
@@ -186,7 +186,7 @@ pub fn compose(decision: &Decision, report: &Report, host: &str, repeat: Duratio
     for i in &report.instances {
         let _ = writeln!(body, "instance {}: {}", clean(&i.name), i.outcome);
         for e in &i.errors {
-            let _ = writeln!(body, "  error: {}", clean(&e.message));
+            let _ = writeln!(body, "  error: {}", crate::error::escape_controls(&e.message));
             if let Some(h) = &e.hint {
                 let _ = writeln!(body, "  hint: {}", clean(h));
             }
@@ -335,7 +335,9 @@ mod tests {
         });
         let m = compose(&Decision::Failure { failing: vec!["gw\u{1b}1".into()], recovered: vec![] }, &r, "gw01", DAY);
         assert_eq!(m.subject, "[usersync] gw01: gw\\u{1b}1 failed (exit 1)");
-        assert!(m.body.contains("boom\\r\nX-Injected: 1") && m.body.contains("hint: fix it"), "{}", m.body);
+        // A message is one line: no value adds a line (or a header) of its own.
+        assert!(m.body.contains("boom\\r\\nX-Injected: 1") && m.body.contains("hint: fix it"), "{}", m.body);
+        assert!(!m.body.lines().any(|l| l.starts_with("X-Injected")), "{}", m.body);
         assert!(m.body.contains("at most every 24 h"));
     }
 }

@@ -283,7 +283,8 @@ fn an_untrusted_cfg_cannot_make_root_overwrite_a_config_or_the_lock() {
         assert!(
             out.stderr
                 .contains("this output it would lie in a directory where usersync keeps its configs, lock or state")
-                || out.stderr.contains("this output it is a file usersync itself reads or locks"),
+                || out.stderr.contains("this output it is a file usersync itself reads or locks")
+                || out.stderr.contains("which whoever may change this file could not write themselves"),
             "{target}: {}",
             out.stderr
         );
@@ -291,6 +292,31 @@ fn an_untrusted_cfg_cannot_make_root_overwrite_a_config_or_the_lock() {
         let mut r = r.args(&["check"]);
         let out = r.run();
         assert!(out.stdout.contains("usersync"), "{target}: check reports it: {}", out.stdout);
+    }
+}
+
+/// The same where the gateway's account owns the whole instance, so that it could write
+/// those files itself: usersync still never writes its own configs, `.cfg` or lock.
+#[test]
+fn a_gateway_owned_cfg_cannot_make_an_output_of_usersyncs_own_files() {
+    if !as_root() {
+        return;
+    }
+    for target in ["config/entraid/staff.entraidconf", "config/entraid/usersync.lock", "config/envelope.cfg"] {
+        let (r, _proxy) = hr_tls();
+        let r = r
+            .conf_no_endpoints("gw", "staff", &format!("group_id = \"{STAFF}\"\n"))
+            .file("gw/config/envelope.cfg", &format!("ALLOWEDLDAPSENDERFILE={target}\n"));
+        gateway_owns(&r, &["gw", "gw/config", "gw/config/entraid"]);
+        for f in ["config/entraid/staff.entraidconf", "config/envelope.cfg"] {
+            give_away(&r.root().join("gw").join(f));
+        }
+        let conf = std::fs::read_to_string(r.root().join("gw/config/entraid/staff.entraidconf")).unwrap();
+        let mut r = r.expect_exit(2).ignore_stderr();
+        let out = r.run();
+        assert!(out.stderr.contains("this output it"), "{target}: {}", out.stderr);
+        assert_eq!(r.read("gw/config/entraid/staff.entraidconf").as_deref(), Some(conf.as_str()), "{target}");
+        assert_eq!(token_requests(&r), 0, "{target}");
     }
 }
 
@@ -314,15 +340,20 @@ fn a_trusted_cfgs_path_is_not_followed_through_a_symlink_the_gateway_placed() {
     assert_eq!(std::fs::read_dir(&victim).unwrap().count(), 0, "nothing written into the symlink's target");
 }
 
-/// An output that is a second name (hard link) of a root-only file is neither read (a dry
-/// run would list its lines as removed entries) nor replaced.
+/// An output that is a second name (hard link) of a root-only file, made where the gateway
+/// controls the directory (possible wherever `fs.protected_hardlinks` is off), is neither
+/// read (a dry run would list its lines as removed entries) nor replaced. In root's own
+/// directory a second name is root's doing (a hard-link backup), and allowed.
 #[test]
 fn a_hard_linked_output_is_neither_read_nor_replaced() {
     if !as_root() {
         return;
     }
-    let r = hr().conf("gw", "staff", &format!("group_id = \"{STAFF}\"\n"));
+    let (r, _proxy) = hr_tls();
+    let r = r.conf_no_endpoints("gw", "staff", &format!("group_id = \"{STAFF}\"\n"));
     let shadow = root_only(&r, "server/etc/shadow", "root:$6$do-not-leak@example.com\n");
+    gateway_owns(&r, &["gw", "gw/config", "gw/config/entraid"]);
+    give_away(&r.root().join("gw/config/entraid/staff.entraidconf"));
     std::fs::hard_link(&shadow, r.root().join(SENDERS)).unwrap();
     let mut r = r.args(&["--dry-run"]).expect_exit(1).ignore_stderr();
     let out = r.run();

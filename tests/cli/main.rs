@@ -12,6 +12,7 @@ mod faults;
 mod layers;
 mod metrics;
 mod network;
+mod review_attacks;
 mod secrets;
 mod security;
 mod sync;

@@ -47,7 +47,7 @@ fn an_untrusted_envelope_cfg_cannot_aim_root_at_any_file() {
     assert_eq!(
         out.stderr,
         format!(
-            "error: instance `gw`: {cfg}: `ALLOWEDLDAPSENDERFILE` names {victim}, which leads out of the instance directory; this file is untrusted: owned by uid 65534, neither root nor usersync's user, so it may only name files beneath {gw} with no symlink on the way\nhint: name a file beneath {gw}; or, if the path is right, make the file root's: chown root: {cfg}; chmod go-w {cfg}\n",
+            "error: instance `gw`: {cfg}: `ALLOWEDLDAPSENDERFILE` names {victim}, which leads out of the instance directory; this file is untrusted: owned by uid 65534, neither root nor usersync's user, so it may only name files beneath {gw} with no symlink on the way\nhint: name a file beneath {gw}; or, if the path is right, make the file root's (chown root: {cfg}; chmod go-w {cfg})\n",
             cfg = cfg.display(),
             victim = victim.display(),
             gw = r.root().join("gw").display(),
