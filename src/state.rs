@@ -23,6 +23,10 @@ pub struct State {
     /// Instance → config → the members the delta state had wrong at the last safety-net read.
     #[serde(default)]
     pub delta_drift: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Output path → its sizes after each write, as (Unix time, entries), oldest first: the
+    /// window guard's memory (see [`crate::guard::Window`]).
+    #[serde(default)]
+    pub sizes: BTreeMap<String, Vec<(u64, u64)>>,
 }
 
 /// Alert state: is a failure going on, and when was it last reported.

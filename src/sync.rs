@@ -42,8 +42,10 @@ pub fn run(cli: &Cli) -> Result<ExitCode, Stop> {
             return Err(e);
         }
     };
-    let result =
-        crate::start::runtime().and_then(|rt| rt.block_on(Run { cli, config: &config, root: &root }.execute()));
+    let result = crate::start::runtime().and_then(|rt| {
+        let sizes = State::load(&config.state_dir).sizes;
+        rt.block_on(Run { cli, config: &config, root: &root, sizes }.execute())
+    });
     let report = match &result {
         Ok(r) => r.clone(),
         Err(e) => fatal_report(cli, e),
@@ -52,7 +54,7 @@ pub fn run(cli: &Cli) -> Result<ExitCode, Stop> {
         print_report(cli, &report);
     }
     if !cli.dry_run {
-        record(&config, &report, started, cli.instances.is_empty());
+        record(&config, &report, started, cli.instances.is_empty(), cli.force);
     }
     result.map(|r| ExitCode::from(r.exit_code))
 }
@@ -81,7 +83,7 @@ fn remember(
     report: &Report,
     state: &mut State,
     now: std::time::Duration,
-    whole_root: bool,
+    (whole_root, forced): (bool, bool),
 ) -> (bool, bool) {
     let mut changed = false;
     for i in report.instances.iter().filter(|i| i.outcome == InstanceOutcome::Ok) {
@@ -102,6 +104,13 @@ fn remember(
             }
         }
     }
+    // The window guard's memory: each output written, and its size now. A forced run makes
+    // the lists as they are the window's new start.
+    for o in report.instances.iter().flat_map(|i| &i.outputs).filter(|o| o.action == crate::report::Action::Written) {
+        let after = o.after.unwrap_or_default() as u64;
+        crate::guard::remember(&mut state.sizes, &o.path, after, now.as_secs(), config.guard.window, forced);
+        changed = true;
+    }
     let mut alert_failed = false;
     if let Some(alert) = &config.alert {
         let before = state.alerts.clone();
@@ -115,10 +124,10 @@ fn remember(
 /// After a real run: remember successes in `state_dir`, write the metrics textfile.
 /// Neither changes the exit code; a failure is logged.
 /// `whole_root`: the run covered every instance under the server root (no `-i`).
-fn record(config: &Config, report: &Report, started: Instant, whole_root: bool) {
+fn record(config: &Config, report: &Report, started: Instant, whole_root: bool, forced: bool) {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let (state, alert_failed) =
-        State::update(&config.state_dir, |state| remember(config, report, state, now, whole_root));
+        State::update(&config.state_dir, |state| remember(config, report, state, now, (whole_root, forced)));
     if let Some(path) = &config.metrics_textfile {
         let facts = RunFacts {
             report,
@@ -167,6 +176,8 @@ struct Run<'a> {
     cli: &'a Cli,
     config: &'a Config,
     root: &'a Path,
+    /// Each output's sizes after its recent writes, for the window guard.
+    sizes: BTreeMap<String, Vec<(u64, u64)>>,
 }
 
 impl Run<'_> {
@@ -371,7 +382,9 @@ impl Run<'_> {
                 _ => tracing::debug!(instance = %name, %config, %id, %reason, %value, "skipped a member"),
             }
         }
-        let refusals = guard::check(name, &p.outputs, &self.config.guard);
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        let window = guard::Window { sizes: &self.sizes, now, span: self.config.guard.window };
+        let refusals = guard::check(name, &p.outputs, &self.config.guard, Some(&window));
         if self.cli.force {
             for r in &refusals {
                 tracing::warn!(instance = %name, "--force: writing despite the guard: {r}");

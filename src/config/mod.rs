@@ -85,11 +85,12 @@ impl Default for RawNode {
 struct RawGuard {
     max_removed: u64,
     max_removed_percent: u64,
+    window_hours: u64,
 }
 
 impl Default for RawGuard {
     fn default() -> Self {
-        Self { max_removed: 500, max_removed_percent: 50 }
+        Self { max_removed: 500, max_removed_percent: 50, window_hours: 24 }
     }
 }
 
@@ -167,12 +168,19 @@ pub struct GuardConfig {
     pub max_removed: u64,
     /// … or more than this share (percent) of its current entries.
     pub max_removed_percent: u64,
+    /// The same limits hold for what an output lost since this long ago (the size it had at
+    /// the start of the window), so that many small runs cannot drain it; zero: off.
+    pub window: Duration,
 }
 
 impl Default for GuardConfig {
     fn default() -> Self {
         let r = RawGuard::default();
-        Self { max_removed: r.max_removed, max_removed_percent: r.max_removed_percent }
+        Self {
+            max_removed: r.max_removed,
+            max_removed_percent: r.max_removed_percent,
+            window: Duration::from_secs(r.window_hours * 3600),
+        }
     }
 }
 
@@ -295,7 +303,11 @@ impl Config {
                 "use a percentage from 0 to 100",
             ));
         }
-        let guard = GuardConfig { max_removed: g.max_removed, max_removed_percent: g.max_removed_percent };
+        let guard = GuardConfig {
+            max_removed: g.max_removed,
+            max_removed_percent: g.max_removed_percent,
+            window: Duration::from_secs(g.window_hours.saturating_mul(3600)),
+        };
 
         let (h, default) = (raw.http, RawHttp::default());
         let at_least_1 = |key: &str, v: u64, default: u64| {
@@ -395,7 +407,10 @@ mod tests {
     #[test]
     fn defaults() {
         let c = parse("").unwrap();
-        assert_eq!(c.guard, GuardConfig { max_removed: 500, max_removed_percent: 50 });
+        assert_eq!(
+            c.guard,
+            GuardConfig { max_removed: 500, max_removed_percent: 50, window: Duration::from_secs(24 * 3600) }
+        );
         assert_eq!(c.http.max_retries, 6);
         assert!(c.node.is_none());
         let c = parse("[node]\nstatus_command = [\"/bin/true\"]\n").unwrap();

@@ -932,3 +932,41 @@ fn a_terminal_shows_live_progress_and_a_pipe_does_not() {
     let out = r.run();
     assert!(!out.stderr.contains('\r') && !out.stderr.contains('\u{1b}') && !out.stderr.contains('✓'));
 }
+
+/// At 30 runs an hour, 100 removals a run pass every per-run check, yet empty a 3,000-entry
+/// list within the hour. The window guard refuses once the list has lost more than
+/// `max_removed` since the start of the window, names both figures, and `--force` makes the
+/// list as it is the window's new start.
+#[test]
+fn a_steady_drain_passes_each_run_but_not_the_window() {
+    let mut r = Run::new()
+        .group(STAFF, users(3000))
+        .conf("gw", "staff", &format!("group_id = \"{STAFF}\"\n"))
+        .ignore_stderr()
+        .expect_file(SENDERS, Some(&sender_lines(0..3000)));
+    r.run();
+    let drain = |r: &Run| {
+        r.sim.state().directory.groups.get_mut(STAFF).unwrap().drain(..100);
+    };
+    for run in 1..=5 {
+        drain(&r);
+        r = r.expect_file(SENDERS, Some(&sender_lines(run * 100..3000)));
+        r.run();
+    }
+    // 500 lost in the window so far: the limit. 100 more would make 600.
+    drain(&r);
+    r = r.expect_exit(3).expect_file(SENDERS, Some(&sender_lines(500..3000)));
+    let out = r.run();
+    let path = r.root().join(SENDERS);
+    assert!(
+        out.stderr.contains(&format!("refusing to write {}: it would go from 2500 to 2400 entries (100 removed), and from 3000 to 2400 (600 lost) since the start of the window, more than max_removed = 500 within [guard] window_hours = 24", path.display())),
+        "{}",
+        out.stderr
+    );
+    let mut r = r.args(&["--force"]).expect_exit(0).expect_file(SENDERS, Some(&sender_lines(600..3000)));
+    r.run();
+    // The window starts over at 2,400: the next 100 pass.
+    drain(&r);
+    let mut r = r.args(&[]).expect_file(SENDERS, Some(&sender_lines(700..3000)));
+    r.run();
+}
