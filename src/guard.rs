@@ -51,7 +51,7 @@ impl std::error::Error for Refusal {}
 impl Hint for Refusal {
     fn hint(&self) -> Option<String> {
         Some(format!(
-            "nothing of instance `{0}` was written. Check the group's membership in Entra ID; if the change is intended, run `usersync -i {0} --force` once, which also makes the lists as they are the window's new start ([guard] max_removed, max_removed_percent and window_hours set the limits)",
+            "nothing of instance `{0}` was written. Check the group's membership in Entra ID; if the change is intended, run `usersync -i {0} --force` once ([guard] max_removed, max_removed_percent and window_hours set the limits)",
             self.instance
         ))
     }
