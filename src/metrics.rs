@@ -62,6 +62,29 @@ fn credentials(m: &mut Family<'_>, r: &Report) {
     }
 }
 
+/// The last run's Graph figures: requests, retries, and how close to throttling the app is.
+#[allow(clippy::cast_precision_loss)] // counts far below 2^52
+fn graph_families(m: &mut Family<'_>, r: &crate::report::Report) {
+    // Gauges: each run writes its own count; a counter would have to keep growing.
+    m.head(
+        "usersync_last_run_graph_requests",
+        "gauge",
+        "HTTP requests to Entra ID and Graph in the last run, retries included (a JSON batch counts once).",
+    )
+    .sample("usersync_last_run_graph_requests", &[], r.graph_requests as f64);
+    m.head("usersync_last_run_graph_retries", "gauge", "Retried requests in the last run.").sample(
+        "usersync_last_run_graph_retries",
+        &[],
+        r.graph_retries as f64,
+    );
+    m.head(
+        "usersync_graph_throttle_limit_ratio",
+        "gauge",
+        "The highest share of its throttling limit Graph said the app had used in the last run (x-ms-throttle-limit-percentage, sent from 0.8 on; 1 is where throttling starts); 0 when Graph said nothing.",
+    )
+    .sample("usersync_graph_throttle_limit_ratio", &[], r.graph_throttle_limit.unwrap_or(0.0));
+}
+
 /// The textfile's content.
 #[must_use]
 #[allow(clippy::cast_precision_loss)] // counts far below 2^52
@@ -89,18 +112,7 @@ pub fn render(f: &RunFacts<'_>) -> String {
         m.head("usersync_node_active", "gauge", "1 if this node was active (or has no node check) in the last run.")
             .sample("usersync_node_active", &[], if r.node.active == Some(false) { 0.0 } else { 1.0 });
     }
-    // Gauges: each run writes its own count; a counter would have to keep growing.
-    m.head(
-        "usersync_last_run_graph_requests",
-        "gauge",
-        "HTTP requests to Entra ID and Graph in the last run, retries included (a JSON batch counts once).",
-    )
-    .sample("usersync_last_run_graph_requests", &[], r.graph_requests as f64);
-    m.head("usersync_last_run_graph_retries", "gauge", "Retried requests in the last run.").sample(
-        "usersync_last_run_graph_retries",
-        &[],
-        r.graph_retries as f64,
-    );
+    graph_families(&mut m, r);
 
     delta_families(&mut m, f.state);
     m.head(

@@ -244,6 +244,9 @@ pub struct Report {
     pub graph_requests: u64,
     /// Of which retries.
     pub graph_retries: u64,
+    /// The highest share of its throttling limit Graph said the app had used
+    /// (`x-ms-throttle-limit-percentage`; Graph sends it from 0.8 on), if it said so.
+    pub graph_throttle_limit: Option<f64>,
     /// Per instance.
     pub instances: Vec<InstanceReport>,
     /// Client credentials with a known expiry.

@@ -264,6 +264,7 @@ impl Run<'_> {
         }
         report.graph_requests = client.stats.requests();
         report.graph_retries = client.stats.retries();
+        report.graph_throttle_limit = client.stats.throttle_limit();
 
         // 5-7. Per instance: plan, guard, write.
         let mut committed: HashSet<FetchKey> = runnable.iter().flat_map(|i| &i.configs).map(FetchKey::of).collect();

@@ -134,8 +134,12 @@ impl GraphClient {
         if pages.len() == 1 {
             if let Some(p) = pages.pop() {
                 tracing::debug!(url = p.url, "GET");
-                let req =
-                    self.http(&p.url).get(&p.url).bearer_auth(p.token.expose()).header(ACCEPT, "application/json");
+                let req = self
+                    .http(&p.url)
+                    .get(&p.url)
+                    .bearer_auth(p.token.expose())
+                    .header(super::THROTTLE_PRIORITY.0, super::THROTTLE_PRIORITY.1)
+                    .header(ACCEPT, "application/json");
                 let _ = p.reply.send(attempt(req).await);
             }
             return;
@@ -153,11 +157,15 @@ impl GraphClient {
             .http(&url)
             .post(&url)
             .bearer_auth(pages[0].token.expose())
+            .header(super::THROTTLE_PRIORITY.0, super::THROTTLE_PRIORITY.1)
             .header(ACCEPT, "application/json")
             .header(CONTENT_TYPE, "application/json")
             .body(body);
         let answer = match attempt(req).await {
-            Ok(a) if a.status == StatusCode::OK => a,
+            Ok(a) if a.status == StatusCode::OK => {
+                self.stats.note_limit(&a.headers);
+                a
+            }
             // Throttled, unavailable or a rejected token: each page retries or renews as if
             // it had been alone.
             Ok(a) if is_retryable(a.status) || a.status == StatusCode::UNAUTHORIZED => {

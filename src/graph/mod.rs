@@ -32,6 +32,8 @@ const PAGES_AHEAD: usize = 4;
 pub struct Stats {
     requests: AtomicU64,
     retries: AtomicU64,
+    /// The highest `x-ms-throttle-limit-percentage` seen, in thousandths.
+    throttle: AtomicU64,
 }
 
 impl Stats {
@@ -49,7 +51,36 @@ impl Stats {
     pub fn retries(&self) -> u64 {
         self.retries.load(Ordering::Relaxed)
     }
+    /// Notes the share of its limit Graph says the app has used, if this answer says it
+    /// (`x-ms-throttle-limit-percentage`, sent from 0.8 on: 1.0 is where throttling starts).
+    fn note_limit(&self, headers: &reqwest::header::HeaderMap) {
+        let Some(share) = headers
+            .get("x-ms-throttle-limit-percentage")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|v| v.is_finite() && *v >= 0.0)
+        else {
+            return;
+        };
+        // A share is at most a few units: thousandths fit any integer.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let milli = (share.min(1_000.0) * 1000.0).round() as u64;
+        if self.throttle.fetch_max(milli, Ordering::Relaxed) < milli {
+            tracing::warn!(share, "Graph says this app has used this share of its throttling limit (x-ms-throttle-limit-percentage; at 1.0 it throttles): spread the gateways' runs further apart (RandomizedDelaySec) or lengthen the cadence");
+        }
+    }
+    /// The highest share of its throttling limit Graph said the app had used this run.
+    pub fn throttle_limit(&self) -> Option<f64> {
+        let milli = self.throttle.load(Ordering::Relaxed);
+        #[allow(clippy::cast_precision_loss)]
+        (milli > 0).then(|| milli as f64 / 1000.0)
+    }
 }
+
+/// Graph's `x-ms-throttle-priority`: a sync is background work, throttled first when the
+/// tenant is busy, before requests a person waits for (documented for the directory, the
+/// identity and access service).
+const THROTTLE_PRIORITY: (&str, &str) = ("x-ms-throttle-priority", "Low");
 
 /// One group to fetch.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -327,6 +358,7 @@ impl GraphClient {
                     .http(url)
                     .post(url)
                     .bearer_auth(token.expose())
+                    .header(THROTTLE_PRIORITY.0, THROTTLE_PRIORITY.1)
                     .header(reqwest::header::ACCEPT, "application/json")
                     .header(reqwest::header::CONTENT_TYPE, "application/json")
                     .body(body.to_vec()))

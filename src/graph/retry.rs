@@ -68,7 +68,11 @@ impl GraphClient {
     ) -> Result<Answer, FetchError> {
         let mut retries = 0u32;
         loop {
-            let (why, retry_after) = match attempt().await {
+            let answer = attempt().await;
+            if let Ok(a) = &answer {
+                self.stats.note_limit(&a.headers);
+            }
+            let (why, retry_after) = match answer {
                 Ok(a) if is_retryable(a.status) => {
                     (format!("HTTP {}", a.status), retry_after(&a.headers, SystemTime::now()))
                 }

@@ -105,3 +105,20 @@ fn a_dry_run_leaves_the_textfile_alone() {
     r.run();
     assert!(!r.path().join("usersync.prom").exists());
 }
+
+/// Every Graph request asks to be throttled first (`x-ms-throttle-priority: Low`: a sync is
+/// background work); when Graph says the app has used 0.9 of its limit, the run says so and
+/// the textfile exports it.
+#[test]
+fn graph_throttling_signals_go_both_ways() {
+    let mut r = with_metrics(one_conf(), "").ignore_stderr();
+    r.run();
+    assert_eq!(scrape(&r)["usersync_graph_throttle_limit_ratio{}"], 0.0);
+    let sent = r.sim.state().throttle_priorities.clone();
+    assert!(!sent.is_empty() && sent.iter().all(|p| p.as_deref() == Some("Low")), "{sent:?}");
+    r.sim.state().throttle_limit = Some("0.9".into());
+    let out = r.run();
+    assert!(out.stderr.contains("Graph says this app has used this share of its throttling limit"), "{}", out.stderr);
+    assert!(out.stderr.contains("share=0.9"), "{}", out.stderr);
+    assert_eq!(scrape(&r)["usersync_graph_throttle_limit_ratio{}"], 0.9);
+}

@@ -136,6 +136,11 @@ pub struct State {
     pub users_delta_context: Option<String>,
     /// Groups that `groups/delta` says are deleted (`@removed` on the group object).
     pub deleted_groups: std::collections::HashSet<String>,
+    /// Every Graph answer says the app has used this share of its throttling limit
+    /// (`x-ms-throttle-limit-percentage`), as Graph does from 0.8 on.
+    pub throttle_limit: Option<String>,
+    /// The `x-ms-throttle-priority` of each Graph request, in order (`None`: not sent).
+    pub throttle_priorities: Vec<Option<String>>,
     /// `sendMail` requests accepted: (from, JSON body).
     pub sent_mail: Vec<(String, Value)>,
     /// SendGrid `POST /v3/mail/send` bodies accepted.
@@ -326,8 +331,29 @@ fn router(state: Shared) -> Router {
         .fallback(|| async {
             graph_error(404, "UnknownError", "No HTTP resource was found that matches the request URI.")
         })
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), throttling))
         .with_state(state)
         .layer(tower_http::compression::CompressionLayer::new().quality(tower_http::CompressionLevel::Fastest))
+}
+
+/// Graph's throttling headers: notes each Graph request's priority, and adds the share of
+/// the limit used to its answer when the test set one.
+async fn throttling(
+    AxState(state): AxState<Shared>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let graph = req.uri().path().starts_with("/v1.0/");
+    if graph {
+        let priority = req.headers().get("x-ms-throttle-priority").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        lock(&state).throttle_priorities.push(priority);
+    }
+    let mut resp = next.run(req).await;
+    let share = lock(&state).throttle_limit.clone();
+    if let (true, Some(v)) = (graph, share.and_then(|s| s.parse().ok())) {
+        resp.headers_mut().insert("x-ms-throttle-limit-percentage", v);
+    }
+    resp
 }
 
 fn json_response(status: u16, body: &Value) -> Response {
