@@ -1,12 +1,23 @@
 //! The delta state of one group fetch, on disk: where its delta rounds left off, when it
 //! was last read in full, and its members with their raw attributes, so that a delta run
-//! rebuilds exactly what a full read would. One gzip'd file per (authority, tenant, client,
-//! group, selected attributes) in `<state_dir>/delta/`, mode 0600, written atomically, and
-//! read and written as a stream: a run never holds it whole.
+//! rebuilds exactly what a full read would. Per (authority, tenant, client, group, selected
+//! attributes), in `<state_dir>/delta/`, mode 0600, each file written atomically:
+//!
+//! - `<digest>.links`, small JSON: the two delta links, the last full read, and which
+//!   generation of member data is current. Moving a link rewrites only this file, and it is
+//!   renamed into place last: it is the commit.
+//! - `<digest>.<generation>.members`, gzip'd: one line of raw attributes per member, read
+//!   and written as a stream (a run never holds it whole); written only when members change.
+//! - `<digest>.<generation>.ids`: the members' ids as sorted 64-bit hashes, so that whether
+//!   a user who changed is a member costs a binary search, not a read of every member.
+//!
+//! A state is opened once per run: the files stay open, so that a commit by another run
+//! meanwhile (a new generation, the old one removed) cannot mix two versions.
 
 use std::fs::File;
 use std::hash::{Hash, Hasher};
 use std::io::{self, BufRead, BufReader, BufWriter, Write};
+use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 
 use flate2::read::GzDecoder;
@@ -17,9 +28,12 @@ use crate::page::{MemberView, ObjectKind, TextRef};
 use crate::write::{Staged, WriteError};
 
 /// The format this build reads and writes; any other is read as no state (a full read).
-/// 2: no `users_link_at` (links are never ordered by the local clock).
-pub const FORMAT: u32 = 2;
-const MAGIC: &str = "usersync-delta";
+/// 2: no `users_link_at` (links are never ordered by the local clock). 3: links apart from
+/// the member data, and an index of ids.
+pub const FORMAT: u32 = 3;
+const MAGIC: &str = "usersync-delta-members";
+/// The most a links file may hold (two links and a key: a few kilobytes).
+const LINKS_CAP: u64 = 1 << 20;
 
 /// What a state belongs to: a config that changes any of it starts afresh.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -41,17 +55,36 @@ pub struct Key {
 }
 
 impl Key {
-    /// `<state_dir>/delta/<digest of the key>.state`
+    /// `<state_dir>/delta/<digest of the key>`: the state's files are named from it.
     #[must_use]
-    pub fn path(&self, state_dir: &Path) -> PathBuf {
+    pub fn stem(&self, state_dir: &Path) -> PathBuf {
         let text = serde_json::to_string(self).unwrap_or_default();
         let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
-        let hex = crate::ids::hex(&digest.as_ref()[..12]);
-        state_dir.join("delta").join(format!("{hex}.state"))
+        state_dir.join("delta").join(crate::ids::hex(&digest.as_ref()[..12]))
+    }
+
+    /// The links file, `<stem>.links`: the state's commit point.
+    #[must_use]
+    pub fn path(&self, state_dir: &Path) -> PathBuf {
+        with_suffix(&self.stem(state_dir), "links")
     }
 }
 
-/// Where the rounds left off, and when the group was last read in full.
+fn with_suffix(stem: &Path, suffix: &str) -> PathBuf {
+    let mut name = stem.file_name().unwrap_or_default().to_os_string();
+    name.push(".");
+    name.push(suffix);
+    stem.with_file_name(name)
+}
+
+/// The member data of `generation` next to `links`: (members, ids).
+fn data_paths(links: &Path, generation: u64) -> (PathBuf, PathBuf) {
+    let stem = links.with_extension("");
+    (with_suffix(&stem, &format!("{generation:016x}.members")), with_suffix(&stem, &format!("{generation:016x}.ids")))
+}
+
+/// Where the rounds left off, when the group was last read in full, and which member data
+/// is current: the links file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Header {
     /// The state's key (a file whose key differs is no state of this fetch).
@@ -63,6 +96,16 @@ pub struct Header {
     pub users_link: String,
     /// When the group was last read in full (Unix seconds).
     pub full_at: u64,
+    /// Which member data is current (`<stem>.<generation>.members` and `.ids`).
+    pub generation: u64,
+}
+
+/// The links file as written: the format first.
+#[derive(Serialize, Deserialize)]
+struct LinksFile {
+    format: u32,
+    #[serde(flatten)]
+    header: Header,
 }
 
 /// One member as stored: what a members page said of it.
@@ -204,7 +247,125 @@ pub enum Unusable {
     Corrupt(String),
 }
 
-/// A state file being read: its header, then its records as a stream.
+/// A state, opened: its links read, its member data held open for the run.
+#[derive(Debug)]
+pub struct Opened {
+    /// Where the rounds left off.
+    pub header: Header,
+    members: File,
+    ids: File,
+    links: PathBuf,
+}
+
+impl Opened {
+    /// Opens the state of `key` in `state_dir`: its links file, then its current member
+    /// data. Each file is opened as an output is: never through a symlink, never blocking
+    /// (a FIFO is no state), and never a second name of another file where someone else
+    /// controls the directory.
+    pub fn open(state_dir: &Path, key: &Key) -> Result<Self, Unusable> {
+        let links = key.path(state_dir);
+        let bytes = crate::trust::read_capped(open_like_output(&links)?, LINKS_CAP)
+            .map_err(|e| Unusable::Corrupt(e.to_string()))?;
+        let format = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .map_err(|e| Unusable::Corrupt(format!("links: {e}")))?
+            .get("format")
+            .and_then(serde_json::Value::as_u64);
+        if format != Some(u64::from(FORMAT)) {
+            return Err(Unusable::Version(format.map_or_else(|| "none".to_owned(), |f| f.to_string())));
+        }
+        let file: LinksFile = serde_json::from_slice(&bytes).map_err(|e| Unusable::Corrupt(format!("links: {e}")))?;
+        if file.header.key != *key {
+            return Err(Unusable::Corrupt("it belongs to another query".into()));
+        }
+        let (members, ids) = data_paths(&links, file.header.generation);
+        let missing = |e: Unusable| match e {
+            Unusable::Missing => Unusable::Corrupt("its member data is missing".into()),
+            other => other,
+        };
+        let members = open_like_output(&members).map_err(missing)?;
+        let ids = open_like_output(&ids).map_err(missing)?;
+        Ok(Self { header: file.header, members, ids, links })
+    }
+
+    /// The links file, for messages.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.links
+    }
+
+    /// How many members it holds (by its index; 0 if that cannot be read).
+    #[must_use]
+    pub fn members(&self) -> u64 {
+        self.ids.metadata().map_or(0, |m| m.len() / 8)
+    }
+
+    /// Whether any of `ids` (lower-cased) is a member, by the index: a hash collision may
+    /// say yes for one that is not (the caller then reads the members), never no for one
+    /// that is.
+    pub fn has_any<'a>(&self, ids: impl IntoIterator<Item = &'a str>) -> Result<bool, Unusable> {
+        let corrupt = |e: io::Error| Unusable::Corrupt(format!("ids: {e}"));
+        let len = self.ids.metadata().map_err(corrupt)?.len();
+        if len % 8 != 0 {
+            return Err(Unusable::Corrupt("ids: not a list of hashes".into()));
+        }
+        let n = len / 8;
+        let at = |i: u64| -> Result<u64, Unusable> {
+            let mut b = [0u8; 8];
+            self.ids.read_exact_at(&mut b, i * 8).map_err(corrupt)?;
+            Ok(u64::from_le_bytes(b))
+        };
+        for id in ids {
+            let want = id_hash(id);
+            let (mut lo, mut hi) = (0, n);
+            while lo < hi {
+                let mid = lo + (hi - lo) / 2;
+                match at(mid)?.cmp(&want) {
+                    std::cmp::Ordering::Less => lo = mid + 1,
+                    std::cmp::Ordering::Greater => hi = mid,
+                    std::cmp::Ordering::Equal => return Ok(true),
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    /// Its members, as a stream.
+    pub fn records(self) -> Result<Reader, Unusable> {
+        let mut lines = BufReader::new(GzDecoder::new(BufReader::new(self.members))).lines();
+        let magic = lines.next().transpose().map_err(|e| Unusable::Corrupt(e.to_string()))?.unwrap_or_default();
+        if magic.strip_prefix(MAGIC).map(str::trim) != Some(&FORMAT.to_string()) {
+            return Err(Unusable::Corrupt("not the member data of a state".into()));
+        }
+        Ok(Reader { header: self.header, lines, read: 0, ended: false })
+    }
+}
+
+/// Opens `path` for reading as an output is opened (see [`Opened::open`]).
+fn open_like_output(path: &Path) -> Result<File, Unusable> {
+    let (file, trust) = match crate::judged::open(&crate::judged::absolute(path)) {
+        Ok(opened) => opened,
+        // No file, or no directory where `delta/` should be: no state.
+        Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => {
+            return Err(Unusable::Missing)
+        }
+        Err(e) => return Err(Unusable::Corrupt(crate::resolve::explain(&e))),
+    };
+    match rustix::fs::fstat(&file) {
+        Ok(st) if st.st_nlink > 1 && !trust.is_trusted() => {
+            Err(Unusable::Corrupt(format!("it has {} hard links", st.st_nlink)))
+        }
+        Ok(_) => Ok(file),
+        Err(e) => Err(Unusable::Corrupt(e.to_string())),
+    }
+}
+
+/// A stable 64-bit hash of a member's id (FNV-1a: the same in every build and run).
+#[must_use]
+pub fn id_hash(id: &str) -> u64 {
+    id.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// A state's members being read, one at a time.
 pub struct Reader {
     /// Where the rounds left off.
     pub header: Header,
@@ -214,41 +375,6 @@ pub struct Reader {
 }
 
 impl Reader {
-    /// Opens the state at `path` and reads its header; the state of `key` only. The file is
-    /// opened as an output is: never through a symlink, never blocking (a FIFO is no
-    /// state), and never a second name of another file.
-    pub fn open(path: &Path, key: &Key) -> Result<Self, Unusable> {
-        let (file, trust) = match crate::judged::open(&crate::judged::absolute(path)) {
-            Ok(opened) => opened,
-            // No file, or no directory where `delta/` should be: no state.
-            Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => {
-                return Err(Unusable::Missing)
-            }
-            Err(e) => return Err(Unusable::Corrupt(crate::resolve::explain(&e))),
-        };
-        match rustix::fs::fstat(&file) {
-            Ok(st) if st.st_nlink > 1 && !trust.is_trusted() => {
-                return Err(Unusable::Corrupt(format!("it has {} hard links", st.st_nlink)));
-            }
-            Ok(_) => {}
-            Err(e) => return Err(Unusable::Corrupt(e.to_string())),
-        }
-        let mut lines = BufReader::new(GzDecoder::new(BufReader::new(file))).lines();
-        let mut line = || lines.next().transpose().map_err(|e| Unusable::Corrupt(e.to_string()));
-        let magic = line()?.unwrap_or_default();
-        let version =
-            magic.strip_prefix(MAGIC).map(str::trim).ok_or_else(|| Unusable::Corrupt("not a delta state".into()))?;
-        if version != FORMAT.to_string() {
-            return Err(Unusable::Version(version.chars().take(16).collect()));
-        }
-        let header: Header = serde_json::from_str(&line()?.unwrap_or_default())
-            .map_err(|e| Unusable::Corrupt(format!("header: {e}")))?;
-        if header.key != *key {
-            return Err(Unusable::Corrupt("it belongs to another query".into()));
-        }
-        Ok(Self { header, lines, read: 0, ended: false })
-    }
-
     /// The next record, `None` after the last; an error if the file is cut short (no end
     /// line, or another count than it holds) or mangled.
     pub fn next_record(&mut self) -> Result<Option<Record>, Unusable> {
@@ -275,34 +401,40 @@ impl Reader {
 }
 
 /// A state that cannot be written costs no list (contract §9): said once, as a warning, and
-/// the old state is removed (where it can be) so that the next run reads the group in full.
-pub fn abandon(path: &Path, group: &str, error: &dyn std::fmt::Display) {
-    tracing::warn!(group, path = %path.display(), %error, "cannot write the delta state; the lists are written all the same, and the next run reads the group in full");
-    if let Ok(t) = crate::write::Target::at(path) {
+/// the old state's links file is removed (where it can be) so that the next run reads the
+/// group in full.
+pub fn abandon(links: &Path, group: &str, error: &dyn std::fmt::Display) {
+    tracing::warn!(group, path = %links.display(), %error, "cannot write the delta state; the lists are written all the same, and the next run reads the group in full");
+    if let Ok(t) = crate::write::Target::at(links) {
         // Nothing more to say if it is gone already, or cannot go (a read-only state_dir).
         let _ = t.remove();
     }
 }
 
-/// How old a state's temp file must be to be taken for a killed run's: older than any run
-/// (`[http] deadline_seconds` has no upper bound, but an hourly tool never runs for a day).
-const STALE_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(86_400);
+/// How old a state's temp or orphaned file must be to be taken for a killed run's: older
+/// than any run (`[http] deadline_seconds` has no upper bound, but no run lasts a day).
+const STALE_AGE: std::time::Duration = std::time::Duration::from_secs(86_400);
 
-/// A new state being written, staged next to the old one until a commit puts it in place.
+/// New member data being written, staged next to the old until a commit puts it in place.
 pub struct Writer {
     /// Buffered in front as well: flate2 zero-fills its output buffer on every `write`,
     /// and a record is several small writes (measured: 65% of an unchanged run's CPU).
     gz: BufWriter<GzEncoder<BufWriter<File>>>,
     staged: Staged,
-    members: u64,
-    path: PathBuf,
+    ids: Vec<u64>,
+    header: Header,
+    links: PathBuf,
+    replaces: Option<u64>,
 }
 
 impl Writer {
-    /// Starts the state at `path` (creating `<state_dir>/delta/`, mode 0700) with `header`.
-    pub fn create(path: &Path, header: &Header) -> Result<Self, WriteError> {
-        let fail = |action, source| WriteError { path: path.to_owned(), action, source };
-        if let Some(dir) = path.parent() {
+    /// Starts new member data for the state `header` describes, in `state_dir` (creating
+    /// `<state_dir>/delta/`, mode 0700), as a new generation; `replaces` is the generation it
+    /// takes over from, removed on commit.
+    pub fn create(state_dir: &Path, mut header: Header, replaces: Option<u64>) -> Result<Self, WriteError> {
+        let links = header.key.path(state_dir);
+        let fail = |action, source| WriteError { path: links.clone(), action, source };
+        if let Some(dir) = links.parent() {
             use std::os::unix::fs::DirBuilderExt;
             std::fs::DirBuilder::new()
                 .recursive(true)
@@ -310,54 +442,145 @@ impl Writer {
                 .create(dir)
                 .map_err(|e| fail("create the directory of", e))?;
         }
-        // A run killed while writing a state leaves its temp file. Runs of other instances
-        // may be writing the same state now (no lock spans them), but none for a day.
-        if let Ok(t) = crate::write::Target::at(path) {
-            match t.clean_stale_temps(STALE_TEMP_AGE) {
-                Ok(0) => {}
-                Ok(n) => {
-                    tracing::info!(path = %path.display(), removed = n, "removed temp files a killed run left behind");
-                }
-                Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot remove stale temp files"),
+        clean_stale(&links);
+        header.generation = loop {
+            let g = fastrand::u64(..);
+            if Some(g) != replaces {
+                break g;
             }
-        }
-        let mut staged = Staged::create(path, 0o600)?;
+        };
+        let (members, _) = data_paths(&links, header.generation);
+        let mut staged = Staged::create(&members, 0o600)?;
         let file = staged.file().try_clone().map_err(|e| fail("write", e))?;
         let mut gz = BufWriter::with_capacity(
             1 << 16,
             GzEncoder::new(BufWriter::with_capacity(1 << 16, file), flate2::Compression::fast()),
         );
-        let head = serde_json::to_string(header).map_err(|e| fail("write", io::Error::other(e)))?;
-        writeln!(gz, "{MAGIC} {FORMAT}\n{head}").map_err(|e| fail("write", e))?;
-        Ok(Self { gz, staged, members: 0, path: path.to_owned() })
+        writeln!(gz, "{MAGIC} {FORMAT}").map_err(|e| fail("write", e))?;
+        Ok(Self { gz, staged, ids: Vec::new(), header, links, replaces })
     }
 
     /// Adds a member.
     pub fn push(&mut self, r: &Record) -> Result<(), WriteError> {
-        self.members += 1;
-        r.write_to(&mut self.gz).map_err(|source| WriteError { path: self.path.clone(), action: "write", source })
+        self.ids.push(id_hash(&r.id));
+        r.write_to(&mut self.gz).map_err(|source| WriteError { path: self.links.clone(), action: "write", source })
     }
 
     /// Members added so far.
     #[must_use]
     pub fn members(&self) -> u64 {
-        self.members
+        self.ids.len() as u64
     }
 
-    /// The state's path.
+    /// The state's links file, for messages.
     #[must_use]
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.links
     }
 
-    /// Ends the file: the staged state, ready to commit.
-    pub fn finish(mut self) -> Result<Staged, WriteError> {
-        let fail = |source| WriteError { path: self.path.clone(), action: "write", source };
-        writeln!(self.gz, "end {}", self.members).map_err(fail)?;
+    /// Ends the member data: the new state, staged, ready to commit.
+    pub fn finish(mut self) -> Result<Commit, WriteError> {
+        let fail = |source| WriteError { path: self.links.clone(), action: "write", source };
+        writeln!(self.gz, "end {}", self.ids.len()).map_err(fail)?;
         let gz = self.gz.into_inner().map_err(|e| fail(e.into_error()))?;
         let buf = gz.finish().map_err(fail)?;
         buf.into_inner().map_err(|e| fail(e.into_error()))?;
-        Ok(self.staged)
+        self.ids.sort_unstable();
+        self.ids.dedup();
+        let (_, ids_path) = data_paths(&self.links, self.header.generation);
+        let mut ids = Staged::create(&ids_path, 0o600)?;
+        let bytes: Vec<u8> = self.ids.iter().flat_map(|h| h.to_le_bytes()).collect();
+        ids.file().write_all(&bytes).map_err(fail)?;
+        let links = stage_links(&self.links, &self.header)?;
+        let replaced = self.replaces.map(|g| data_paths(&self.links, g));
+        Ok(Commit { data: Some((self.staged, ids)), links, replaced, generation: self.header.generation })
+    }
+}
+
+/// The links file of `header`, staged.
+fn stage_links(links: &Path, header: &Header) -> Result<Staged, WriteError> {
+    let fail = |source| WriteError { path: links.to_owned(), action: "write", source };
+    let text = serde_json::to_vec(&LinksFile { format: FORMAT, header: header.clone() })
+        .map_err(|e| fail(io::Error::other(e)))?;
+    let mut staged = Staged::create(links, 0o600)?;
+    staged.file().write_all(&text).map_err(fail)?;
+    Ok(staged)
+}
+
+/// A new state, staged: [`Commit::commit`] puts the member data in place, then the links
+/// file (the commit point), then removes the generation it replaced. Dropped uncommitted,
+/// it leaves nothing behind.
+pub struct Commit {
+    data: Option<(Staged, Staged)>,
+    links: Staged,
+    replaced: Option<(PathBuf, PathBuf)>,
+    generation: u64,
+}
+
+impl Commit {
+    /// The state's links moved, its members did not: only the links file is rewritten.
+    pub fn links_only(state_dir: &Path, header: &Header) -> Result<Self, WriteError> {
+        let links = stage_links(&header.key.path(state_dir), header)?;
+        Ok(Self { data: None, links, replaced: None, generation: header.generation })
+    }
+
+    /// The generation of member data the state names.
+    #[must_use]
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Puts the new state in place.
+    pub fn commit(self) -> Result<(), WriteError> {
+        if let Some((members, ids)) = self.data {
+            members.commit()?;
+            ids.commit()?;
+        }
+        self.links.commit()?;
+        if let Some((members, ids)) = self.replaced {
+            for p in [members, ids] {
+                if let Ok(t) = crate::write::Target::at(&p) {
+                    let _ = t.remove();
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Removes what killed runs left next to the state at `links`: temp files, and member data
+/// of a generation the links file does not name, once they are a day old (no lock spans
+/// the runs of different instances: a younger file may be another run's, being written).
+fn clean_stale(links: &Path) {
+    let current = open_like_output(links)
+        .ok()
+        .and_then(|f| crate::trust::read_capped(f, LINKS_CAP).ok())
+        .and_then(|b| serde_json::from_slice::<LinksFile>(&b).ok())
+        .map(|f| f.header.generation);
+    let (Some(dir), Some(stem)) = (links.parent(), links.file_stem().and_then(|s| s.to_str())) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let now = std::time::SystemTime::now();
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        // Names are ours, in exactly this case: no case-insensitive match.
+        let ours = name.starts_with(&format!(".usersync-{stem}.")) && name.rsplit('.').next() == Some("tmp");
+        let orphan = name.strip_prefix(&format!("{stem}.")).is_some_and(|rest| {
+            let mut parts = rest.split('.');
+            let gen = parts.next().and_then(|g| u64::from_str_radix(g, 16).ok());
+            matches!(parts.next(), Some("members" | "ids")) && parts.next().is_none() && gen.is_some() && gen != current
+        });
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|m| now.duration_since(m).unwrap_or_default() >= STALE_AGE);
+        if (ours || orphan) && old && e.file_type().is_ok_and(|t| t.is_file()) && std::fs::remove_file(e.path()).is_ok()
+        {
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        tracing::info!(path = %links.display(), removed, "removed files a killed run left behind");
     }
 }
 
@@ -378,25 +601,40 @@ mod tests {
     }
 
     fn header() -> Header {
-        Header { key: key(), group_link: "gl".into(), users_link: "ul".into(), full_at: 2 }
+        Header { key: key(), group_link: "gl".into(), users_link: "ul".into(), full_at: 2, generation: 0 }
+    }
+
+    fn files(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir.join("delta"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
     }
 
     #[test]
-    fn a_temp_file_a_killed_run_left_goes_once_it_is_a_day_old() {
+    fn files_a_killed_run_left_go_once_they_are_a_day_old() {
         let t = tempfile::tempdir().unwrap();
-        let path = t.path().join("abc.state");
-        let (old, young) = (t.path().join(".usersync-abc.state.1.tmp"), t.path().join(".usersync-abc.state.2.tmp"));
+        let mut w = Writer::create(t.path(), header(), None).unwrap();
+        w.push(&Record { id: "1".into(), kind: ObjectKind::User, enabled: Some(true), mail: None, phone: None })
+            .unwrap();
+        w.finish().unwrap().commit().unwrap();
+        let stem = key().stem(t.path());
+        let name = |s: &str| stem.with_file_name(format!("{}{s}", stem.file_name().unwrap().to_string_lossy()));
+        let tmp_name = format!(".usersync-{}.x.tmp", stem.file_name().unwrap().to_string_lossy());
+        let (old, young, orphan) = (stem.with_file_name(&tmp_name), name(".y.tmp"), name(".00000000000000ff.members"));
         // Both ages are set here, by this process's clock (which tests/clock-shift moves),
         // not left to the file system's.
         let now = std::time::SystemTime::now();
         let a_day_ago = now - std::time::Duration::from_secs(90_000);
-        for (p, age) in [(&old, a_day_ago), (&young, now)] {
+        for (p, age) in [(&old, a_day_ago), (&young, now), (&orphan, a_day_ago)] {
             File::create(p).unwrap().set_modified(age).unwrap();
         }
-        let w = Writer::create(&path, &header()).unwrap();
+        let _w = Writer::create(t.path(), header(), None).unwrap();
         assert!(!old.exists(), "a day old: a killed run's");
+        assert!(!orphan.exists(), "member data no links file names, a day old");
         assert!(young.exists(), "maybe another run's, writing now");
-        w.finish().unwrap().commit().unwrap();
     }
 
     #[test]
@@ -410,16 +648,22 @@ mod tests {
         )
         .unwrap();
         let t = tempfile::tempdir().unwrap();
-        let path = key().path(t.path());
-        let mut w = Writer::create(&path, &header()).unwrap();
+        let mut w = Writer::create(t.path(), header(), None).unwrap();
         for m in &page.members {
             w.push(&Record::of(&MemberView::from(m), true).unwrap()).unwrap();
         }
         w.finish().unwrap().commit().unwrap();
-        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&path).unwrap().permissions());
-        assert_eq!(mode & 0o777, 0o600);
-        let mut r = Reader::open(&path, &key()).unwrap();
-        assert_eq!(r.header, header());
+        for f in files(t.path()) {
+            let mode = std::os::unix::fs::PermissionsExt::mode(
+                &std::fs::metadata(t.path().join("delta").join(&f)).unwrap().permissions(),
+            );
+            assert_eq!(mode & 0o777, 0o600, "{f}");
+        }
+        let opened = Opened::open(t.path(), &key()).unwrap();
+        assert_eq!((&opened.header.group_link, &opened.header.users_link), (&"gl".to_owned(), &"ul".to_owned()));
+        assert!(opened.has_any(["zz", "id-1"]).unwrap());
+        assert!(!opened.has_any(["zz", "5"]).unwrap());
+        let mut r = opened.records().unwrap();
         let mut back = Vec::new();
         while let Some(rec) = r.next_record().unwrap() {
             back.push(crate::page::Member::from(rec.view()));
@@ -429,15 +673,36 @@ mod tests {
         // An undecodable value is kept for the log, made compact (one line).
         want[1].mobile_phone = Some(crate::page::Text::Undecodable(r#"{"x":[1,2]}"#.into()));
         assert_eq!(back, want);
-        assert!(matches!(Reader::open(&path, &Key { group: "other".into(), ..key() }), Err(Unusable::Corrupt(_))));
-        assert!(matches!(Reader::open(&t.path().join("none"), &key()), Err(Unusable::Missing)));
+        assert!(matches!(Opened::open(t.path(), &Key { group: "other".into(), ..key() }), Err(Unusable::Missing)));
+        assert!(matches!(Opened::open(&t.path().join("none"), &key()), Err(Unusable::Missing)));
+    }
+
+    #[test]
+    fn moving_links_rewrites_no_member_data_and_a_new_generation_replaces_the_old() {
+        let t = tempfile::tempdir().unwrap();
+        let mut w = Writer::create(t.path(), header(), None).unwrap();
+        w.push(&Record { id: "1".into(), kind: ObjectKind::User, enabled: Some(true), mail: None, phone: None })
+            .unwrap();
+        w.finish().unwrap().commit().unwrap();
+        let before = files(t.path());
+        let opened = Opened::open(t.path(), &key()).unwrap();
+        let moved = Header { group_link: "gl2".into(), ..opened.header.clone() };
+        Commit::links_only(t.path(), &moved).unwrap().commit().unwrap();
+        assert_eq!(files(t.path()), before, "the same files");
+        assert_eq!(Opened::open(t.path(), &key()).unwrap().header.group_link, "gl2");
+        // A reader opened before a new generation still reads the old one whole.
+        let held = Opened::open(t.path(), &key()).unwrap();
+        let w = Writer::create(t.path(), held.header.clone(), Some(held.header.generation)).unwrap();
+        w.finish().unwrap().commit().unwrap();
+        assert_eq!(files(t.path()).len(), 3, "the old generation removed: {:?}", files(t.path()));
+        let mut r = held.records().unwrap();
+        assert!(r.next_record().unwrap().is_some() && r.next_record().unwrap().is_none());
     }
 
     #[test]
     fn a_cut_short_or_mangled_state_is_corrupt_and_another_version_is_not_read() {
         let t = tempfile::tempdir().unwrap();
-        let path = key().path(t.path());
-        let mut w = Writer::create(&path, &header()).unwrap();
+        let mut w = Writer::create(t.path(), header(), None).unwrap();
         let rec = Record {
             id: "1".into(),
             kind: ObjectKind::User,
@@ -448,18 +713,19 @@ mod tests {
         w.push(&rec).unwrap();
         w.push(&rec).unwrap();
         w.finish().unwrap().commit().unwrap();
-        let whole = std::fs::read(&path).unwrap();
+        let generation = Opened::open(t.path(), &key()).unwrap().header.generation;
+        let (members, _) = data_paths(&key().path(t.path()), generation);
+        let whole = std::fs::read(&members).unwrap();
         let read_all = |bytes: &[u8]| {
-            std::fs::write(&path, bytes).unwrap();
-            let mut r = Reader::open(&path, &key())?;
+            std::fs::write(&members, bytes).unwrap();
+            let mut r = Opened::open(t.path(), &key())?.records()?;
             while r.next_record()?.is_some() {}
             Ok::<_, Unusable>(())
         };
         assert_eq!(read_all(&whole), Ok(()));
         assert!(read_all(&whole[..whole.len() - 10]).is_err(), "cut short");
         assert!(read_all(b"not gzip at all").is_err());
-        let mut gz = GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        writeln!(gz, "{MAGIC} 99\n{{}}").unwrap();
-        assert_eq!(read_all(&gz.finish().unwrap()), Err(Unusable::Version("99".into())));
+        std::fs::write(key().path(t.path()), br#"{"format":99}"#).unwrap();
+        assert_eq!(Opened::open(t.path(), &key()).unwrap_err(), Unusable::Version("99".into()));
     }
 }

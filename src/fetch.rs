@@ -24,7 +24,6 @@ use crate::instance::Instance;
 use crate::page::ObjectKind;
 use crate::progress::Line;
 use crate::roster::Roster;
-use crate::write::Staged;
 
 /// A group as one run fetches it: the same group, read from the same Graph by the same
 /// identity (authority, tenant, client and credential), is fetched once, whatever configs
@@ -101,11 +100,30 @@ pub enum Read {
     Delta,
 }
 
+/// A group's members: read this run, or kept in its delta state, unchanged since.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant, reason = "one per group and run")]
+enum Members {
+    Read(Roster),
+    /// Read from the state only when an instance needs them (one whose lists were not
+    /// written from exactly this state), and then once.
+    Kept {
+        state: std::sync::Mutex<Option<delta_state::Opened>>,
+        phones: bool,
+        count: u64,
+        /// Whether member data found unreadable takes its state with it (not in a dry run).
+        discard: bool,
+        loaded: std::sync::OnceLock<Result<Roster, FetchError>>,
+    },
+}
+
 /// One group, read.
 #[derive(Debug)]
 pub struct Fetched {
-    /// Its members.
-    pub roster: Roster,
+    members: Members,
+    /// The generation of member data the members are (see [`delta_state::Header`]), when
+    /// a delta state keeps them: what an instance's lists were last written from.
+    pub version: Option<u64>,
     /// How it was read.
     pub read: Read,
     /// Graph requests made for it (pages and lookups; a users round counts for each group
@@ -121,18 +139,73 @@ pub struct Fetched {
 }
 
 impl Fetched {
+    /// The group's members (read from the state first, if they were kept there).
+    pub fn roster(&self) -> Result<&Roster, FetchError> {
+        match &self.members {
+            Members::Read(r) => Ok(r),
+            Members::Kept { state, phones, discard, loaded, .. } => loaded
+                .get_or_init(|| {
+                    let opened = state.lock().ok().and_then(|mut s| s.take());
+                    let opened = opened.ok_or_else(|| FetchError::Internal("the state was taken".into()))?;
+                    let path = opened.path().to_owned();
+                    let read = tokio::task::block_in_place(|| kept_roster(opened, *phones));
+                    read.map_err(|e| {
+                        // The next run must not trust it again: without its links, it reads
+                        // the group in full.
+                        if *discard {
+                            if let Ok(t) = crate::write::Target::at(&path) {
+                                let _ = t.remove();
+                            }
+                        }
+                        FetchError::StateCorrupt(format!("{}: {e:?}", path.display()))
+                    })
+                })
+                .as_ref()
+                .map_err(Clone::clone),
+        }
+    }
+
+    /// Whether the group is as its delta state kept it (nothing changed this run).
+    #[must_use]
+    pub fn unchanged(&self) -> bool {
+        matches!(self.members, Members::Kept { .. })
+    }
+
     /// One line for the end of its progress line: members, requests, and how it was read.
     fn summary(&self) -> String {
         let how = match &self.read {
             Read::Full(reason) => format!("full read, {reason}"),
+            Read::Delta if self.unchanged() => "delta read, unchanged".to_owned(),
             Read::Delta => "delta read".to_owned(),
+        };
+        let members = match &self.members {
+            Members::Read(r) => r.objects() as u64,
+            Members::Kept { count, .. } => *count,
         };
         format!(
             "{} members, {} requests ({how})",
-            crate::progress::thousands(self.roster.objects() as u64),
+            crate::progress::thousands(members),
             crate::progress::thousands(self.requests)
         )
     }
+}
+
+/// The members a state keeps, read whole.
+fn kept_roster(opened: delta_state::Opened, phones: bool) -> Result<Roster, Unusable> {
+    let mut r = opened.records()?;
+    let mut roster = Roster::new(phones);
+    let mut n = 0u64;
+    while let Some(rec) = r.next_record()? {
+        roster.push(&rec.view());
+        n += 1;
+        // Sorting in runs, as a full read does page by page.
+        if n % 999 == 0 {
+            roster.end_page();
+        }
+    }
+    roster.end_page();
+    roster.finish();
+    Ok(roster)
 }
 
 /// Every group of a run, read or failed, and the new delta states staged for commit.
@@ -141,7 +214,7 @@ pub struct Fetches {
     /// Per group.
     pub groups: HashMap<FetchKey, Result<Arc<Fetched>, Arc<FetchError>>>,
     /// New delta states, to commit once every instance that used the group succeeded.
-    pub staged: HashMap<FetchKey, Staged>,
+    pub staged: HashMap<FetchKey, delta_state::Commit>,
 }
 
 /// What a run's fetch needs to know.
@@ -171,10 +244,10 @@ enum How {
     /// A full read, for this reason.
     Full(FullReason),
     /// A full read as the safety net, with the old state (its drift is counted).
-    SafetyNet(delta_state::Reader),
+    SafetyNet(delta_state::Opened),
     /// A delta round from the state's links. The state is read through this one opening
     /// only: a commit by another run meanwhile cannot mix two versions.
-    Delta(delta_state::Reader),
+    Delta(delta_state::Opened),
 }
 
 /// Reads every distinct group of `instances`. At most `[http] max_concurrency` requests are
@@ -321,13 +394,24 @@ fn state_key(cred: &Credentials, q: &GroupQuery, isolated: Option<String>) -> de
     }
 }
 
+/// The state a full read replaces.
+#[allow(clippy::large_enum_variant, reason = "one per group and run")]
+enum Old {
+    /// None (the first read, or delta off).
+    None,
+    /// Opened (a safety net counts its drift).
+    Kept(delta_state::Opened),
+    /// Found unreadable: only its generation, to remove.
+    Lost(u64),
+}
+
 /// Full or delta, from the state's header (its records are read later, as a stream).
 fn decide(state: &Result<delta_state::Key, FullReason>, query: &GroupQuery, s: &Settings<'_>) -> How {
     let key = match state {
         Err(reason) => return How::Full(reason.clone()),
         Ok(k) => k,
     };
-    match delta_state::Reader::open(&key.path(s.state_dir), key) {
+    match delta_state::Opened::open(s.state_dir, key) {
         Err(Unusable::Missing) => How::Full(FullReason::First),
         Err(Unusable::Version(v)) => {
             tracing::warn!(group = %query.group, version = %v, "the delta state is of another format version; reading in full");
@@ -462,7 +546,7 @@ impl GroupReader<'_> {
         plan: Plan,
         rounds: Option<Arc<AppRounds>>,
         line: &Line,
-    ) -> Result<(Fetched, Option<Staged>), FetchError> {
+    ) -> Result<(Fetched, Option<delta_state::Commit>), FetchError> {
         let Plan { cred, query, state, how } = plan;
         let (reason, old) = match how {
             How::Full(r) => (r, None),
@@ -474,22 +558,36 @@ impl GroupReader<'_> {
                     // The app's users link is no good: this group starts over in full.
                     Err(e) if e.resync_reason().is_some() => {
                         let reason = FullReason::Resync(e.resync_reason().unwrap_or_default().into());
-                        return self.full_read(&cred, &query, state.ok(), (reason, None), rounds, line).await;
+                        return self.full_read(&cred, &query, state.ok(), (reason, Old::Kept(old)), rounds, line).await;
                     }
                     r => r?,
                 };
                 let (next, _) = app.next_link()?;
                 line.status("reading what changed");
-                match self.delta_read(&cred, &query, key, old, (users, &next)).await {
+                let (graph, group, since) = (&query.graph, query.group.as_str(), &old.header.group_link);
+                let membership = match self.client.membership_round(&cred, graph, group, since).await {
                     Err(e) if e.resync_reason().is_some() => {
                         let reason = e.resync_reason().unwrap_or_default();
                         tracing::warn!(group = %query.group, %reason, error = %e, "the group's delta link is no longer valid; reading it in full");
-                        (FullReason::Resync(reason.into()), None)
+                        let reason = FullReason::Resync(reason.into());
+                        return self.full_read(&cred, &query, state.ok(), (reason, Old::Kept(old)), rounds, line).await;
                     }
-                    r => return r,
-                }
+                    r => r?,
+                };
+                let generation = old.header.generation;
+                return match self.delta_read(&cred, &query, key, old, &membership, (users, &next)).await {
+                    // The member data turned out unreadable as it was read: this run reads
+                    // the group in full instead (the rounds cost nothing that is lost).
+                    Err(e @ FetchError::StateCorrupt(_)) => {
+                        tracing::warn!(group = %query.group, error = %e, "the delta state is unreadable; reading in full");
+                        let reason = FullReason::Resync("state-corrupt".into());
+                        self.full_read(&cred, &query, state.ok(), (reason, Old::Lost(generation)), rounds, line).await
+                    }
+                    r => r,
+                };
             }
         };
+        let old = old.map_or(Old::None, Old::Kept);
         self.full_read(&cred, &query, state.ok(), (reason, old), rounds, line).await
     }
 
@@ -500,10 +598,10 @@ impl GroupReader<'_> {
         cred: &Credentials,
         query: &GroupQuery,
         key: Option<delta_state::Key>,
-        (reason, old): (FullReason, Option<delta_state::Reader>),
+        (reason, old): (FullReason, Old),
         rounds: Option<Arc<AppRounds>>,
         line: &Line,
-    ) -> Result<(Fetched, Option<Staged>), FetchError> {
+    ) -> Result<(Fetched, Option<delta_state::Commit>), FetchError> {
         let Self { client, state_dir, dry_run, now } = *self;
         let mut requests = 0;
         let keep = match key {
@@ -519,9 +617,17 @@ impl GroupReader<'_> {
                 let group_link = client.membership_latest(cred, &query.graph, query.group.as_str()).await?;
                 requests += 1;
                 let path = key.path(state_dir);
-                let before = old.and_then(digests);
-                let header = Header { key, group_link, users_link, full_at: now };
-                match delta_state::Writer::create(&path, &header) {
+                // The old state's generation goes once the new one is in place; a safety net
+                // counts how far it had drifted.
+                let (replaces, old) = match old {
+                    Old::None => (None, None),
+                    Old::Kept(o) => (Some(o.header.generation), Some(o)),
+                    Old::Lost(g) => (Some(g), None),
+                };
+                let before =
+                    old.filter(|_| reason == FullReason::SafetyNet).and_then(|o| o.records().ok()).and_then(digests);
+                let header = Header { key, group_link, users_link, full_at: now, generation: 0 };
+                match delta_state::Writer::create(state_dir, header, replaces) {
                     Ok(writer) => Some(Keep { writer, phones: query.mobile_phone, before, drift: 0, failed: None }),
                     Err(e) => {
                         delta_state::abandon(&path, query.group.as_str(), &e);
@@ -536,7 +642,8 @@ impl GroupReader<'_> {
             tracing::warn!(group = %query.group, drift = d, "the safety-net full read found members the delta state had wrong");
         }
         let fetched = Fetched {
-            roster,
+            members: Members::Read(roster),
+            version: state.as_ref().map(delta_state::Commit::generation),
             read: Read::Full(reason),
             requests: requests + pages,
             drift,
@@ -546,39 +653,78 @@ impl GroupReader<'_> {
         Ok((fetched, state))
     }
 
-    /// A delta read: the group's membership round, then its old state with the round's and the
-    /// app's users round's changes applied, streamed into the roster and the new state; members
-    /// that joined with attributes not known yet are read by id.
+    /// A delta read: the group's membership round (read already), then its old state with
+    /// the round's and the app's users round's changes applied, streamed into the roster and
+    /// the new state; members that joined with attributes not known yet are read by id. A
+    /// group that nothing changed is neither read nor rewritten: its members stay in the
+    /// state, read from there only if an instance needs them.
     async fn delta_read(
         &self,
         cred: &Credentials,
         query: &GroupQuery,
         key: &delta_state::Key,
-        old: delta_state::Reader,
+        old: delta_state::Opened,
+        membership: &MembershipRound,
         (users, next): (&UsersRound, &str),
-    ) -> Result<(Fetched, Option<Staged>), FetchError> {
+    ) -> Result<(Fetched, Option<delta_state::Commit>), FetchError> {
         let header = old.header.clone();
         let Self { client, state_dir, dry_run, .. } = *self;
-        let membership = client.membership_round(cred, &query.graph, query.group.as_str(), &header.group_link).await?;
         let mut requests = membership.requests + users.requests;
-        let path = key.path(state_dir);
         let new_header = Header {
             key: key.clone(),
             group_link: membership.link.clone(),
             users_link: next.to_owned(),
             full_at: header.full_at,
+            generation: header.generation,
         };
+        let path = old.path().to_owned();
+        let corrupt = |e: Unusable| FetchError::StateCorrupt(format!("{}: {e:?}", path.display()));
+        let changed_users = users.now.keys().chain(users.removed.iter()).map(String::as_str);
+        let quiet = membership.joined.is_empty() && membership.left.is_empty();
+        if quiet && !old.has_any(changed_users.clone()).map_err(corrupt)? {
+            // Nothing of the group changed. The links move only when the rounds saw changes
+            // elsewhere (so that the next rounds need not replay them); a round that saw
+            // nothing at all leaves the state as it was: an unchanged run writes nothing.
+            let moved = !(users.now.is_empty() && users.removed.is_empty()) && new_header != header;
+            let state = if moved && !dry_run {
+                delta_state::Commit::links_only(state_dir, &new_header)
+                    .map_err(|e| delta_state::abandon(old.path(), query.group.as_str(), &e))
+                    .ok()
+            } else {
+                None
+            };
+            tracing::debug!(group = %query.group, "nothing of the group changed");
+            let count = old.members();
+            let members = Members::Kept {
+                state: std::sync::Mutex::new(Some(old)),
+                phones: query.mobile_phone,
+                count,
+                discard: !dry_run,
+                loaded: std::sync::OnceLock::new(),
+            };
+            let fetched = Fetched {
+                members,
+                version: Some(header.generation),
+                read: Read::Delta,
+                requests,
+                drift: None,
+                ignored: None,
+                matched: vec![],
+            };
+            return Ok((fetched, state));
+        }
         let writer = if dry_run {
             None
         } else {
-            delta_state::Writer::create(&path, &new_header)
-                .map_err(|e| delta_state::abandon(&path, query.group.as_str(), &e))
+            delta_state::Writer::create(state_dir, new_header, Some(header.generation))
+                .map_err(|e| delta_state::abandon(old.path(), query.group.as_str(), &e))
                 .ok()
         };
         let phones = query.mobile_phone;
-        let mut applied = Apply::new(&membership, users, phones, writer, query.group.as_str());
+        let mut applied = Apply::new(membership, users, phones, writer, query.group.as_str());
+        let reader = old.records().map_err(corrupt)?;
         // A million records take about a second of CPU: not on an async worker's time.
-        tokio::task::block_in_place(|| stream_old(&path, old, &mut applied))?;
+        tokio::task::block_in_place(|| stream_old(&path, reader, &mut applied))?;
         // Members that joined and were not in the state: their attributes from the users round,
         // or read by id.
         let unknown: Vec<String> = applied
@@ -600,7 +746,17 @@ impl GroupReader<'_> {
             return Err(FetchError::LimitedInformation { group, users, missing });
         }
         tracing::info!(group = %query.group, joined = membership.joined.len(), left = membership.left.len(), looked_up = lookups, objects = roster.objects(), "read the group's changes");
-        Ok((Fetched { roster, read: Read::Delta, requests, drift: None, ignored: None, matched }, state))
+        let version = state.as_ref().map(delta_state::Commit::generation);
+        let fetched = Fetched {
+            members: Members::Read(roster),
+            version,
+            read: Read::Delta,
+            requests,
+            drift: None,
+            ignored: None,
+            matched,
+        };
+        Ok((fetched, state))
     }
 }
 
@@ -704,7 +860,7 @@ impl<'a> Apply<'a> {
         }
     }
 
-    fn finish(mut self) -> (Roster, Option<Staged>) {
+    fn finish(mut self) -> (Roster, Option<delta_state::Commit>) {
         self.roster.end_page();
         self.roster.finish();
         let staged = self.writer.and_then(|w| {
@@ -735,7 +891,7 @@ fn stream_old(path: &Path, mut r: delta_state::Reader, apply: &mut Apply<'_>) ->
 /// groups qualify); the others' stay as they were. Returns the failures, with their group.
 #[must_use]
 pub fn commit(
-    staged: impl IntoIterator<Item = (FetchKey, Staged)>,
+    staged: impl IntoIterator<Item = (FetchKey, delta_state::Commit)>,
     ok: impl Fn(&FetchKey) -> bool,
 ) -> Vec<(FetchKey, crate::write::WriteError)> {
     let mut failed = Vec::new();

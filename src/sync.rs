@@ -360,7 +360,13 @@ impl Run<'_> {
             Ok(r) => r,
             Err(errors) => return failed_instance(inst, errors),
         };
-        let rosters: Vec<&Roster> = groups.iter().map(|f| &f.roster).collect();
+        let rosters: Vec<&Roster> = match groups.iter().map(|f| f.roster()).collect() {
+            Ok(r) => r,
+            Err(e) => {
+                let errors = vec![error_report(&format!("instance `{name}`: {e}"), e.hint())];
+                return failed_instance(inst, errors);
+            }
+        };
         let detail = self.cli.dry_run || self.cli.format == Format::Json;
         let mut files = Outputs { inst, targets: BTreeMap::new() };
         let p = match plan::plan(&mut files, &rosters, inst, detail) {

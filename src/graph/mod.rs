@@ -434,7 +434,7 @@ pub struct FullRead {
     /// Pages read.
     pub pages: u64,
     /// The new delta state, staged.
-    pub state: Option<crate::write::Staged>,
+    pub state: Option<crate::delta_state::Commit>,
     /// Members that differ from the old state (either way), when there was one.
     pub drift: Option<u64>,
 }

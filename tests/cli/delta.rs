@@ -19,20 +19,34 @@ fn staff() -> Run {
     r
 }
 
-/// The state files in `<state_dir>/delta`.
-fn states(r: &Run) -> Vec<PathBuf> {
+/// The files in `<state_dir>/delta` whose name ends in `.{ext}`.
+fn delta_files(r: &Run, ext: &str) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(r.path().join("state/delta"))
-        .map(|d| d.map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|x| x == "state")).collect())
+        .map(|d| d.map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|x| x == ext)).collect())
         .unwrap_or_default();
     v.sort();
     v
 }
 
-/// The one state file's bytes.
-fn state(r: &Run) -> Vec<u8> {
+/// The states in `<state_dir>/delta`: their links files (each state's commit point).
+fn states(r: &Run) -> Vec<PathBuf> {
+    delta_files(r, "links")
+}
+
+/// The one state, whole: every file in `<state_dir>/delta`, names and bytes.
+fn state(r: &Run) -> Vec<(PathBuf, Vec<u8>)> {
     let s = states(r);
     assert_eq!(s.len(), 1, "{s:?}");
-    std::fs::read(&s[0]).unwrap()
+    let mut all: Vec<_> = std::fs::read_dir(r.path().join("state/delta"))
+        .unwrap()
+        .map(|e| {
+            let p = e.unwrap().path();
+            let bytes = std::fs::read(&p).unwrap();
+            (p, bytes)
+        })
+        .collect();
+    all.sort();
+    all
 }
 
 /// Every output under the server root: path relative to it → bytes.
@@ -116,11 +130,30 @@ fn an_unchanged_hour_costs_two_graph_requests_and_one_token() {
     let out = r.run();
     assert_eq!(reads(&out.stdout), [("full".into(), Some("first".into()), 3)], "the links, then one page");
     let since = r.sim.requests().len();
+    let (before, stamps) = (state(&r), mtimes(&r.path().join("state/delta")));
     let out = r.run();
     assert_eq!(graph_since(&r, since), ["/v1.0/users/delta", "/v1.0/groups/delta"]);
     assert_eq!(r.sim.requests().len() - since, 3, "two Graph requests and a token");
     assert_eq!(reads(&out.stdout), [("delta".into(), None, 2)]);
+    assert_eq!(
+        (state(&r), mtimes(&r.path().join("state/delta"))),
+        (before, stamps),
+        "an unchanged run writes no state"
+    );
     assert_same_as_full(&r);
+}
+
+/// Every file in `dir`: name → modification time.
+fn mtimes(dir: &Path) -> Vec<(PathBuf, SystemTime)> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (e.path(), e.metadata().unwrap().modified().unwrap())
+        })
+        .collect();
+    v.sort();
+    v
 }
 
 #[test]
@@ -308,32 +341,62 @@ fn a_corrupt_state_reads_in_full() {
     assert_same_as_full(&r);
 }
 
+/// Member data that does not read (cut short) is no state either: the run that finds out
+/// reads in full, whether it needed the members or only their ids.
+#[test]
+fn corrupt_member_data_reads_in_full() {
+    let mut r = staff().args(&["--format", "json"]).ignore_stderr();
+    r.run();
+    let members = delta_files(&r, "members").remove(0);
+    let bytes = std::fs::read(&members).unwrap();
+    std::fs::write(&members, &bytes[..bytes.len() / 2]).unwrap();
+    // Carol's phone changes: the members are read, and found cut short.
+    edit(&r, |m| m.iter_mut().filter(|u| u["id"] == "u3").for_each(|u| u["mobilePhone"] = json!("+358 40 7777777")));
+    let out = r.run();
+    assert_eq!(reads(&out.stdout)[0].1.as_deref(), Some("resync:state-corrupt"));
+    assert_same_as_full(&r);
+    let ids = delta_files(&r, "ids").remove(0);
+    std::fs::write(&ids, b"1234567").unwrap();
+    let out = r.run();
+    assert_eq!(reads(&out.stdout)[0].1.as_deref(), Some("resync:state-corrupt"), "an index not in whole hashes");
+    let out = r.run();
+    assert_eq!(reads(&out.stdout)[0].0, "delta");
+    assert_same_as_full(&r);
+}
+
+/// Member data found unreadable only when a run with nothing new needs it (a list to
+/// write again) fails that instance, and takes the state with it: the next run reads in
+/// full.
+#[test]
+fn corrupt_member_data_found_late_fails_once() {
+    let mut r = staff().args(&["--format", "json"]).ignore_stderr();
+    r.run();
+    let members = delta_files(&r, "members").remove(0);
+    let bytes = std::fs::read(&members).unwrap();
+    std::fs::write(&members, &bytes[..bytes.len() / 2]).unwrap();
+    std::fs::remove_file(r.root().join(SENDERS)).unwrap();
+    r = r.expect_exit(1).expect_file(SENDERS, None);
+    let out = r.run();
+    assert!(out.stdout.contains("the next run reads the group in full"), "{}", out.stdout);
+    assert!(states(&r).is_empty(), "the state went with it");
+    r = r.expect_exit(0).expect_file(SENDERS, Some("alice@example.com\ncarol@example.com\n"));
+    let out = r.run();
+    assert_eq!(reads(&out.stdout)[0].1.as_deref(), Some("first"));
+    assert_same_as_full(&r);
+}
+
 /// Rewrites the state's header as if its last full read were `hours` ago.
 fn age_full_read(r: &Run, hours: u64) {
     age_full_read_to(r, |now| now - hours * 3600);
 }
 
-/// Rewrites the state's header with its last full read at `at(now)`.
+/// Rewrites the state's links with its last full read at `at(now)`.
 fn age_full_read_to(r: &Run, at: impl FnOnce(u64) -> u64) {
-    use usersync::delta_state::{Reader, Writer};
     let path = states(r).remove(0);
-    let key = {
-        let head = flate2::read::GzDecoder::new(std::fs::File::open(&path).unwrap());
-        let line = std::io::BufRead::lines(std::io::BufReader::new(head)).nth(1).unwrap().unwrap();
-        serde_json::from_value::<usersync::delta_state::Key>(
-            serde_json::from_str::<Value>(&line).unwrap()["key"].clone(),
-        )
-        .unwrap()
-    };
-    let mut reader = Reader::open(&path, &key).unwrap();
-    let mut header = reader.header.clone();
+    let mut links: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
-    header.full_at = at(now);
-    let mut w = Writer::create(&path, &header).unwrap();
-    while let Some(rec) = reader.next_record().unwrap() {
-        w.push(&rec).unwrap();
-    }
-    w.finish().unwrap().commit().unwrap();
+    links["full_at"] = json!(at(now));
+    std::fs::write(&path, serde_json::to_vec(&links).unwrap()).unwrap();
 }
 
 #[test]
@@ -509,14 +572,21 @@ fn the_state_is_private_and_at_most_twice_the_outputs_it_feeds() {
         .collect();
     let mut r = Run::new().group(STAFF, members).conf("gw", "staff", &format!("group_id = \"{STAFF}\"\n"));
     r.run();
-    let path = &states(&r)[0];
-    let meta = std::fs::metadata(path).unwrap();
-    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777, 0o600);
     let outputs = std::fs::metadata(r.root().join(SENDERS)).unwrap().len();
-    assert!(meta.len() <= 2 * outputs, "state {} bytes, outputs {outputs}", meta.len());
+    let size = |r: &Run| {
+        let files = state(r);
+        assert_eq!(files.len(), 3, "links, members, ids: {files:?}");
+        for (p, _) in &files {
+            let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(p).unwrap().permissions());
+            assert_eq!(mode & 0o777, 0o600, "{}", p.display());
+        }
+        files.iter().map(|(_, b)| b.len() as u64).sum::<u64>()
+    };
+    let first = size(&r);
+    assert!(first <= 2 * outputs, "state {first} bytes, outputs {outputs}");
     r.run();
-    let meta = std::fs::metadata(path).unwrap();
-    assert!(meta.len() <= 2 * outputs, "after a delta run: state {} bytes, outputs {outputs}", meta.len());
+    let after = size(&r);
+    assert!(after <= 2 * outputs, "after a delta run: state {after} bytes, outputs {outputs}");
 }
 
 /// A delta run over one-entry pages whose requests are, in order: two users pages (two
