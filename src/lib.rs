@@ -24,6 +24,7 @@ pub mod instance;
 pub mod judged;
 pub mod lock;
 mod log;
+pub mod memo;
 pub mod metrics;
 pub mod node;
 pub mod normalize;

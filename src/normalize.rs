@@ -4,7 +4,7 @@
 use std::fmt;
 
 /// Why a member (or one of its values) did not become an entry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SkipReason {
     /// A nested group object (its members come with `nested = true`).

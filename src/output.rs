@@ -3,7 +3,7 @@
 use std::fmt;
 
 /// One of the gateway's list files (contract §1); the `feeds` value names it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Output {
     /// `allowed_senders_ldap.txt`: who may send secure mail.

@@ -17,6 +17,7 @@ use crate::error::{render_error, ConfigError, Hint, Outcome};
 use crate::fetch::{self, FetchKey};
 use crate::graph::{FetchError, GraphClient};
 use crate::instance::{self, Instance, Loaded};
+use crate::memo::{self, Memo};
 use crate::metrics::{self, RunFacts};
 use crate::node::{self, NodeState};
 use crate::normalize::SkipReason;
@@ -76,6 +77,11 @@ fn print_report(cli: &Cli, report: &Report) {
     }
 }
 
+/// How old the saved time of an instance's last success may grow while nothing else of
+/// the run state changes (an unchanged run writes nothing): a failing run's metrics say
+/// when it last synced, to the hour.
+const LAST_SUCCESS_HEARTBEAT: u64 = 3600;
+
 /// What a run adds to the run state (successes, resyncs, drift, alerts); whether anything
 /// changed, and whether an alert was due that no provider delivered.
 fn remember(
@@ -87,8 +93,10 @@ fn remember(
 ) -> (bool, bool) {
     let mut changed = false;
     for i in report.instances.iter().filter(|i| i.outcome == InstanceOutcome::Ok) {
-        state.last_success.insert(i.name.clone(), now.as_secs());
-        changed = true;
+        // A heartbeat: saved when an hour old (or the clock went back), or with anything
+        // else; the metrics of this run say the exact time all the same.
+        let last = state.last_success.insert(i.name.clone(), now.as_secs());
+        changed |= last.is_none_or(|t| t > now.as_secs() || now.as_secs() - t >= LAST_SUCCESS_HEARTBEAT);
     }
     for i in &report.instances {
         for r in &i.reads {
@@ -360,6 +368,17 @@ impl Run<'_> {
             Ok(r) => r,
             Err(errors) => return failed_instance(inst, errors),
         };
+        let mut files = Outputs { inst, targets: BTreeMap::new() };
+        // Nothing of its groups changed, and its configs and files are as the last run left
+        // them: the lists are what a plan would write.
+        let memo_path = memo::path(&self.config.state_dir, inst);
+        let kept: Vec<Option<u64>> = groups.iter().map(|f| f.version.filter(|_| f.unchanged())).collect();
+        if kept.iter().all(Option::is_some) {
+            if let Some(ir) = Memo::load(&memo_path).and_then(|m| m.unchanged(inst, &kept, |o| files.mark(o))) {
+                tracing::debug!(instance = %name, "nothing changed since the last run: no plan");
+                return ir;
+            }
+        }
         let rosters: Vec<&Roster> = match groups.iter().map(|f| f.roster()).collect() {
             Ok(r) => r,
             Err(e) => {
@@ -368,7 +387,6 @@ impl Run<'_> {
             }
         };
         let detail = self.cli.dry_run || self.cli.format == Format::Json;
-        let mut files = Outputs { inst, targets: BTreeMap::new() };
         let p = match plan::plan(&mut files, &rosters, inst, detail) {
             Ok(p) => p,
             Err(errors) => {
@@ -409,7 +427,16 @@ impl Run<'_> {
                 return planned_instance(inst, p, outcome, action, errors);
             }
         }
-        write_outputs(inst, p, &files.targets)
+        let ir = write_outputs(inst, p, &files.targets);
+        let versions: Vec<Option<u64>> = groups.iter().map(|f| f.version).collect();
+        let written: Vec<Output> = files.targets.keys().copied().collect();
+        let marks = written.into_iter().filter_map(|o| files.mark(o).map(|m| (o, m))).collect();
+        if let Some(m) = Memo::after(inst, &versions, &ir, &marks) {
+            if let Err(e) = m.save(&memo_path) {
+                tracing::warn!(instance = %name, error = %e, "cannot remember what the lists were written from; the next run plans them again");
+            }
+        }
+        ir
     }
 
     /// The node check again, right before an instance's first write; `Some` stops the
@@ -500,6 +527,14 @@ impl Outputs<'_> {
                 Ok(v.insert(self.inst.target(place)?))
             }
         }
+    }
+}
+
+impl Outputs<'_> {
+    /// The mark of an output's file as it is now; `None` if there is none, or it cannot
+    /// be used (the plan then says why).
+    fn mark(&mut self, output: Output) -> Option<memo::FileMark> {
+        self.target(output).ok()?.inspect().ok()?.as_ref().map(memo::FileMark::of)
     }
 }
 

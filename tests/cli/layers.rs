@@ -72,7 +72,7 @@ const LAYERS: &[&[&str]] = &[
     &["config", "entraidconf", "instance"],
     &["render", "plan", "guard"],
     &["graph", "node", "state"],
-    &["report", "metrics", "alert", "fetch"],
+    &["report", "metrics", "alert", "fetch", "memo"],
     &["start"],
     &["sync", "check", "testquery", "alert_test", "generate"],
     &["app"],

@@ -16,5 +16,6 @@ mod review_attacks;
 mod secrets;
 mod security;
 mod sync;
+mod unchanged;
 mod unit;
 mod util;
