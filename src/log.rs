@@ -24,6 +24,55 @@ impl std::io::Write for Stderr {
     }
 }
 
+/// Where stderr is journald's (systemd sets `JOURNAL_STREAM` to its device and inode),
+/// each event starts with its syslog level, `<3>` … `<7>`, which journald takes for the
+/// line's priority: `journalctl -p warning` finds warnings. `info` is `notice` (5): a
+/// list written is worth keeping when the unit's `LogLevelMax=notice` drops systemd's
+/// own start and stop lines.
+struct Journal;
+
+/// One event's writer: its level's prefix, written before the event (which the `fmt`
+/// layer writes in one piece).
+struct Prefixed(&'static [u8]);
+
+impl std::io::Write for Prefixed {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut line = Vec::with_capacity(self.0.len() + buf.len());
+        line.extend_from_slice(self.0);
+        line.extend_from_slice(buf);
+        std::io::stderr().write_all(&line).map(|()| buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Journal {
+    type Writer = Prefixed;
+
+    fn make_writer(&'a self) -> Prefixed {
+        Prefixed(b"<5>")
+    }
+
+    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> Prefixed {
+        Prefixed(match *meta.level() {
+            tracing::Level::ERROR => b"<3>",
+            tracing::Level::WARN => b"<4>",
+            tracing::Level::INFO => b"<5>",
+            _ => b"<7>",
+        })
+    }
+}
+
+/// Whether stderr is the journal stream `JOURNAL_STREAM` names (`<device>:<inode>`).
+fn to_journal() -> bool {
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else { return false };
+    let Some((dev, ino)) = stream.to_str().and_then(|s| s.split_once(':')) else { return false };
+    let Ok(st) = rustix::fs::fstat(std::io::stderr()) else { return false };
+    dev.parse() == Ok(st.st_dev) && ino.parse() == Ok(st.st_ino)
+}
+
 /// Installs the subscriber, and the progress lines when stderr is a terminal and `-q` is not
 /// given. Call once.
 pub fn init(verbose: u8, quiet: bool) {
@@ -45,10 +94,11 @@ pub fn init(verbose: u8, quiet: bool) {
         }
     }
     let filter = EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_writer(|| Stderr)
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_ansi(terminal)
-        .try_init();
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(terminal);
+    // The journal stamps every line itself.
+    let _ = if to_journal() {
+        fmt.without_time().with_writer(Journal).try_init()
+    } else {
+        fmt.with_writer(|| Stderr).try_init()
+    };
 }

@@ -211,6 +211,7 @@ impl Memo {
             skipped: self.skipped.clone(),
             errors: vec![],
             reads: vec![],
+            locked_since: None,
         })
     }
 }

@@ -184,6 +184,9 @@ pub struct InstanceReport {
     pub errors: Vec<ErrorReport>,
     /// How each config's group was read.
     pub reads: Vec<ReadReport>,
+    /// Its lock was held by another run, as runs found it since this time (Unix seconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub locked_since: Option<u64>,
 }
 
 /// How one config's group was read.
@@ -256,13 +259,41 @@ pub struct Report {
 }
 
 impl Report {
-    /// The report as it goes to stdout.
+    /// The report as it goes to stdout. In text, a real run in which nothing changed and
+    /// nothing failed is one line, unless `detail` (`-v`) asks for every config and output.
     #[must_use]
-    pub fn render(&self, format: Format) -> String {
+    pub fn render(&self, format: Format, detail: bool) -> String {
         match format {
             Format::Json => serde_json::to_string_pretty(self).map(|s| s + "\n").unwrap_or_default(),
+            Format::Text if !detail && self.nothing_changed() => self.summary(),
             Format::Text => self.text(),
         }
+    }
+
+    /// A real run on an active node where every instance ended `ok` with every output
+    /// unchanged.
+    fn nothing_changed(&self) -> bool {
+        !self.dry_run
+            && self.errors.is_empty()
+            && self.node.active != Some(false)
+            && !self.instances.is_empty()
+            && self.instances.iter().all(|i| {
+                i.outcome == InstanceOutcome::Ok
+                    && i.errors.is_empty()
+                    && i.outputs.iter().all(|o| o.action == Action::Unchanged)
+            })
+    }
+
+    /// `unchanged: 2 instances, 6 lists, 5 HTTP requests` (token requests included)
+    fn summary(&self) -> String {
+        let plural = |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+        let lists = self.instances.iter().map(|i| i.outputs.len()).sum();
+        format!(
+            "unchanged: {}, {}, {}\n",
+            plural(self.instances.len(), "instance", "instances"),
+            plural(lists, "list", "lists"),
+            plural(usize::try_from(self.graph_requests).unwrap_or(usize::MAX), "HTTP request", "HTTP requests"),
+        )
     }
 
     fn text(&self) -> String {

@@ -27,6 +27,9 @@ pub struct State {
     /// window guard's memory (see [`crate::guard::Window`]).
     #[serde(default)]
     pub sizes: BTreeMap<String, Vec<(u64, u64)>>,
+    /// Instance → since when runs have found its lock held by another run (Unix time).
+    #[serde(default)]
+    pub locked_since: BTreeMap<String, u64>,
 }
 
 /// Alert state: is a failure going on, and when was it last reported.

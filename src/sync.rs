@@ -44,8 +44,8 @@ pub fn run(cli: &Cli) -> Result<ExitCode, Stop> {
         }
     };
     let result = crate::start::runtime().and_then(|rt| {
-        let sizes = State::load(&config.state_dir).sizes;
-        rt.block_on(Run { cli, config: &config, root: &root, sizes }.execute())
+        let State { sizes, locked_since, .. } = State::load(&config.state_dir);
+        rt.block_on(Run { cli, config: &config, root: &root, sizes, locked_since }.execute())
     });
     let report = match &result {
         Ok(r) => r.clone(),
@@ -73,7 +73,7 @@ fn print_report(cli: &Cli, report: &Report) {
     // Text mode prints nothing for a fatal error; --format json always prints one document.
     if report.errors.is_empty() || cli.format == Format::Json {
         // Nothing useful can be done if stdout is gone; the exit code still tells.
-        let _ = std::io::stdout().lock().write_all(report.render(cli.format).as_bytes());
+        let _ = std::io::stdout().lock().write_all(report.render(cli.format, cli.verbose > 0).as_bytes());
     }
 }
 
@@ -110,6 +110,13 @@ fn remember(
                 state.delta_drift.entry(i.name.clone()).or_default().insert(config, d);
                 changed = true;
             }
+        }
+    }
+    // Since when each instance's lock has been found held; forgotten once a run had it.
+    for i in &report.instances {
+        match i.locked_since {
+            Some(t) => changed |= state.locked_since.insert(i.name.clone(), t) != Some(t),
+            None => changed |= state.locked_since.remove(&i.name).is_some(),
         }
     }
     // The window guard's memory: each output written, and its size now. A forced run makes
@@ -186,6 +193,8 @@ struct Run<'a> {
     root: &'a Path,
     /// Each output's sizes after its recent writes, for the window guard.
     sizes: BTreeMap<String, Vec<(u64, u64)>>,
+    /// Since when runs have found each instance's lock held.
+    locked_since: BTreeMap<String, u64>,
 }
 
 impl Run<'_> {
@@ -246,9 +255,7 @@ impl Run<'_> {
                     runnable.push(inst);
                 }
                 Err(e) => {
-                    let held = matches!(e, lock::LockError::Held(_));
-                    let errors = vec![error_report(&format!("instance `{}`: {e}", inst.name), e.hint())];
-                    let ir = if held { locked_instance(&inst, errors) } else { failed_instance(&inst, errors) };
+                    let ir = self.not_locked(&inst, &e);
                     print_errors(&ir.errors);
                     outcome = outcome.max(ir.outcome.exit());
                     report.instances.push(ir);
@@ -296,6 +303,34 @@ impl Run<'_> {
         Ok(report)
     }
 
+    /// The report of an instance whose lock could not be taken. Held by a live run: a
+    /// notice, exit 75, no alert. Held since longer than a run may last (`[http]
+    /// deadline_seconds`, as far as the runs that found it held know): a failure, which
+    /// alerts. The time comes from the run state, which only root writes.
+    fn not_locked(&self, inst: &Instance, e: &lock::LockError) -> InstanceReport {
+        let lock::LockError::Held(path) = e else {
+            return failed_instance(inst, vec![error_report(&format!("instance `{}`: {e}", inst.name), e.hint())]);
+        };
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        let since = self.locked_since.get(&inst.name).copied().filter(|t| *t <= now).unwrap_or(now);
+        let deadline = self.config.http.deadline.as_secs();
+        let mut ir = if now - since > deadline {
+            let message = format!(
+                "instance `{}`: {} has been held by another run for {} minutes, longer than a run may last ([http] deadline_seconds = {deadline})",
+                inst.name,
+                path.display(),
+                (now - since) / 60
+            );
+            let hint = "a usersync run is hung: find it (`systemctl status usersync`, `pgrep -a usersync`) and stop it; its lock goes with it, and the next run proceeds".to_owned();
+            failed_instance(inst, vec![error_report(&message, Some(hint))])
+        } else {
+            tracing::info!(instance = %inst.name, lock = %path.display(), "another run holds the instance's lock: skipped");
+            locked_instance(inst, vec![])
+        };
+        ir.locked_since = Some(since);
+        ir
+    }
+
     fn node_config(&self) -> Option<&crate::config::NodeConfig> {
         if self.cli.ignore_node_status {
             None
@@ -326,6 +361,7 @@ impl Run<'_> {
                         skipped: BTreeMap::new(),
                         errors,
                         reads: vec![],
+                        locked_since: None,
                     });
                 }
             }
@@ -580,7 +616,7 @@ fn write_outputs(inst: &Instance, p: Plan<'_>, targets: &BTreeMap<Output, write:
     let skipped = p.skip_counts();
     let outputs = p.outputs.into_iter().zip(actions).map(|(o, a)| OutputReport::planned(o, a)).collect();
     let outcome = if errors.is_empty() { InstanceOutcome::Ok } else { InstanceOutcome::Failed };
-    InstanceReport { name: inst.name.clone(), outcome, outputs, skipped, errors, reads: vec![] }
+    InstanceReport { name: inst.name.clone(), outcome, outputs, skipped, errors, reads: vec![], locked_since: None }
 }
 
 /// A report of `p` where changed outputs got `action` and the others were unchanged.
@@ -600,7 +636,7 @@ fn planned_instance(
             OutputReport::planned(o, a)
         })
         .collect();
-    InstanceReport { name: inst.name.clone(), outcome, outputs, skipped, errors, reads: vec![] }
+    InstanceReport { name: inst.name.clone(), outcome, outputs, skipped, errors, reads: vec![], locked_since: None }
 }
 
 fn error_report(message: &str, hint: Option<String>) -> ErrorReport {
@@ -618,12 +654,20 @@ fn failed_instance(inst: &Instance, errors: Vec<ErrorReport>) -> InstanceReport 
     let outputs =
         inst.outputs.iter().map(|(o, p)| OutputReport::unplanned(*o, p.path.clone(), Action::Failed)).collect();
     let outcome = InstanceOutcome::Failed;
-    InstanceReport { name: inst.name.clone(), outcome, outputs, skipped: BTreeMap::new(), errors, reads: vec![] }
+    InstanceReport {
+        name: inst.name.clone(),
+        outcome,
+        outputs,
+        skipped: BTreeMap::new(),
+        errors,
+        reads: vec![],
+        locked_since: None,
+    }
 }
 
 /// A report of an instance whose lock another run holds: no outputs.
 fn locked_instance(inst: &Instance, errors: Vec<ErrorReport>) -> InstanceReport {
     let outcome = InstanceOutcome::Locked;
     let (outputs, skipped) = (Vec::new(), BTreeMap::new());
-    InstanceReport { name: inst.name.clone(), outcome, outputs, skipped, errors, reads: vec![] }
+    InstanceReport { name: inst.name.clone(), outcome, outputs, skipped, errors, reads: vec![], locked_since: None }
 }

@@ -325,6 +325,7 @@ mod tests {
             name: "gw\u{1b}1".into(),
             outcome: InstanceOutcome::Failed,
             reads: vec![],
+            locked_since: None,
             outputs: vec![],
             skipped: std::collections::BTreeMap::new(),
             errors: vec![crate::report::ErrorReport {

@@ -312,8 +312,42 @@ fn a_held_lock_skips_the_instance_with_exit_75() {
         .expect_file(SENDERS, Some("old@example.com\n"))
         .expect_file("other/config/allowed_senders_ldap.txt", Some(&sender_lines(0..2)));
     let out = r.run();
-    assert!(out.stderr.contains("held by another usersync run"), "{}", out.stderr);
+    assert!(out.stderr.contains("another run holds the instance's lock: skipped"), "{}", out.stderr);
+    assert!(!out.stderr.contains("error"), "a notice, not an error: {}", out.stderr);
     assert!(r.member_requests().iter().all(|q| !q.path.contains(STAFF)), "the locked instance's group is not fetched");
+}
+
+/// A lock held for longer than a run may last is a hung run: the instance fails (exit 1,
+/// and an alert), saying so, once runs have found it held that long; a run that gets the
+/// lock forgets it.
+#[test]
+fn a_lock_held_past_the_run_deadline_fails_the_instance() {
+    let mut r = one_conf()
+        .global("[http]\ndeadline_seconds = 600\n")
+        .file(SENDERS, "old@example.com\n")
+        .expect_file(SENDERS, Some("old@example.com\n"))
+        .expect_exit(75);
+    let held =
+        usersync::lock::acquire(&usersync::judged::Dir::open(&r.root().join("gw/config/entraid")).unwrap()).unwrap();
+    r.run();
+    let state_file = r.path().join("state/state.json");
+    let mut state: Value = serde_json::from_slice(&std::fs::read(&state_file).unwrap()).unwrap();
+    let since = state["locked_since"]["gw"].as_u64().expect("the first run that found it held says when");
+    state["locked_since"]["gw"] = json!(since - 601);
+    std::fs::write(&state_file, serde_json::to_vec(&state).unwrap()).unwrap();
+    r = r.expect_exit(1);
+    let out = r.run();
+    assert!(
+        out.stderr.contains("usersync.lock has been held by another run for 10 minutes, longer than a run may last ([http] deadline_seconds = 600)"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("hint: a usersync run is hung"), "{}", out.stderr);
+    drop(held);
+    r = r.expect_exit(0).expect_file(SENDERS, Some("alice@example.com\ncarol@example.com\n"));
+    r.run();
+    let state: Value = serde_json::from_slice(&std::fs::read(&state_file).unwrap()).unwrap();
+    assert_eq!(state["locked_since"], json!({}), "forgotten once a run had the lock");
 }
 
 #[test]

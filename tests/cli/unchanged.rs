@@ -139,3 +139,27 @@ fn a_dry_run_leaves_no_memo() {
     r.run();
     assert!(!r.path().join("state/instances").exists());
 }
+
+/// In text, a run in which nothing changed is one line on stdout and nothing on stderr
+/// (one line in the journal); `-v` gives every config and output, as a run with changes.
+#[test]
+fn an_unchanged_run_says_one_line() {
+    let mut r = Run::new()
+        .group(STAFF, staff_members())
+        .conf("gw", "staff", &format!("group_id = \"{STAFF}\"\n{STAFF_CONF}"))
+        .conf("gw2", "staff", &format!("group_id = \"{STAFF}\"\n"));
+    let first = r.run();
+    assert!(first.stdout.lines().count() > 2, "{}", first.stdout);
+    let out = r.run();
+    assert_eq!(out.stdout, "unchanged: 2 instances, 4 lists, 3 HTTP requests\n");
+    assert_eq!(out.stderr, "");
+    r = r.args(&["-v"]).ignore_stderr();
+    let out = r.run();
+    let conf = r.root().join("gw/config/entraid/staff.entraidconf");
+    assert!(
+        out.stdout.starts_with(&format!("gw: config {}: delta read, 2 requests\n", conf.display())),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(out.stdout.lines().count(), 6, "{}", out.stdout);
+}

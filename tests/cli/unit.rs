@@ -117,3 +117,32 @@ fn gateway_owned_lists_are_written_with_the_units_capabilities_only() {
         assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (NOBODY, NOBODY, 0o640), "{}", list.display());
     }
 }
+
+/// Under the journal (its stream in `JOURNAL_STREAM`, as systemd sets it), every log event
+/// starts with its syslog priority and no time stamp (the journal has its own): warnings
+/// are `<4>`, a list written is `<5>` (notice, which the unit's `LogLevelMax=notice`
+/// keeps), and debug lines are `<7>`. Elsewhere, none of that.
+#[test]
+fn under_the_journal_each_log_line_carries_its_priority() {
+    use std::os::unix::fs::MetadataExt;
+    let mut r = one_conf().args(&["-v"]).ignore_stderr();
+    r.sim.state().directory.groups.get_mut(STAFF).unwrap().push(user("u7", Some("bad mail@example.com"), None, true));
+    r.run();
+    let log = r.path().join("journal");
+    let file = std::fs::File::create(&log).unwrap();
+    let meta = file.metadata().unwrap();
+    std::fs::write(r.root().join(SENDERS), "someone@example.com\n").unwrap();
+    let out =
+        r.command().env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino())).stderr(file).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.iter().all(|l| l.starts_with('<')), "{text}");
+    assert!(lines.iter().any(|l| l.starts_with("<4> WARN skipped an invalid directory value")), "{text}");
+    assert!(lines.iter().any(|l| l.starts_with("<5> INFO written instance=gw")), "{text}");
+    assert!(lines.iter().any(|l| l.starts_with("<7>DEBUG ")), "{text}");
+    // Not the journal's stream: plain lines.
+    let out = r.command().env("JOURNAL_STREAM", "1:2").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!text.is_empty() && text.lines().all(|l| !l.starts_with('<')), "{text}");
+}

@@ -140,6 +140,21 @@ for e in map(json.loads, sys.stdin):
   printf '%s\n' "$now"
 }
 prop() { systemctl show -p "$2" --value "$1"; }
+# unit_lines UNIT: every journal entry since UNIT's last start() that is about it: its
+# processes', systemd's about it (UNIT=), and about its credentials' mount; as
+# "priority unit: message". (A line of systemd's is in the journal even when LogLevelMax
+# hides it from the unit: then it is not there at all.)
+unit_lines() {
+  journalctl -q -o json --after-cursor="$(cat "$WORK/cursor.$1")" | python3 -c '
+import json, sys
+unit = sys.argv[1]
+for e in map(json.loads, sys.stdin):
+    about = {e.get("_SYSTEMD_UNIT"), e.get("UNIT"), e.get("USER_UNIT")}
+    if unit in about or "run-credentials-" + unit + ".mount" in about:
+        m = e["MESSAGE"] if isinstance(e["MESSAGE"], str) else bytes(e["MESSAGE"]).decode(errors="replace")
+        print(e.get("PRIORITY", "?"), (e.get("UNIT") or e.get("_SYSTEMD_UNIT")) + ":", m)
+' "$1"
+}
 
 # --- The simulator --------------------------------------------------------------------
 # sim_move USER_ID GROUP|-: moves a user of the simulated tenant into GROUP (- for none, a

@@ -5,7 +5,7 @@
 
 # Output lines without their timestamps, sorted (the journal interleaves stdout and
 # stderr), and without the alert mail: fresh_start clears the alert state it depends on.
-lines() { sed -E 's/^[0-9-]+T[0-9:.]+Z +//' "$@" | grep -v 'alert delivered' | sort; }
+lines() { sed -E 's/^[0-9-]+T[0-9:.]+Z +//; s/^ +//' "$@" | grep -v 'alert delivered' | sort; }
 # differences UNIT-FILE ROOT-FILE: lines only under the unit (-), only from the shell (+).
 differences() {
   local d
