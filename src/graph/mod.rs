@@ -414,15 +414,16 @@ pub struct Keep {
 
 impl Keep {
     fn push(&mut self, m: &crate::page::MemberView<'_>) {
-        // The roster skipped it as well.
-        let Some(r) = crate::delta_state::Record::of(m, self.phones) else { return };
-        if let Some(before) = &mut self.before {
+        let written = if let Some(before) = &mut self.before {
+            // The roster skipped it as well.
+            let Some(r) = crate::delta_state::Record::of(m, self.phones) else { return };
             self.drift += u64::from(before.remove(&r.id_digest()) != Some(r.digest()));
-        }
-        if self.failed.is_none() {
-            if let Err(e) = self.writer.push(&r) {
-                self.failed = Some(e.to_string());
-            }
+            self.failed.is_none().then(|| self.writer.push(&r))
+        } else {
+            self.failed.is_none().then(|| self.writer.push_member(m, self.phones).map(|_| ()))
+        };
+        if let Some(Err(e)) = written {
+            self.failed = Some(e.to_string());
         }
     }
 }
