@@ -100,9 +100,10 @@ failing_instance() {
     "group_id = \"$GROUP_MISSING\"" >/server/gw5/config/entraid/gone.entraidconf
 }
 # files: owner, group and mode of everything usersync writes, one per line.
+# (A delta state's member data is named by a random generation: shown as <gen>.)
 files() {
   find /server -name '*.txt' -printf '%p %u:%g %m\n' | sort
-  find /var/lib/usersync "${PROM%/*}" -printf '%p %u:%g %m\n' | sort
+  find /var/lib/usersync "${PROM%/*}" -printf '%p %u:%g %m\n' | sed -E 's/\.[0-9a-f]{16}\./.<gen>./' | sort
 }
 
 # --- Units ---------------------------------------------------------------------------

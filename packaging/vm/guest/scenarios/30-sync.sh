@@ -71,9 +71,14 @@ check "the metrics say every instance is up" up gw1 gw2 gw3 gw4
 
 check "the state directory is root:root 0750 (StateDirectoryMode)" is "root:root 750" /var/lib/usersync
 check "the run state is 0600" is "root:root 600" /var/lib/usersync/state.json
-states=(/var/lib/usersync/delta/*.state)
+states=(/var/lib/usersync/delta/*.links)
 check "a delta state for each of the 4 groups (${#states[@]})" test "${#states[@]}" = 4
-check "every delta state is root:root 0600" is "root:root 600" "${states[@]}"
+check "each with one generation of member data (members, ids)" \
+  test "$(find /var/lib/usersync/delta -name '*.members' | wc -l)$(find /var/lib/usersync/delta -name '*.ids' | wc -l)" = 44
+check "every delta state file is root:root 0600" is "root:root 600" /var/lib/usersync/delta/*
+memos=(/var/lib/usersync/instances/*.json)
+check "what each instance's lists were written from, root:root 0600 (${#memos[@]})" \
+  is "root:root 600" "${memos[@]}"
 
 # 20-alert left the alert state failing: this success is the recovery.
 subject=
