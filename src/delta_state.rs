@@ -476,7 +476,6 @@ impl Writer {
                 .create(dir)
                 .map_err(|e| fail("create the directory of", e))?;
         }
-        clean_stale(&links);
         header.generation = loop {
             let g = fastrand::u64(..);
             if Some(g) != replaces {
@@ -485,6 +484,11 @@ impl Writer {
         };
         let (members, _) = data_paths(&links, header.generation);
         let mut staged = Staged::create(&members, 0o600)?;
+        // Ages by the file system's clock (the new file's time), not the process's: one
+        // shifted or stepped clock does not make every file old.
+        if let Ok(now) = staged.file().metadata().and_then(|m| m.modified()) {
+            clean_stale(&links, now);
+        }
         let file = staged.file().try_clone().map_err(|e| fail("write", e))?;
         let mut gz = BufWriter::with_capacity(
             1 << 16,
@@ -612,7 +616,7 @@ impl Commit {
 /// Removes what killed runs left next to the state at `links`: temp files, and member data
 /// of a generation the links file does not name, once they are a day old (no lock spans
 /// the runs of different instances: a younger file may be another run's, being written).
-fn clean_stale(links: &Path) {
+fn clean_stale(links: &Path, now: std::time::SystemTime) {
     let current = open_like_output(links)
         .ok()
         .and_then(|f| crate::trust::read_capped(f, LINKS_CAP).ok())
@@ -620,7 +624,6 @@ fn clean_stale(links: &Path) {
         .map(|f| f.header.generation);
     let (Some(dir), Some(stem)) = (links.parent(), links.file_stem().and_then(|s| s.to_str())) else { return };
     let Ok(entries) = std::fs::read_dir(dir) else { return };
-    let now = std::time::SystemTime::now();
     let mut removed = 0;
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
@@ -685,9 +688,10 @@ mod tests {
         let name = |s: &str| stem.with_file_name(format!("{}{s}", stem.file_name().unwrap().to_string_lossy()));
         let tmp_name = format!(".usersync-{}.x.tmp", stem.file_name().unwrap().to_string_lossy());
         let (old, young, orphan) = (stem.with_file_name(&tmp_name), name(".y.tmp"), name(".00000000000000ff.members"));
-        // Both ages are set here, by this process's clock (which tests/clock-shift moves),
-        // not left to the file system's.
-        let now = std::time::SystemTime::now();
+        // Ages by the file system's clock, as the run judges them (tests/clock-shift moves
+        // this process's clock, not the file system's).
+        let probe = t.path().join("probe");
+        let now = File::create(&probe).unwrap().metadata().unwrap().modified().unwrap();
         let a_day_ago = now - std::time::Duration::from_secs(90_000);
         for (p, age) in [(&old, a_day_ago), (&young, now), (&orphan, a_day_ago)] {
             File::create(p).unwrap().set_modified(age).unwrap();
