@@ -16,7 +16,7 @@ struct Stderr;
 
 impl std::io::Write for Stderr {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        crate::progress::write_stderr(buf).map(|()| buf.len())
+        crate::progress::write_stderr(&one_line(buf)).map(|()| buf.len())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
@@ -39,7 +39,7 @@ impl std::io::Write for Prefixed {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let mut line = Vec::with_capacity(self.0.len() + buf.len());
         line.extend_from_slice(self.0);
-        line.extend_from_slice(buf);
+        line.extend_from_slice(&one_line(buf));
         std::io::stderr().write_all(&line).map(|()| buf.len())
     }
 
@@ -65,8 +65,55 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Journal {
     }
 }
 
-/// Whether stderr is the journal stream `JOURNAL_STREAM` names (`<device>:<inode>`).
+/// An event as one line: a line break or NUL inside it (a value from Graph or a file name,
+/// say) written as its escape, so that no value starts a line of its own, which journald
+/// would read a `<0>` priority from. The `fmt` layer writes an event in one piece, ending
+/// in its one `\n`.
+fn one_line(buf: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    let body = buf.strip_suffix(b"\n").unwrap_or(buf);
+    if !body.iter().any(|b| matches!(b, b'\n' | b'\r' | 0)) {
+        return std::borrow::Cow::Borrowed(buf);
+    }
+    let mut out = Vec::with_capacity(buf.len() + 8);
+    for &b in body {
+        match b {
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            0 => out.extend_from_slice(b"\\0"),
+            _ => out.push(b),
+        }
+    }
+    if body.len() < buf.len() {
+        out.push(b'\n');
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// Prints an error's text (`error: …`, `caused by: …`, `hint: …`, already escaped) on
+/// stderr; under the journal each of its lines at priority `err`, so that `journalctl -p
+/// warning` finds it (the unit's `SyslogLevel=` is notice).
+pub fn eprint_error(text: &str) {
+    if to_journal() {
+        let mut out = String::with_capacity(text.len() + 16);
+        for line in text.lines() {
+            out.push_str("<3>");
+            out.push_str(line);
+            out.push('\n');
+        }
+        eprint!("{out}");
+    } else {
+        eprintln!("{text}");
+    }
+}
+
+/// Whether stderr is the journal stream `JOURNAL_STREAM` names (`<device>:<inode>`), found
+/// out once.
 fn to_journal() -> bool {
+    static JOURNAL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *JOURNAL.get_or_init(stderr_is_journal)
+}
+
+fn stderr_is_journal() -> bool {
     let Some(stream) = std::env::var_os("JOURNAL_STREAM") else { return false };
     let Some((dev, ino)) = stream.to_str().and_then(|s| s.split_once(':')) else { return false };
     let Ok(st) = rustix::fs::fstat(std::io::stderr()) else { return false };

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use crate::cli::Format;
-use crate::error::Outcome;
+use crate::error::{escape_controls, Outcome};
 use crate::normalize::SkipReason;
 use crate::output::Output;
 use crate::plan::OutputPlan;
@@ -308,10 +308,11 @@ impl Report {
         }
         for i in &self.instances {
             if i.outputs.is_empty() {
-                let _ = writeln!(s, "{}: {}", i.name, i.outcome);
+                let _ = writeln!(s, "{}: {}", escape_controls(&i.name), i.outcome);
             }
             for r in &i.reads {
-                let _ = write!(s, "{}: config {}: {} read", i.name, r.config.display(), r.read);
+                let (name, config) = (escape_controls(&i.name), escape_controls(&r.config.display().to_string()));
+                let _ = write!(s, "{name}: config {config}: {} read", r.read);
                 if let Some(reason) = &r.reason {
                     let _ = write!(s, " ({reason})");
                 }
@@ -322,7 +323,8 @@ impl Report {
                 s.push('\n');
             }
             for o in &i.outputs {
-                let _ = write!(s, "{}: {} {}: {}", i.name, o.output, o.path.display(), o.action.word());
+                let (name, path) = (escape_controls(&i.name), escape_controls(&o.path.display().to_string()));
+                let _ = write!(s, "{name}: {} {path}: {}", o.output, o.action.word());
                 if let (Some(b), Some(a)) = (o.before, o.after) {
                     let _ = write!(s, " ({b} -> {a} entries, +{} -{}", o.added_count, o.removed_count);
                     if !o.skipped.is_empty() {

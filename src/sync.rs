@@ -218,7 +218,7 @@ impl Run<'_> {
                     tracing::warn!(state = %s.escape_debug(), "node is passive: a real run would write nothing; dry run goes on");
                 }
                 Err(e) if self.cli.dry_run => {
-                    eprintln!("{}", render_error(&e));
+                    crate::log::eprint_error(&render_error(&e));
                     outcome = Outcome::Failed;
                 }
                 Err(e) => return Err(e.into()),
@@ -645,7 +645,7 @@ fn error_report(message: &str, hint: Option<String>) -> ErrorReport {
 
 fn print_errors(errors: &[ErrorReport]) {
     for e in errors {
-        eprintln!("{}", crate::error::render_message(&e.message, e.hint.as_deref()));
+        crate::log::eprint_error(&crate::error::render_message(&e.message, e.hint.as_deref()));
     }
 }
 

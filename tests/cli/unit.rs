@@ -146,3 +146,42 @@ fn under_the_journal_each_log_line_carries_its_priority() {
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(!text.is_empty() && text.lines().all(|l| !l.starts_with('<')), "{text}");
 }
+
+/// Under the journal, an error is `<3>` on each of its lines (the unit's `SyslogLevel=` is
+/// notice: `journalctl -p warning` must find it), and no value, from Graph or a file name,
+/// starts a line of its own, which journald would read a priority from.
+#[test]
+fn under_the_journal_errors_are_err_and_no_value_starts_a_line() {
+    use std::os::unix::fs::MetadataExt;
+    let mut r = one_conf().ignore_stderr();
+    r.run();
+    let journal = |r: &Run, name: &str| {
+        let log = r.path().join(name);
+        let file = std::fs::File::create(&log).unwrap();
+        let meta = file.metadata().unwrap();
+        let out =
+            r.command().env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino())).stderr(file).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), std::fs::read_to_string(&log).unwrap())
+    };
+    let alone = |text: &str| text.lines().all(|l| !l.contains("EMERGENCY") || !l.starts_with("<0>"));
+    // A hostile Graph: an error message with a line of its own.
+    r.sim.state().delta_faults.push(Fault::Status {
+        status: 400,
+        retry_after: None,
+        body: json!({"error": {"code": "resyncRequired", "message": "gone\n<0>EMERGENCY\r\n\u{0}x"}}).to_string(),
+    });
+    let (code, stdout, log) = journal(&r, "journal-graph");
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.lines().all(|l| l.starts_with('<')) && alone(&log), "{log}");
+    assert!(log.contains(r"gone\n<0>EMERGENCY"), "the message is kept, escaped: {log}");
+    assert!(alone(&stdout), "{stdout}");
+    // A file name with a line break, in a config that does not parse: the instance's error.
+    std::fs::write(r.root().join("gw/config/entraid/bad\n<0>EMERGENCY.entraidconf"), "nonsense").unwrap();
+    let (code, stdout, log) = journal(&r, "journal-config");
+    assert_eq!(code, Some(2), "{log}");
+    assert!(log.lines().all(|l| l.starts_with('<')) && alone(&log), "{log}");
+    assert!(log.lines().any(|l| l.starts_with("<3>error: ")), "{log}");
+    assert!(log.lines().any(|l| l.starts_with("<3>hint: ")), "{log}");
+    assert!(log.contains(r"bad\n<0>EMERGENCY.entraidconf"), "the name, escaped: {log}");
+    assert!(alone(&stdout), "{stdout}");
+}
