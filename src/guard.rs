@@ -81,7 +81,8 @@ impl Window<'_> {
 }
 
 /// A new sample of `path`'s size, `entries` at `now`, in `sizes`; samples older than needed
-/// for a window of `span` go. With `restart` (`--force`) the history starts over here.
+/// for a window of `span` go, and so do outputs not written within it. With `restart`
+/// (`--force`) the history starts over here.
 pub fn remember(
     sizes: &mut BTreeMap<String, Vec<(u64, u64)>>,
     path: &Path,
@@ -100,6 +101,10 @@ pub fn remember(
     if let Some(keep) = samples.iter().rposition(|(t, _)| *t <= start) {
         samples.drain(..keep);
     }
+    // An output not written within the window has the size it had at its start: this run's
+    // own check covers it, and its history goes. So paths the gateway's account makes up
+    // (a new list name every run) cannot grow the state without bound.
+    sizes.retain(|_, s| s.last().is_some_and(|(t, _)| *t > start));
 }
 
 /// Whether losing `removed` of `before` entries passes the limits.
@@ -210,5 +215,19 @@ mod tests {
         remember(&mut sizes, Path::new("/f"), 2499, now, span, true);
         let w = Window { sizes: &sizes, now, span };
         assert_eq!(w.start(Path::new("/f")), Some(2499));
+    }
+
+    #[test]
+    fn outputs_not_written_within_the_window_are_forgotten() {
+        let span = std::time::Duration::from_secs(3600);
+        let mut sizes = BTreeMap::new();
+        // A new made-up list name every run for a day: the history keeps the last hour's.
+        for run in 0..1_000u64 {
+            remember(&mut sizes, Path::new(&format!("/made-up/{run}")), 10, run * 90, span, false);
+        }
+        assert_eq!(sizes.len(), 40, "{:?}", sizes.keys().next());
+        // A list last written before the window: its size then is its size now.
+        remember(&mut sizes, Path::new("/f"), 5, 1_000 * 90 + 3_600, span, false);
+        assert_eq!(sizes.len(), 1);
     }
 }

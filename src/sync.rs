@@ -466,7 +466,7 @@ impl Run<'_> {
         let ir = write_outputs(inst, p, &files.targets);
         let versions: Vec<Option<u64>> = groups.iter().map(|f| f.version).collect();
         let written: Vec<Output> = files.targets.keys().copied().collect();
-        let marks = written.into_iter().filter_map(|o| files.mark(o).map(|m| (o, m))).collect();
+        let marks = written.into_iter().filter_map(|o| files.seen_mark(o).map(|m| (o, m))).collect();
         if let Some(m) = Memo::after(inst, &versions, &ir, &marks) {
             if let Err(e) = m.save(&memo_path) {
                 tracing::warn!(instance = %name, error = %e, "cannot remember what the lists were written from; the next run plans them again");
@@ -571,6 +571,12 @@ impl Outputs<'_> {
     /// be used (the plan then says why).
     fn mark(&mut self, output: Output) -> Option<memo::FileMark> {
         self.target(output).ok()?.inspect().ok()?.as_ref().map(memo::FileMark::of)
+    }
+
+    /// The mark of an output's file as this run read or wrote it (not as it is by now: an
+    /// edit since, during a slow node check say, must make the next run plan it again).
+    fn seen_mark(&self, output: Output) -> Option<memo::FileMark> {
+        self.targets.get(&output)?.seen().as_ref().map(memo::FileMark::of)
     }
 }
 

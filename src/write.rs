@@ -142,6 +142,9 @@ pub struct Target {
     /// Only root could have given the current file a second name here (see
     /// [`Dir::keeps_links`]): one is no trick then (a hard-link backup, say).
     links_ok: bool,
+    /// The status of the file as this run last read it (taken on the open descriptor,
+    /// before the read) or wrote it (after the rename): what the run knows the content of.
+    seen: std::sync::Mutex<Option<Stat>>,
 }
 
 impl Target {
@@ -153,7 +156,14 @@ impl Target {
         let name = file_name(path).map_err(fail)?;
         let dir = Dir::open(trust::parent(&judged::absolute(path))).map_err(fail)?;
         let links_ok = dir.keeps_links();
-        Ok(Self { dir: File::from(dir.into_fd()), name, path: path.to_owned(), ours: Arc::default(), links_ok })
+        Ok(Self {
+            dir: File::from(dir.into_fd()),
+            name,
+            path: path.to_owned(),
+            ours: Arc::default(),
+            links_ok,
+            seen: std::sync::Mutex::default(),
+        })
     }
 
     /// The file at `path`, which must lie beneath `base` with no symlink on the way.
@@ -165,7 +175,7 @@ impl Target {
         let dir = File::from(base.open_beneath(trust::parent(&rel), flags, Mode::empty()).map_err(fail)?);
         let st = fstat(&dir).map_err(|e| fail(e.into()))?;
         let links_ok = base.keeps_links() && trust::judge(&st).is_trusted() && st.st_mode & 0o1000 == 0;
-        Ok(Self { dir, name, path: path.to_owned(), ours: Arc::default(), links_ok })
+        Ok(Self { dir, name, path: path.to_owned(), ours: Arc::default(), links_ok, seen: std::sync::Mutex::default() })
     }
 
     /// From now on the target refuses to be, or to lie in, any of `ours`; an error if it
@@ -213,6 +223,7 @@ impl Target {
     /// The current file opened for reading, `None` if there is none. Checked before
     /// opening (so a FIFO or device is never opened) and after.
     fn open_current(&self) -> Result<Option<File>, WriteError> {
+        self.set_seen(None);
         if self.inspect()?.is_none() {
             return Ok(None);
         }
@@ -222,11 +233,25 @@ impl Target {
                 let f = File::from(fd);
                 let st = fstat(&f).map_err(|e| self.err("inspect")(e.into()))?;
                 check_current(&st, &self.ours, self.links_ok).map_err(self.err("use"))?;
+                self.set_seen(Some(st));
                 Ok(Some(f))
             }
             Err(e) if e == rustix::io::Errno::NOENT => Ok(None),
             Err(e) => Err(self.err("read")(e.into())),
         }
+    }
+
+    fn set_seen(&self, st: Option<Stat>) {
+        if let Ok(mut seen) = self.seen.lock() {
+            *seen = st;
+        }
+    }
+
+    /// The file's status when this run last opened it to read (before reading) or renamed
+    /// its new content into place (after the rename); `None` if it did neither, or there
+    /// was no file. Whatever changed the file since then changed its ctime.
+    pub fn seen(&self) -> Option<Stat> {
+        self.seen.lock().ok().and_then(|s| *s)
     }
 
     /// The current bytes, or `None` if there is no file.
@@ -334,8 +359,10 @@ impl Target {
             fchown(&*tmp, Some(uid), Some(gid)).map_err(|e| self.err("keep the owner of")(e.into()))?;
         }
         tmp.sync_all().map_err(self.err("fsync the new"))?;
+        self.set_seen(None);
         renameat(&self.dir, tmp_name, &self.dir, &self.name)
             .map_err(|e| self.err("rename the new file over")(e.into()))?;
+        self.set_seen(fstat(&*tmp).ok());
         rustix::fs::fsync(self.dir.as_fd()).map_err(|e| self.err("fsync the directory of")(e.into()))?;
         Ok(())
     }

@@ -163,3 +163,37 @@ fn an_unchanged_run_says_one_line() {
     );
     assert_eq!(out.stdout.lines().count(), 6, "{}", out.stdout);
 }
+
+/// What the memo keeps is each list as the run read or wrote it, not as it is when the run
+/// ends: a list edited while the run was busy elsewhere (here, in the node check before its
+/// first write) is planned and written again by the next run.
+#[test]
+fn an_edit_while_the_run_is_busy_is_not_taken_for_its_own() {
+    let mut r = staff();
+    r.run();
+    let gsm = r.root().join(GSM);
+    let calls = r.path().join("calls");
+    let script = r.path().join("status.sh");
+    // Its second call (the check before the first write) edits gsm_list, keeping its size.
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho x >> {calls}\nif [ \"$(wc -l < {calls})\" = 2 ]; then sed -i 's/+/=/' {gsm}; fi\necho ACTIVE\n",
+            calls = calls.display(),
+            gsm = gsm.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut r = r.global(&format!("[node]\nstatus_command = [\"{}\"]\n", script.display()));
+    let good = std::fs::read_to_string(&gsm).unwrap();
+    // A new member with a mail and no phone: allowed_senders changes, gsm_list does not.
+    r.sim.state().directory.groups.get_mut(STAFF).unwrap().push(user("u9", Some("dave@example.com"), None, true));
+    r.run();
+    let edited = std::fs::read_to_string(&gsm).unwrap();
+    assert!(edited != good && edited.len() == good.len(), "the script edited it: {edited}");
+    // Nothing changed in Graph since: the next run plans, and puts gsm_list right.
+    let out = r.run();
+    assert!(planned(&out), "{}", out.stderr);
+    assert_eq!(std::fs::read_to_string(&gsm).unwrap(), good);
+}
