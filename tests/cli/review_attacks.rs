@@ -113,7 +113,7 @@ fn review_a_slow_gateway_app_fails_other_instances_at_the_deadline() {
     .unwrap();
     fast.state().directory.groups.insert(STAFF.into(), staff_members());
     let global = std::fs::read_to_string(r.path().join("usersync.toml")).unwrap();
-    let r = r.global(&format!("{global}deadline_seconds = 4\n")).conf(
+    let r = r.global(&format!("{global}deadline_seconds = 10\n")).conf(
         "hr",
         "staff",
         &format!("group_id = \"{STAFF}\"\nauthority_host = \"{0}\"\ngraph_endpoint = \"{0}\"\n", fast.url()),
