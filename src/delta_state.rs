@@ -321,6 +321,16 @@ impl Opened {
         &self.links
     }
 
+    /// When a safety-net read of this state was last made and not committed (Unix seconds),
+    /// if it was since its last full read; read like the state (no symlink, no FIFO).
+    #[must_use]
+    pub fn net_tried(&self) -> Option<u64> {
+        let file = open_like_output(&net_path(&self.links)).ok()?;
+        let bytes = crate::trust::read_capped(file, 32).ok()?;
+        let at: u64 = std::str::from_utf8(&bytes).ok()?.trim().parse().ok()?;
+        (at >= self.header.full_at).then_some(at)
+    }
+
     /// How many members it holds (by its index; 0 if that cannot be read).
     #[must_use]
     pub fn members(&self) -> u64 {
@@ -443,6 +453,15 @@ pub fn abandon(links: &Path, group: &str, error: &dyn std::fmt::Display) {
     }
 }
 
+/// Where a safety-net read of the state at `links` that was not committed is noted.
+fn net_path(links: &Path) -> PathBuf {
+    links.with_extension("net")
+}
+
+/// How long after a safety-net read that was not committed the runs read by delta, not in
+/// full again.
+pub const NET_RETRY: u64 = 3600;
+
 /// How old a state's temp or orphaned file must be to be taken for a killed run's: older
 /// than any run (`[http] deadline_seconds` has no upper bound, but no run lasts a day).
 const STALE_AGE: std::time::Duration = std::time::Duration::from_secs(86_400);
@@ -558,7 +577,14 @@ impl Writer {
         ids.file().write_all(&bytes).map_err(fail)?;
         let links = stage_links(&self.links, &self.header)?;
         let replaced = self.replaces.map(|g| data_paths(&self.links, g));
-        Ok(Commit { data: Some((self.staged, ids)), links, replaced, generation: self.header.generation })
+        Ok(Commit {
+            data: Some((self.staged, ids)),
+            links,
+            replaced,
+            generation: self.header.generation,
+            path: self.links,
+            net_at: None,
+        })
     }
 }
 
@@ -580,19 +606,45 @@ pub struct Commit {
     links: Staged,
     replaced: Option<(PathBuf, PathBuf)>,
     generation: u64,
+    /// The links file it replaces.
+    path: PathBuf,
+    /// For a safety-net read: when it was read, noted if it is not committed.
+    net_at: Option<u64>,
 }
 
 impl Commit {
     /// The state's links moved, its members did not: only the links file is rewritten.
     pub fn links_only(state_dir: &Path, header: &Header) -> Result<Self, WriteError> {
-        let links = stage_links(&header.key.path(state_dir), header)?;
-        Ok(Self { data: None, links, replaced: None, generation: header.generation })
+        let path = header.key.path(state_dir);
+        let links = stage_links(&path, header)?;
+        Ok(Self { data: None, links, replaced: None, generation: header.generation, path, net_at: None })
     }
 
     /// The generation of member data the state names.
     #[must_use]
     pub fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// This commit is a safety-net read's, made at `now` (Unix seconds): if it is abandoned,
+    /// that is noted beside the state it would have replaced (see [`Opened::net_tried`]).
+    #[must_use]
+    pub fn of_safety_net(mut self, now: u64) -> Self {
+        self.net_at = Some(now);
+        self
+    }
+
+    /// Drops the new state (an instance that used it was refused or failed: the old one
+    /// stays, and the next run sees the same changes). A safety-net read's is noted, so
+    /// that the runs of the next hour read by delta instead of in full each time: the lists
+    /// are planned from every member either way, and a refusal may last a day.
+    pub fn abandon(self) {
+        if let Some(now) = self.net_at {
+            let path = net_path(&self.path);
+            if let Err(e) = crate::write::write_file(&path, 0o600, now.to_string().as_bytes()) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot note the safety-net read that was not committed; the next run reads in full again");
+            }
+        }
     }
 
     /// Puts the new state in place.
@@ -602,6 +654,11 @@ impl Commit {
             ids.commit()?;
         }
         self.links.commit()?;
+        // Committed: a safety net noted as not committed is due again when the last full
+        // read is old (a no-op, writing nothing, when there is no note).
+        if let Ok(t) = crate::write::Target::at(&net_path(&self.path)) {
+            let _ = t.remove();
+        }
         if let Some((members, ids)) = self.replaced {
             for p in [members, ids] {
                 if let Ok(t) = crate::write::Target::at(&p) {

@@ -424,7 +424,15 @@ fn decide(state: &Result<delta_state::Key, FullReason>, query: &GroupQuery, s: &
         // A last full read in the future means the clock went back: one safety-net read,
         // rather than none until the clock catches up.
         Ok(r) if s.now < r.header.full_at || Duration::from_secs(s.now - r.header.full_at) >= s.delta.full_sync => {
-            How::SafetyNet(r)
+            // A safety net read within the hour and not committed (an instance refused or
+            // failed): by delta until then, not a full read every run.
+            match r.net_tried() {
+                Some(t) if t <= s.now && s.now - t < delta_state::NET_RETRY => {
+                    tracing::debug!(group = %query.group, "the safety net was read within the hour but not committed: by delta");
+                    How::Delta(r)
+                }
+                _ => How::SafetyNet(r),
+            }
         }
         Ok(r) => How::Delta(r),
     }
@@ -638,6 +646,7 @@ impl GroupReader<'_> {
             _ => None,
         };
         let FullRead { roster, pages, state, drift } = client.members(cred, query, keep, line).await?;
+        let state = state.map(|c| if reason == FullReason::SafetyNet { c.of_safety_net(now) } else { c });
         if let Some(d) = drift {
             tracing::warn!(group = %query.group, drift = d, "the safety-net full read found members the delta state had wrong");
         }
@@ -900,6 +909,8 @@ pub fn commit(
             if let Err(e) = s.commit() {
                 failed.push((key, e));
             }
+        } else {
+            s.abandon();
         }
     }
     failed

@@ -931,3 +931,39 @@ fn a_users_round_past_the_deadline_fails_with_the_deadline() {
     assert!(out.stderr.contains("the run deadline of 1 s passed"), "{}", out.stderr);
     assert!(!out.stderr.contains("internal error"), "{}", out.stderr);
 }
+
+/// A refusal that outlasts `full_sync_hours` does not make every run a full read: a safety
+/// net read and not committed (the instance was refused) is tried again an hour later, and
+/// the runs between read by delta, still planning every member. Once the refusal ends, the
+/// next safety net is committed.
+#[test]
+fn a_lasting_refusal_reads_in_full_once_an_hour_not_every_run() {
+    let mut r = staff().global("[guard]\nmax_removed = 0\n").args(&["--format", "json"]).ignore_stderr();
+    r.run();
+    age_full_read(&r, 25);
+    edit(&r, |m| m.retain(|u| u["id"] != "u4"));
+    r = r.expect_exit(3);
+    let out = r.run();
+    assert_eq!(reads(&out.stdout)[0].1.as_deref(), Some("safety-net"), "the net is due");
+    let out = r.run();
+    assert_eq!(reads(&out.stdout)[0].0, "delta", "read within the hour, not committed: by delta");
+    assert!(out.stdout.contains("\"removed_count\": 1"), "and still refused: {}", out.stdout);
+    // An hour later the net is tried again.
+    let net = delta_files(&r, "net").remove(0);
+    let tried: u64 = std::fs::read_to_string(&net).unwrap().trim().parse().unwrap();
+    std::fs::write(&net, (tried - 3600).to_string()).unwrap();
+    let out = r.run();
+    assert_eq!(reads(&out.stdout)[0].1.as_deref(), Some("safety-net"));
+    // The refusal ends (within the hour: by delta), and the state moves on: the net is due
+    // again at once, and committed.
+    r = r.args(&["--format", "json", "--force"]).expect_exit(0).expect_file(SENDERS, Some("alice@example.com\n"));
+    let out = r.run();
+    assert_eq!(reads(&out.stdout)[0].0, "delta");
+    assert!(delta_files(&r, "net").is_empty(), "the note goes with the commit");
+    r = r.args(&["--format", "json"]);
+    let out = r.run();
+    assert_eq!(reads(&out.stdout)[0].1.as_deref(), Some("safety-net"));
+    let out = r.run();
+    assert_eq!(reads(&out.stdout)[0].0, "delta");
+    assert_same_as_full(&r);
+}
