@@ -225,9 +225,11 @@ fn json(t: &TextRef<'_>) -> String {
         TextRef::Str(s) => serde_json::to_string(s.as_ref()).unwrap_or_default(),
         // A number or object: made compact; a string that does not decode stays as it was
         // (JSON strings hold no raw control characters).
-        TextRef::Undecodable(raw) => {
-            serde_json::from_str::<serde_json::Value>(raw).map_or_else(|_| (*raw).to_owned(), |v| v.to_string())
-        }
+        // One that does not parse (a lone surrogate) keeps its text, its line breaks and
+        // tabs (whitespace between its tokens: a JSON string holds none raw) made spaces,
+        // so that it stays on its line and in its field.
+        TextRef::Undecodable(raw) => serde_json::from_str::<serde_json::Value>(raw)
+            .map_or_else(|_| raw.replace(['\n', '\r', '\t'], " "), |v| v.to_string()),
     }
 }
 
@@ -766,7 +768,9 @@ mod tests {
             {"@odata.type":"#microsoft.graph.user","id":"ID-1","mail":"A\tb@x.com","mobilePhone":"+44 (0)20","accountEnabled":true},
             {"@odata.type":"#microsoft.graph.user","id":"2","mail":"a\ud800@x","mobilePhone":{"x":[1, 2]}},
             {"@odata.type":"#microsoft.graph.group","id":"3"},
-            {"id":"4","mail":"n@x","accountEnabled":false}]}"##,
+            {"id":"4","mail":"n@x","accountEnabled":false},
+            {"@odata.type":"#microsoft.graph.user","id":"5","mail":{"a":
+	"\ud800"},"accountEnabled":true}]}"##,
         )
         .unwrap();
         let t = tempfile::tempdir().unwrap();
@@ -784,7 +788,7 @@ mod tests {
         let opened = Opened::open(t.path(), &key()).unwrap();
         assert_eq!((&opened.header.group_link, &opened.header.users_link), (&"gl".to_owned(), &"ul".to_owned()));
         assert!(opened.has_any(["zz", "id-1"]).unwrap());
-        assert!(!opened.has_any(["zz", "5"]).unwrap());
+        assert!(!opened.has_any(["zz", "6"]).unwrap());
         let mut r = opened.records().unwrap();
         let mut back = Vec::new();
         while let Some(rec) = r.next_record().unwrap() {
@@ -794,6 +798,8 @@ mod tests {
         want[0].id = "id-1".into();
         // An undecodable value is kept for the log, made compact (one line).
         want[1].mobile_phone = Some(crate::page::Text::Undecodable(r#"{"x":[1,2]}"#.into()));
+        // One that does not parse either: its line break and tab made spaces.
+        want[4].mail = Some(crate::page::Text::Undecodable(r#"{"a":  "\ud800"}"#.into()));
         assert_eq!(back, want);
         assert!(matches!(Opened::open(t.path(), &Key { group: "other".into(), ..key() }), Err(Unusable::Missing)));
         assert!(matches!(Opened::open(&t.path().join("none"), &key()), Err(Unusable::Missing)));
