@@ -77,6 +77,10 @@ fn print_report(cli: &Cli, report: &Report) {
     }
 }
 
+/// How much longer than `[http] deadline_seconds` a lock may be held before the run holding
+/// it is taken for hung.
+const LOCK_SLACK: u64 = 60;
+
 /// How old the saved time of an instance's last success may grow while nothing else of
 /// the run state changes (an unchanged run writes nothing): a failing run's metrics say
 /// when it last synced, to the hour.
@@ -112,7 +116,13 @@ fn remember(
             }
         }
     }
-    // Since when each instance's lock has been found held; forgotten once a run had it.
+    // Since when each instance's lock has been found held; forgotten once a run had it, and
+    // on a passive node (which runs no instance: an old time would make the first run that
+    // finds a lock held after it take a live run for a hung one).
+    if report.node.active == Some(false) && !state.locked_since.is_empty() {
+        state.locked_since.clear();
+        changed = true;
+    }
     for i in &report.instances {
         match i.locked_since {
             Some(t) => changed |= state.locked_since.insert(i.name.clone(), t) != Some(t),
@@ -314,7 +324,8 @@ impl Run<'_> {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
         let since = self.locked_since.get(&inst.name).copied().filter(|t| *t <= now).unwrap_or(now);
         let deadline = self.config.http.deadline.as_secs();
-        let mut ir = if now - since > deadline {
+        // A run holds its locks a little past its deadline (the node check, the writes).
+        let mut ir = if now - since > deadline + LOCK_SLACK {
             let message = format!(
                 "instance `{}`: {} has been held by another run for {} minutes, longer than a run may last ([http] deadline_seconds = {deadline})",
                 inst.name,

@@ -333,16 +333,27 @@ fn a_lock_held_past_the_run_deadline_fails_the_instance() {
     let state_file = r.path().join("state/state.json");
     let mut state: Value = serde_json::from_slice(&std::fs::read(&state_file).unwrap()).unwrap();
     let since = state["locked_since"]["gw"].as_u64().expect("the first run that found it held says when");
-    state["locked_since"]["gw"] = json!(since - 601);
+    state["locked_since"]["gw"] = json!(since - 600 - 61);
     std::fs::write(&state_file, serde_json::to_vec(&state).unwrap()).unwrap();
     r = r.expect_exit(1);
     let out = r.run();
     assert!(
-        out.stderr.contains("usersync.lock has been held by another run for 10 minutes, longer than a run may last ([http] deadline_seconds = 600)"),
+        out.stderr.contains("usersync.lock has been held by another run for 11 minutes, longer than a run may last ([http] deadline_seconds = 600)"),
         "{}",
         out.stderr
     );
     assert!(out.stderr.contains("hint: a usersync run is hung"), "{}", out.stderr);
+    // A passive node runs nothing: the time goes, and the next run that finds the lock
+    // held starts counting again (a notice).
+    let passive = r.path().join("state/state.json");
+    r = r
+        .global("[http]\ndeadline_seconds = 600\n[node]\nstatus_command = [\"/bin/echo\", \"PASSIVE\"]\n")
+        .expect_exit(0);
+    r.run();
+    let state: Value = serde_json::from_slice(&std::fs::read(&passive).unwrap()).unwrap();
+    assert_eq!(state["locked_since"], json!({}), "forgotten on a passive node");
+    r = r.global("[http]\ndeadline_seconds = 600\n").expect_exit(75);
+    r.run();
     drop(held);
     r = r.expect_exit(0).expect_file(SENDERS, Some("alice@example.com\ncarol@example.com\n"));
     r.run();
