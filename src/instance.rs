@@ -45,6 +45,7 @@ impl Context {
         }
         ours.add_dir_at(&config.state_dir);
         ours.add_dir_at(&config.state_dir.join("delta"));
+        ours.add_dir_at(&config.state_dir.join("instances"));
         Self { env, credentials: config.credentials.clone(), ours }
     }
 }

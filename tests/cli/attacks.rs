@@ -295,6 +295,21 @@ fn an_untrusted_cfg_cannot_make_root_overwrite_a_config_or_the_lock() {
     }
 }
 
+/// Not even root's own `.cfg` makes an output of a file in the state directory: the delta
+/// state, or what each instance's lists were last written from.
+#[test]
+fn a_trusted_cfg_cannot_name_a_file_of_the_state() {
+    let mut r = hr().conf("gw", "staff", &format!("group_id = \"{STAFF}\"\n")).ignore_stderr();
+    r.run();
+    for sub in ["delta", "instances"] {
+        let target = r.path().join("state").join(sub).join("x.txt");
+        r = r.file("gw/config/envelope.cfg", &format!("ALLOWEDLDAPSENDERFILE={}\n", target.display())).expect_exit(2);
+        let out = r.run();
+        assert!(out.stderr.contains("where usersync keeps its configs, lock or state"), "{sub}: {}", out.stderr);
+        assert!(!target.exists(), "{sub}");
+    }
+}
+
 /// The same where the gateway's account owns the whole instance, so that it could write
 /// those files itself: usersync still never writes its own configs, `.cfg` or lock.
 #[test]
