@@ -10,6 +10,11 @@ start usersync.service || rc=$?
 check "systemctl start usersync.service fails (status $rc)" test "$rc" != 0
 check "ExecMainStatus=1 ($(prop usersync.service ExecMainStatus))" test "$(prop usersync.service ExecMainStatus)" = 1
 last_log usersync.service | show
+# Each line of the error (error:, hint:) at priority err: journalctl -p err finds it,
+# though the unit logs at notice.
+errs=$(unit_lines usersync.service | awk '$1 == 3')
+check "its error and hint are in the journal at priority err" \
+  bash -c 'grep -q "error: instance .gw5." <<<"$1" && grep -q "hint: " <<<"$1"' _ "$errs"
 check "an alert mail arrived" wait_for 5 more_mail "$mails"
 n=$(mail_count)
 subject=$(mail_part "$n" subject)
