@@ -29,6 +29,8 @@ type Reply = oneshot::Sender<Result<Answer, Failure>>;
 
 /// One page waiting to be sent.
 struct Waiting {
+    /// Which task waits for it.
+    id: u64,
     /// The absolute page URL.
     url: String,
     /// The page URL relative to `{graph}/v1.0`, when it can go in a batch.
@@ -45,22 +47,31 @@ pub(super) struct Requests {
     slots: Semaphore,
     /// Slots taken by tasks that have not yet taken their pages.
     claimed: AtomicUsize,
+    /// The id of the next page queued.
+    next_id: std::sync::atomic::AtomicU64,
 }
 
 impl Requests {
     pub(super) fn new(max_concurrency: usize) -> Self {
-        Self { queue: Mutex::default(), slots: Semaphore::new(max_concurrency.max(1)), claimed: AtomicUsize::new(0) }
+        Self {
+            queue: Mutex::default(),
+            slots: Semaphore::new(max_concurrency.max(1)),
+            claimed: AtomicUsize::new(0),
+            next_id: std::sync::atomic::AtomicU64::new(0),
+        }
     }
 
-    /// The head of the queue, and the pages that share its request: the queue is spread
-    /// over the free request slots (this one included), at most 20 pages a request. So
-    /// pages share a request only when there are more of them than slots, and a slow page
-    /// (a batch is answered when its last page is) holds up as few others as possible.
-    fn take(&self) -> Vec<Waiting> {
+    /// The task's own page `own`, if nobody took it yet, and the pages that share its
+    /// request: the queue is spread over the free request slots (this one included), at
+    /// most 20 pages a request. So pages share a request only when there are more of them
+    /// than slots, and a slow page (a batch is answered when its last page is) holds up as
+    /// few others as possible. A task sends its own page, never only another's: carrying
+    /// a slow page of another app (a gateway's, throttled) would hold up its own group.
+    fn take(&self, own: u64) -> Vec<Waiting> {
         let mut q = self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let others = self.claimed.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
         let share = q.len().div_ceil(self.slots.available_permits() + others + 1).clamp(1, MAX_BATCH);
-        let Some(head) = q.pop_front() else { return Vec::new() };
+        let Some(head) = q.iter().position(|w| w.id == own).and_then(|i| q.remove(i)) else { return Vec::new() };
         let mut out = vec![head];
         if out[0].relative.is_some() {
             let mut i = 0;
@@ -100,7 +111,9 @@ impl GraphClient {
         // Batched URLs are relative to the version; anything else goes alone.
         let relative = url.strip_prefix(&base).filter(|r| r.starts_with('/')).map(str::to_owned);
         let (reply, mut answer) = oneshot::channel();
+        let id = self.requests.next_id.fetch_add(1, Ordering::Relaxed);
         self.requests.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push_back(Waiting {
+            id,
             url: url.to_owned(),
             relative,
             base,
@@ -119,7 +132,7 @@ impl GraphClient {
             for _ in 0..8 {
                 tokio::task::yield_now().await;
             }
-            let pages = self.requests.take();
+            let pages = self.requests.take(id);
             if pages.is_empty() {
                 // Another task took this page and is sending it.
                 break;
@@ -233,6 +246,29 @@ fn stopped(url: &str) -> FetchError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A task takes its own page (and those that share its request), never only another's:
+    /// a slow page at the head of the queue (another app's) is left to its own task.
+    #[test]
+    fn a_task_takes_its_own_page_not_the_head_of_the_queue() {
+        let r = Requests::new(4);
+        let page = |id, base: &str, token: &str| Waiting {
+            id,
+            url: format!("{base}/x/{id}"),
+            relative: Some(format!("/x/{id}")),
+            base: base.to_owned(),
+            token: Secret::new(token.to_owned()),
+            reply: oneshot::channel().0,
+        };
+        r.queue.lock().unwrap().extend([page(0, "https://slow", "a"), page(1, "https://fast", "b")]);
+        r.claimed.fetch_add(1, Ordering::Relaxed);
+        let took: Vec<u64> = r.take(1).iter().map(|w| w.id).collect();
+        assert_eq!(took, [1]);
+        r.claimed.fetch_add(1, Ordering::Relaxed);
+        assert!(r.take(1).is_empty(), "taken already");
+        r.claimed.fetch_add(1, Ordering::Relaxed);
+        assert_eq!(r.take(0).iter().map(|w| w.id).collect::<Vec<_>>(), [0]);
+    }
 
     #[test]
     fn item_answers_keep_status_headers_and_the_body_as_sent() {
