@@ -736,13 +736,19 @@ mod tests {
         v
     }
 
-    #[test]
-    fn files_a_killed_run_left_go_once_they_are_a_day_old() {
+    /// A state dir holding a state of one member.
+    fn one_member_state() -> tempfile::TempDir {
         let t = tempfile::tempdir().unwrap();
         let mut w = Writer::create(t.path(), header(), None).unwrap();
         w.push(&Record { id: "1".into(), kind: ObjectKind::User, enabled: Some(true), mail: None, phone: None })
             .unwrap();
         w.finish().unwrap().commit().unwrap();
+        t
+    }
+
+    #[test]
+    fn files_a_killed_run_left_go_once_they_are_a_day_old() {
+        let t = one_member_state();
         let stem = key().stem(t.path());
         let name = |s: &str| stem.with_file_name(format!("{}{s}", stem.file_name().unwrap().to_string_lossy()));
         let tmp_name = format!(".usersync-{}.x.tmp", stem.file_name().unwrap().to_string_lossy());
@@ -844,11 +850,7 @@ mod tests {
 
     #[test]
     fn moving_links_rewrites_no_member_data_and_a_new_generation_replaces_the_old() {
-        let t = tempfile::tempdir().unwrap();
-        let mut w = Writer::create(t.path(), header(), None).unwrap();
-        w.push(&Record { id: "1".into(), kind: ObjectKind::User, enabled: Some(true), mail: None, phone: None })
-            .unwrap();
-        w.finish().unwrap().commit().unwrap();
+        let t = one_member_state();
         let before = files(t.path());
         let opened = Opened::open(t.path(), &key()).unwrap();
         let moved = Header { group_link: "gl2".into(), ..opened.header.clone() };

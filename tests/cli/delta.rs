@@ -341,15 +341,20 @@ fn a_corrupt_state_reads_in_full() {
     assert_same_as_full(&r);
 }
 
+/// Cuts the member data of the one state in half.
+fn cut_member_data(r: &Run) {
+    let members = delta_files(r, "members").remove(0);
+    let bytes = std::fs::read(&members).unwrap();
+    std::fs::write(&members, &bytes[..bytes.len() / 2]).unwrap();
+}
+
 /// Member data that does not read (cut short) is no state either: the run that finds out
 /// reads in full, whether it needed the members or only their ids.
 #[test]
 fn corrupt_member_data_reads_in_full() {
     let mut r = staff().args(&["--format", "json"]).ignore_stderr();
     r.run();
-    let members = delta_files(&r, "members").remove(0);
-    let bytes = std::fs::read(&members).unwrap();
-    std::fs::write(&members, &bytes[..bytes.len() / 2]).unwrap();
+    cut_member_data(&r);
     // Carol's phone changes: the members are read, and found cut short.
     edit(&r, |m| m.iter_mut().filter(|u| u["id"] == "u3").for_each(|u| u["mobilePhone"] = json!("+358 40 7777777")));
     let out = r.run();
@@ -371,9 +376,7 @@ fn corrupt_member_data_reads_in_full() {
 fn corrupt_member_data_found_late_fails_once() {
     let mut r = staff().args(&["--format", "json"]).ignore_stderr();
     r.run();
-    let members = delta_files(&r, "members").remove(0);
-    let bytes = std::fs::read(&members).unwrap();
-    std::fs::write(&members, &bytes[..bytes.len() / 2]).unwrap();
+    cut_member_data(&r);
     std::fs::remove_file(r.root().join(SENDERS)).unwrap();
     r = r.expect_exit(1).expect_file(SENDERS, None);
     let out = r.run();
