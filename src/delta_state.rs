@@ -4,36 +4,69 @@
 //! attributes), in `<state_dir>/delta/`, mode 0600, each file written atomically:
 //!
 //! - `<digest>.links`, small JSON: the two delta links, the last full read, and which
-//!   generation of member data is current. Moving a link rewrites only this file, and it is
-//!   renamed into place last: it is the commit.
-//! - `<digest>.<generation>.members`, gzip'd: one line of raw attributes per member, read
-//!   and written as a stream (a run never holds it whole); written only when members change.
-//! - `<digest>.<generation>.ids`: the members' ids as sorted 64-bit hashes, so that whether
-//!   a user who changed is a member costs a binary search, not a read of every member.
+//!   generation of member data and which log are current. Moving a link rewrites only this
+//!   file, and it is renamed into place last: it is the commit.
+//! - `<digest>.<generation>.members`: one line of raw attributes per member, as a full read
+//!   (or a compaction) wrote them, in blocks of [`BLOCK`] members: streamed whole, or read
+//!   a block at a time. Plain text, unless that would take more than 1.5 times the bytes of
+//!   the outputs the group feeds (known when the state is committed, after the outputs):
+//!   then deflated as one stream flushed in full at each block, so that each block also
+//!   inflates on its own.
+//! - `<digest>.<generation>.index`: where each block starts, and two tables of (24-bit
+//!   hash, block), sorted: by id, and by normalised mail. A member who changed, and the
+//!   members who give the same line as one who changed, cost a binary search and a block
+//!   each, not a read of everyone.
+//! - `<digest>.<generation>.<log>.log`, gzip'd: the members changed since the generation
+//!   was written (a line each; `id\t!` for one gone), rewritten whole by a run that changes
+//!   members: its size is that of the changes since the generation, never of the group.
+//!   Once it holds more than a sixteenth of the members (at least [`COMPACT_AT`]), the next
+//!   change writes a new generation with the log folded in.
+//!
+//! Together at most twice the bytes of the outputs the group feeds.
 //!
 //! A state is opened once per run: the files stay open, so that a commit by another run
 //! meanwhile (a new generation, the old one removed) cannot mix two versions.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::hash::{Hash, Hasher};
-use std::io::{self, BufRead, BufReader, BufWriter, Write};
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use flate2::read::GzDecoder;
-use flate2::write::GzEncoder;
+use flate2::read::DeflateDecoder;
 use serde::{Deserialize, Serialize};
 
 use crate::page::{MemberView, ObjectKind, TextRef};
+use crate::roster::UserCounts;
 use crate::write::{Staged, WriteError};
 
 /// The format this build reads and writes; any other is read as no state (a full read).
 /// 2: no `users_link_at` (links are never ordered by the local clock). 3: links apart from
-/// the member data, and an index of ids.
-pub const FORMAT: u32 = 3;
+/// the member data, and an index of ids. 4: member data read by offset (not compressed),
+/// indexed by id and by mail, and a log of the changes since.
+pub const FORMAT: u32 = 4;
 const MAGIC: &str = "usersync-delta-members";
+const LOG_MAGIC: &str = "usersync-delta-log";
+/// An index of plain member data, and of deflated member data.
+const INDEX_PLAIN: &[u8; 8] = b"usidx\0p\x04";
+const INDEX_DEFLATED: &[u8; 8] = b"usidx\0d\x04";
+/// Members per block of member data.
+pub const BLOCK: u32 = 64;
 /// The most a links file may hold (two links and a key: a few kilobytes).
 const LINKS_CAP: u64 = 1 << 20;
+/// The most a log may hold (it is read whole).
+const LOG_CAP: u64 = 1 << 30;
+/// A log longer than this (and than a sixteenth of the members) is folded into a new
+/// generation by the next run that changes members.
+pub const COMPACT_AT: usize = 256;
+
+/// Whether a log of `entries` should be folded into a new generation of `members`.
+#[must_use]
+pub fn compact_due(entries: usize, members: u64) -> bool {
+    entries > COMPACT_AT.max(usize::try_from(members / 16).unwrap_or(usize::MAX))
+}
 
 /// What a state belongs to: a config that changes any of it starts afresh.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -77,10 +110,23 @@ fn with_suffix(stem: &Path, suffix: &str) -> PathBuf {
     stem.with_file_name(name)
 }
 
-/// The member data of `generation` next to `links`: (members, ids).
+/// The member data of `generation` next to `links`: (members, index).
 fn data_paths(links: &Path, generation: u64) -> (PathBuf, PathBuf) {
     let stem = links.with_extension("");
-    (with_suffix(&stem, &format!("{generation:016x}.members")), with_suffix(&stem, &format!("{generation:016x}.ids")))
+    (with_suffix(&stem, &format!("{generation:016x}.members")), with_suffix(&stem, &format!("{generation:016x}.index")))
+}
+
+/// The log `log` of `generation` next to `links`.
+fn log_path(links: &Path, generation: u64, log: u64) -> PathBuf {
+    with_suffix(&links.with_extension(""), &format!("{generation:016x}.{log:016x}.log"))
+}
+
+/// Every file of the member data `header` names (the generation's, and its log's).
+fn files_of(links: &Path, header: &Header) -> Vec<PathBuf> {
+    let (members, index) = data_paths(links, header.generation);
+    let mut v = vec![members, index];
+    v.extend(header.log.map(|l| log_path(links, header.generation, l)));
+    v
 }
 
 /// Where the rounds left off, when the group was last read in full, and which member data
@@ -96,8 +142,19 @@ pub struct Header {
     pub users_link: String,
     /// When the group was last read in full (Unix seconds).
     pub full_at: u64,
-    /// Which member data is current (`<stem>.<generation>.members` and `.ids`).
+    /// Which member data is current (`<stem>.<generation>.members` and `.index`).
     pub generation: u64,
+    /// Which log of changes since is current (`<stem>.<generation>.<log>.log`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<u64>,
+}
+
+impl Header {
+    /// What changes whenever the members do: what an instance's lists were written from.
+    #[must_use]
+    pub fn version(&self) -> u64 {
+        self.log.unwrap_or(self.generation)
+    }
 }
 
 /// The links file as written: the format first.
@@ -149,6 +206,17 @@ impl Record {
         }
     }
 
+    /// Its mail, normalised as a list has it, into `out` (cleared first); false if it has
+    /// no usable one.
+    #[must_use]
+    pub fn normalised_mail(&self, out: &mut Vec<u8>) -> bool {
+        out.clear();
+        match self.mail.as_deref().map(text) {
+            Some(TextRef::Str(s)) => crate::normalize::Email::parse_into(&s, out).is_ok(),
+            _ => false,
+        }
+    }
+
     /// A digest of the id alone.
     #[must_use]
     pub fn id_digest(&self) -> u64 {
@@ -175,6 +243,7 @@ impl Record {
         line.push(b'\n');
     }
 
+    /// The record of a line (without its `\n`).
     fn parse(line: &str) -> Option<Self> {
         let mut f = line.split('\t');
         let id = f.next().filter(|i| crate::ids::is_object_id(i))?.to_owned();
@@ -233,6 +302,15 @@ fn json(t: &TextRef<'_>) -> String {
     }
 }
 
+/// The hash a mail is indexed by, of its normalised form; `None` when it has none.
+fn mail_hash(t: &TextRef<'_>, scratch: &mut Vec<u8>) -> Option<u32> {
+    scratch.clear();
+    match t {
+        TextRef::Str(s) => crate::normalize::Email::parse_into(s, scratch).ok().map(|()| hash32(scratch)),
+        TextRef::Undecodable(_) => None,
+    }
+}
+
 /// JSON text back into a value, as a page parses it.
 fn text(j: &str) -> TextRef<'_> {
     match serde_json::from_str::<String>(j) {
@@ -277,13 +355,256 @@ pub enum Unusable {
     Corrupt(String),
 }
 
-/// A state, opened: its links read, its member data held open for the run.
+fn corrupt(what: &str) -> impl Fn(io::Error) -> Unusable + '_ {
+    move |e| Unusable::Corrupt(format!("{what}: {e}"))
+}
+
+/// Members changed since the member data was written, by id (`None`: gone), with the ids
+/// of those present by their normalised mail. A log as read, or a run's changes.
+#[derive(Debug, Default, Clone)]
+pub struct Overlay {
+    by_id: HashMap<String, Option<Record>>,
+    by_mail: HashMap<Vec<u8>, Vec<String>>,
+}
+
+impl Overlay {
+    /// What it says of `id`: `Some(None)` for a member gone, `None` when it says nothing.
+    #[must_use]
+    pub fn get(&self, id: &str) -> Option<&Option<Record>> {
+        self.by_id.get(id)
+    }
+
+    /// Sets what it says of `id`.
+    pub fn set(&mut self, id: String, rec: Option<Record>) {
+        let mut mail = Vec::new();
+        if let Some(Some(old)) = self.by_id.get(&id) {
+            if old.normalised_mail(&mut mail) {
+                if let Some(ids) = self.by_mail.get_mut(&mail) {
+                    ids.retain(|i| *i != id);
+                }
+            }
+        }
+        if let Some(r) = &rec {
+            if r.normalised_mail(&mut mail) {
+                self.by_mail.entry(mail).or_default().push(id.clone());
+            }
+        }
+        self.by_id.insert(id, rec);
+    }
+
+    /// The ids it says something of.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// It says nothing.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    /// Everything it says, by id.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &Option<Record>)> {
+        self.by_id.iter()
+    }
+
+    /// The present members whose normalised mail is `mail`.
+    fn with_mail<'a>(&'a self, mail: &[u8]) -> impl Iterator<Item = &'a Record> + 'a {
+        let ids = self.by_mail.get(mail).map(Vec::as_slice).unwrap_or_default();
+        ids.iter().filter_map(|id| self.by_id.get(id).and_then(Option::as_ref))
+    }
+
+    /// Its present members, by id.
+    fn present_sorted(&self) -> Vec<Record> {
+        let mut v: Vec<Record> = self.by_id.values().flatten().cloned().collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
+    /// Reads a log (gzip'd), with the member and user counts it ends with.
+    fn read(gz: &[u8]) -> Result<(Self, u64, UserCounts), Unusable> {
+        let bad = |m: &str| Unusable::Corrupt(format!("log: {m}"));
+        let mut bytes = Vec::new();
+        flate2::read::GzDecoder::new(gz).take(LOG_CAP).read_to_end(&mut bytes).map_err(corrupt("log"))?;
+        let text = std::str::from_utf8(&bytes).map_err(|_| bad("not text"))?;
+        let mut lines = text.split_terminator('\n');
+        if lines.next().and_then(|m| m.strip_prefix(LOG_MAGIC)).map(str::trim) != Some(&FORMAT.to_string()) {
+            return Err(bad("not a log of a state"));
+        }
+        let mut log = Self::default();
+        for l in lines.by_ref() {
+            if let Some(end) = l.strip_prefix("end ") {
+                let n: Vec<u64> = end.split(' ').map_while(|n| n.parse().ok()).collect();
+                return match n[..] {
+                    [k, members, users, with_attributes, with_mail, with_mail_and_enabled]
+                        if k == log.len() as u64 && lines.next().is_none() =>
+                    {
+                        let counts = UserCounts { users, with_attributes, with_mail, with_mail_and_enabled };
+                        Ok((log, members, counts))
+                    }
+                    _ => Err(bad("its end does not match its records")),
+                };
+            }
+            match l.strip_suffix("\t!") {
+                Some(id) if crate::ids::is_object_id(id) => log.set(id.to_owned(), None),
+                Some(_) => return Err(bad("a malformed record")),
+                None => {
+                    let r = Record::parse(l).ok_or_else(|| bad("a malformed record"))?;
+                    log.set(r.id.clone(), Some(r));
+                }
+            }
+        }
+        Err(bad("cut short"))
+    }
+
+    /// The log's bytes (gzip'd), ending with the member count `members` and the user counts.
+    fn to_log(&self, members: u64, counts: UserCounts) -> io::Result<Vec<u8>> {
+        let mut out = format!("{LOG_MAGIC} {FORMAT}\n").into_bytes();
+        let mut ids: Vec<&String> = self.by_id.keys().collect();
+        ids.sort();
+        for id in ids {
+            if let Some(r) = &self.by_id[id] {
+                r.line_into(&mut out);
+            } else {
+                out.extend_from_slice(id.as_bytes());
+                out.extend_from_slice(b"\t!\n");
+            }
+        }
+        let UserCounts { users, with_attributes, with_mail, with_mail_and_enabled } = counts;
+        let entries = self.by_id.len();
+        let end = format!("end {entries} {members} {users} {with_attributes} {with_mail} {with_mail_and_enabled}\n");
+        out.extend_from_slice(end.as_bytes());
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&out)?;
+        gz.finish()
+    }
+}
+
+/// An index file: where each block of member data starts, and two sorted tables of
+/// (hash, block): by id, then by mail.
+#[derive(Debug)]
+struct Index {
+    file: File,
+    /// Whether the member data is deflated (or plain).
+    deflated: bool,
+    blocks: u64,
+    ids: u64,
+    mails: u64,
+    counts: UserCounts,
+    /// Each table, read whole on its first search (6 bytes a member: one read instead of a
+    /// few dozen per search).
+    tables: [std::sync::OnceLock<Result<Vec<u8>, Unusable>>; 2],
+}
+
+/// Bytes of an index file before its tables (magic, three table sizes, four user counts);
+/// bytes of a block's start; bytes of a table entry.
+const INDEX_HEAD: u64 = 64;
+const START: u64 = 8;
+const ENTRY: u64 = 6;
+/// A table entry: 24 bits of hash, 24 bits of block (a collision costs a block read).
+const BITS: u32 = 24;
+const MASK: u32 = (1 << BITS) - 1;
+
+/// The 24-bit hash a table is sorted by: of an id, or of a normalised mail.
+fn hash32(b: &[u8]) -> u32 {
+    let h = id_hash_bytes(b);
+    #[allow(clippy::cast_possible_truncation, reason = "folded to 24 bits")]
+    let folded = ((h ^ (h >> 32)) as u32) & MASK;
+    folded
+}
+
+impl Index {
+    fn open(file: File) -> Result<Self, Unusable> {
+        let mut head = [0u8; 64];
+        file.read_exact_at(&mut head, 0).map_err(corrupt("index"))?;
+        let n = |i: usize| u64::from_le_bytes(head[i..i + 8].try_into().unwrap_or_default());
+        let (blocks, ids, mails) = (n(8), n(16), n(24));
+        let counts =
+            UserCounts { users: n(32), with_attributes: n(40), with_mail: n(48), with_mail_and_enabled: n(56) };
+        let len = file.metadata().map_err(corrupt("index"))?.len();
+        let want = blocks
+            .checked_mul(START)
+            .zip(ids.checked_add(mails).and_then(|k| k.checked_mul(ENTRY)))
+            .and_then(|(a, b)| a.checked_add(b))
+            .and_then(|b| b.checked_add(INDEX_HEAD));
+        let deflated = &head[..8] == INDEX_DEFLATED;
+        if !(deflated || &head[..8] == INDEX_PLAIN) || want != Some(len) {
+            return Err(Unusable::Corrupt("index: not an index of this member data".into()));
+        }
+        Ok(Self { file, deflated, blocks, ids, mails, counts, tables: Default::default() })
+    }
+
+    fn u64_at(&self, at: u64) -> Result<u64, Unusable> {
+        let mut b = [0u8; 8];
+        self.file.read_exact_at(&mut b, at).map_err(corrupt("index"))?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    /// Where block `k` starts and ends in the member data (`None`: at its end).
+    fn block(&self, k: u32) -> Result<(u64, Option<u64>), Unusable> {
+        let k = u64::from(k);
+        if k >= self.blocks {
+            return Err(Unusable::Corrupt("index: no such block".into()));
+        }
+        let start = self.u64_at(INDEX_HEAD + k * START)?;
+        let end = if k + 1 < self.blocks { Some(self.u64_at(INDEX_HEAD + (k + 1) * START)?) } else { None };
+        Ok((start, end))
+    }
+
+    /// The blocks holding entries of `key` in table `mails` (false: by id).
+    fn find(&self, mails: bool, key: u32) -> Result<Vec<u32>, Unusable> {
+        let table = self.tables[usize::from(mails)]
+            .get_or_init(|| {
+                let tables = INDEX_HEAD + self.blocks * START;
+                let (start, n) = if mails { (tables + self.ids * ENTRY, self.mails) } else { (tables, self.ids) };
+                let mut t =
+                    vec![0u8; usize::try_from(n * ENTRY).map_err(|_| Unusable::Corrupt("index: too large".into()))?];
+                self.file.read_exact_at(&mut t, start).map_err(corrupt("index"))?;
+                Ok(t)
+            })
+            .as_ref()
+            .map_err(Clone::clone)?;
+        let at = |i: usize| -> (u32, u32) {
+            let mut b = [0u8; 8];
+            b[..6].copy_from_slice(&table[i * 6..i * 6 + 6]);
+            let e = u64::from_le_bytes(b);
+            #[allow(clippy::cast_possible_truncation, reason = "two 24-bit fields")]
+            ((e >> BITS) as u32 & MASK, e as u32 & MASK)
+        };
+        let n = table.len() / 6;
+        let (mut lo, mut hi) = (0, n);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if at(mid).0 < key {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        let mut out = Vec::new();
+        while lo < n && at(lo).0 == key {
+            let b = at(lo).1;
+            if out.last() != Some(&b) {
+                out.push(b);
+            }
+            lo += 1;
+        }
+        Ok(out)
+    }
+}
+
+/// A state, opened: its links read, its member data and index held open for the run, its
+/// log read.
 #[derive(Debug)]
 pub struct Opened {
     /// Where the rounds left off.
     pub header: Header,
     members: File,
-    ids: File,
+    index: Index,
+    log: Arc<Overlay>,
+    count: u64,
+    counts: UserCounts,
     links: PathBuf,
 }
 
@@ -307,14 +628,21 @@ impl Opened {
         if file.header.key != *key {
             return Err(Unusable::Corrupt("it belongs to another query".into()));
         }
-        let (members, ids) = data_paths(&links, file.header.generation);
+        let (members, index) = data_paths(&links, file.header.generation);
         let missing = |e: Unusable| match e {
             Unusable::Missing => Unusable::Corrupt("its member data is missing".into()),
             other => other,
         };
         let members = open_like_output(&members).map_err(missing)?;
-        let ids = open_like_output(&ids).map_err(missing)?;
-        Ok(Self { header: file.header, members, ids, links })
+        let index = Index::open(open_like_output(&index).map_err(missing)?)?;
+        let (log, count, counts) = match file.header.log {
+            None => (Overlay::default(), index.ids, index.counts),
+            Some(l) => {
+                let f = open_like_output(&log_path(&links, file.header.generation, l)).map_err(missing)?;
+                Overlay::read(&crate::trust::read_capped(f, LOG_CAP).map_err(corrupt("log"))?)?
+            }
+        };
+        Ok(Self { header: file.header, members, index, log: Arc::new(log), count, counts, links })
     }
 
     /// The links file, for messages.
@@ -333,50 +661,147 @@ impl Opened {
         (at >= self.header.full_at).then_some(at)
     }
 
-    /// How many members it holds (by its index; 0 if that cannot be read).
+    /// How many members it holds.
     #[must_use]
     pub fn members(&self) -> u64 {
-        self.ids.metadata().map_or(0, |m| m.len() / 8)
+        self.count
     }
 
-    /// Whether any of `ids` (lower-cased) is a member, by the index: a hash collision may
-    /// say yes for one that is not (the caller then reads the members), never no for one
-    /// that is.
-    pub fn has_any<'a>(&self, ids: impl IntoIterator<Item = &'a str>) -> Result<bool, Unusable> {
-        let corrupt = |e: io::Error| Unusable::Corrupt(format!("ids: {e}"));
-        let len = self.ids.metadata().map_err(corrupt)?.len();
-        if len % 8 != 0 {
-            return Err(Unusable::Corrupt("ids: not a list of hashes".into()));
+    /// Its users, counted as a roster of it would count them.
+    #[must_use]
+    pub fn user_counts(&self) -> UserCounts {
+        self.counts
+    }
+
+    /// Its log: the members changed since its member data was written.
+    #[must_use]
+    pub fn log(&self) -> &Overlay {
+        &self.log
+    }
+
+    /// The member `id` (lower-cased), if it is one.
+    pub fn lookup(&self, id: &str) -> Result<Option<Record>, Unusable> {
+        if let Some(r) = self.log.get(id) {
+            return Ok(r.clone());
         }
-        let n = len / 8;
-        let at = |i: u64| -> Result<u64, Unusable> {
-            let mut b = [0u8; 8];
-            self.ids.read_exact_at(&mut b, i * 8).map_err(corrupt)?;
-            Ok(u64::from_le_bytes(b))
-        };
-        for id in ids {
-            let want = id_hash(id);
-            let (mut lo, mut hi) = (0, n);
-            while lo < hi {
-                let mid = lo + (hi - lo) / 2;
-                match at(mid)?.cmp(&want) {
-                    std::cmp::Ordering::Less => lo = mid + 1,
-                    std::cmp::Ordering::Greater => hi = mid,
-                    std::cmp::Ordering::Equal => return Ok(true),
+        for b in self.index.find(false, hash32(id.as_bytes()))? {
+            if let Some(r) = self.block(b)?.into_iter().find(|r| r.id == id) {
+                return Ok(Some(r));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The members whose normalised mail is `mail`, except those `except` says anything of.
+    pub fn with_mail(&self, mail: &[u8], except: &Overlay) -> Result<Vec<Record>, Unusable> {
+        let mut out = Vec::new();
+        let mut norm = Vec::new();
+        for b in self.index.find(true, hash32(mail))? {
+            for r in self.block(b)? {
+                if self.log.get(&r.id).is_none() && r.normalised_mail(&mut norm) && norm == mail {
+                    out.push(r);
                 }
             }
         }
-        Ok(false)
+        out.extend(self.log.with_mail(mail).cloned());
+        out.retain(|r| except.get(&r.id).is_none());
+        Ok(out)
     }
 
-    /// Its members, as a stream.
-    pub fn records(self) -> Result<Reader, Unusable> {
-        let mut lines = BufReader::new(GzDecoder::new(BufReader::new(self.members))).lines();
+    /// The records of block `k` of the member data (the magic and end lines left out).
+    fn block(&self, k: u32) -> Result<Vec<Record>, Unusable> {
+        let (start, end) = self.index.block(k)?;
+        let len = match end {
+            Some(e) => e.checked_sub(start).ok_or_else(|| Unusable::Corrupt("index: blocks out of order".into()))?,
+            None => self.members.metadata().map_err(corrupt("members"))?.len().saturating_sub(start),
+        };
+        let mut deflated = vec![0u8; usize::try_from(len.min(LINE_CAP as u64 * 64)).unwrap_or(0)];
+        self.members.read_exact_at(&mut deflated, start).map_err(corrupt("members"))?;
+        if !self.index.deflated {
+            return Self::records_of(&deflated);
+        }
+        // A block begins where the stream was flushed in full: it inflates on its own, and
+        // ends where the next begins (not at the stream's end).
+        let mut text = Vec::with_capacity(deflated.len() * 4 + 64);
+        let mut z = flate2::Decompress::new(false);
+        let bad = |e: flate2::DecompressError| corrupt("members")(io::Error::other(e));
+        // Until it makes no more (its input all taken, and its output all given).
+        loop {
+            let (taken, made) = (z.total_in(), z.total_out());
+            let rest = usize::try_from(taken).ok().and_then(|t| deflated.get(t..)).unwrap_or_default();
+            if text.len() > LINE_CAP * BLOCK as usize {
+                return Err(corrupt_record());
+            }
+            if text.capacity() - text.len() < 4096 {
+                text.reserve(text.capacity().max(4096));
+            }
+            let status = z.decompress_vec(rest, &mut text, flate2::FlushDecompress::Sync).map_err(bad)?;
+            if status == flate2::Status::StreamEnd || (z.total_in(), z.total_out()) == (taken, made) {
+                break;
+            }
+        }
+        Self::records_of(&text)
+    }
+
+    /// The records of a block's text.
+    fn records_of(text: &[u8]) -> Result<Vec<Record>, Unusable> {
+        let text = std::str::from_utf8(text).map_err(|_| corrupt_record())?;
+        text.lines()
+            .filter(|l| !l.starts_with(MAGIC) && !l.starts_with("end "))
+            .map(|l| Record::parse(l).ok_or_else(corrupt_record))
+            .collect()
+    }
+
+    /// Its members, as a stream (the member data, then the log).
+    pub fn records(&self) -> Result<Reader, Unusable> {
+        self.reader(Arc::clone(&self.log))
+    }
+
+    /// Its members with `changes` applied on top of its log, as a stream.
+    pub fn records_with(&self, changes: &Overlay) -> Result<Reader, Unusable> {
+        let mut over = (*self.log).clone();
+        for (id, r) in changes.iter() {
+            over.set(id.clone(), r.clone());
+        }
+        self.reader(Arc::new(over))
+    }
+
+    fn reader(&self, overlay: Arc<Overlay>) -> Result<Reader, Unusable> {
+        let file = self.members.try_clone().map_err(corrupt("members"))?;
+        let plain = BufReader::with_capacity(1 << 16, At { file, pos: 0 });
+        let source: Box<dyn BufRead + Send> = if self.index.deflated {
+            Box::new(BufReader::with_capacity(1 << 16, DeflateDecoder::new(plain)))
+        } else {
+            Box::new(plain)
+        };
+        let mut lines = source.lines();
         let magic = lines.next().transpose().map_err(|e| Unusable::Corrupt(e.to_string()))?.unwrap_or_default();
         if magic.strip_prefix(MAGIC).map(str::trim) != Some(&FORMAT.to_string()) {
             return Err(Unusable::Corrupt("not the member data of a state".into()));
         }
-        Ok(Reader { header: self.header, lines, read: 0, ended: false })
+        Ok(Reader { lines, overlay, tail: None, read: 0 })
+    }
+}
+
+/// The longest line a record may have (a value Graph sent undecodable may be long).
+const LINE_CAP: usize = 1 << 20;
+
+fn corrupt_record() -> Unusable {
+    Unusable::Corrupt("a malformed record".into())
+}
+
+/// A file read from its start by offset (`pread`): a second descriptor of the same file
+/// shares no position with it.
+struct At {
+    file: File,
+    pos: u64,
+}
+
+impl Read for At {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.file.read_at(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
     }
 }
 
@@ -399,47 +824,58 @@ fn open_like_output(path: &Path) -> Result<File, Unusable> {
     }
 }
 
-/// A stable 64-bit hash of a member's id (FNV-1a: the same in every build and run).
-#[must_use]
-pub fn id_hash(id: &str) -> u64 {
-    id_hash_bytes(id.as_bytes())
+/// A stable 64-bit hash of bytes (the same in every build and run: it is on disk), eight
+/// bytes at a time (`FxHash`'s step), ending with a mix so that the low bits depend on all.
+fn id_hash_bytes(b: &[u8]) -> u64 {
+    const K: u64 = 0x517c_c1b7_2722_0a95;
+    let step = |h: u64, w: u64| (h.rotate_left(5) ^ w).wrapping_mul(K);
+    let mut chunks = b.chunks_exact(8);
+    let mut h =
+        chunks.by_ref().fold(b.len() as u64, |h, c| step(h, u64::from_le_bytes(c.try_into().unwrap_or_default())));
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        let mut w = [0u8; 8];
+        w[..rest.len()].copy_from_slice(rest);
+        h = step(h, u64::from_le_bytes(w));
+    }
+    (h ^ (h >> 29)).wrapping_mul(K) ^ (h >> 32)
 }
 
-fn id_hash_bytes(id: &[u8]) -> u64 {
-    id.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
-}
-
-/// A state's members being read, one at a time.
+/// A state's members being read, one at a time: the member data (less what the overlay
+/// says anything of), then the overlay's present members.
 pub struct Reader {
-    /// Where the rounds left off.
-    pub header: Header,
-    lines: io::Lines<BufReader<GzDecoder<BufReader<File>>>>,
+    lines: io::Lines<Box<dyn BufRead + Send>>,
+    overlay: Arc<Overlay>,
+    tail: Option<std::vec::IntoIter<Record>>,
     read: u64,
-    ended: bool,
 }
 
 impl Reader {
     /// The next record, `None` after the last; an error if the file is cut short (no end
     /// line, or another count than it holds) or mangled.
     pub fn next_record(&mut self) -> Result<Option<Record>, Unusable> {
-        if self.ended {
-            return Ok(None);
-        }
-        let corrupt = |m: &str| Err(Unusable::Corrupt(m.to_owned()));
-        match self.lines.next() {
-            None => corrupt("cut short"),
-            Some(Err(e)) => Err(Unusable::Corrupt(e.to_string())),
-            Some(Ok(l)) => match l.strip_prefix("end ") {
-                Some(n) if n.parse() == Ok(self.read) && self.lines.next().is_none() => {
-                    self.ended = true;
-                    Ok(None)
-                }
-                Some(_) => corrupt("its end does not match its records"),
-                None => {
-                    self.read += 1;
-                    Record::parse(&l).map(Some).ok_or_else(|| Unusable::Corrupt("a malformed record".into()))
-                }
-            },
+        loop {
+            if let Some(tail) = &mut self.tail {
+                return Ok(tail.next());
+            }
+            let bad = |m: &str| Err(Unusable::Corrupt(m.to_owned()));
+            match self.lines.next() {
+                None => return bad("cut short"),
+                Some(Err(e)) => return Err(Unusable::Corrupt(e.to_string())),
+                Some(Ok(l)) => match l.strip_prefix("end ") {
+                    Some(n) if n.parse() == Ok(self.read) && self.lines.next().is_none() => {
+                        self.tail = Some(self.overlay.present_sorted().into_iter());
+                    }
+                    Some(_) => return bad("its end does not match its records"),
+                    None => {
+                        self.read += 1;
+                        let r = Record::parse(&l).ok_or_else(corrupt_record)?;
+                        if self.overlay.get(&r.id).is_none() {
+                            return Ok(Some(r));
+                        }
+                    }
+                },
+            }
         }
     }
 }
@@ -470,23 +906,39 @@ const STALE_AGE: std::time::Duration = std::time::Duration::from_secs(86_400);
 
 /// New member data being written, staged next to the old until a commit puts it in place.
 pub struct Writer {
-    /// Buffered in front as well: flate2 zero-fills its output buffer on every `write`,
-    /// and a record is several small writes (measured: 65% of an unchanged run's CPU).
-    gz: BufWriter<GzEncoder<BufWriter<File>>>,
-    /// The line being made (one allocation for all of them).
+    out: BufWriter<File>,
+    /// The deflate stream (none: plain), and the lines of the block being made.
+    z: Option<flate2::Compress>,
+    block: Vec<u8>,
+    deflated: Vec<u8>,
+    /// Bytes written so far.
+    written: u64,
+    state_dir: PathBuf,
+    /// Where each block starts in the member data.
+    starts: Vec<u64>,
+    /// The line being made (one allocation for all of them), and a mail being normalised.
     line: Vec<u8>,
+    scratch: Vec<u8>,
     staged: Staged,
-    ids: Vec<u64>,
+    /// (hash of the id, block) and (hash of the normalised mail, block).
+    ids: Vec<(u32, u32)>,
+    mails: Vec<(u32, u32)>,
+    counts: UserCounts,
     header: Header,
     links: PathBuf,
-    replaces: Option<u64>,
+    replaces: Option<Header>,
 }
 
 impl Writer {
     /// Starts new member data for the state `header` describes, in `state_dir` (creating
-    /// `<state_dir>/delta/`, mode 0700), as a new generation; `replaces` is the generation it
-    /// takes over from, removed on commit.
-    pub fn create(state_dir: &Path, mut header: Header, replaces: Option<u64>) -> Result<Self, WriteError> {
+    /// `<state_dir>/delta/`, mode 0700), as a new generation with no log, plain (see
+    /// [`Commit::fit`]); `replaces` is the state it takes over from, whose member data is
+    /// removed on commit.
+    pub fn create(state_dir: &Path, header: Header, replaces: Option<Header>) -> Result<Self, WriteError> {
+        Self::open(state_dir, header, replaces, false)
+    }
+
+    fn open(state_dir: &Path, mut header: Header, replaces: Option<Header>, deflate: bool) -> Result<Self, WriteError> {
         let links = header.key.path(state_dir);
         let fail = |action, source| WriteError { path: links.clone(), action, source };
         if let Some(dir) = links.parent() {
@@ -497,12 +949,17 @@ impl Writer {
                 .create(dir)
                 .map_err(|e| fail("create the directory of", e))?;
         }
-        header.generation = loop {
-            let g = fastrand::u64(..);
-            if Some(g) != replaces {
-                break g;
-            }
-        };
+        // A new generation, unless it deflates the one just staged plain (see
+        // [`Commit::fit`]): the same version, as the instances' memos name it.
+        if !deflate {
+            header.generation = loop {
+                let g = fastrand::u64(..);
+                if replaces.as_ref().is_none_or(|r| r.generation != g) {
+                    break g;
+                }
+            };
+        }
+        header.log = None;
         let (members, _) = data_paths(&links, header.generation);
         let mut staged = Staged::create(&members, 0o600)?;
         // Ages by the file system's clock (the new file's time), not the process's: one
@@ -511,33 +968,65 @@ impl Writer {
             clean_stale(&links, now);
         }
         let file = staged.file().try_clone().map_err(|e| fail("write", e))?;
-        let mut gz = BufWriter::with_capacity(
-            1 << 16,
-            GzEncoder::new(BufWriter::with_capacity(1 << 16, file), flate2::Compression::fast()),
-        );
-        writeln!(gz, "{MAGIC} {FORMAT}").map_err(|e| fail("write", e))?;
-        Ok(Self { gz, line: Vec::with_capacity(256), staged, ids: Vec::new(), header, links, replaces })
+        Ok(Self {
+            out: BufWriter::with_capacity(1 << 16, file),
+            z: deflate.then(|| flate2::Compress::new(flate2::Compression::fast(), false)),
+            written: 0,
+            state_dir: state_dir.to_owned(),
+            block: format!("{MAGIC} {FORMAT}\n").into_bytes(),
+            deflated: Vec::with_capacity(1 << 16),
+            starts: vec![0],
+            line: Vec::with_capacity(256),
+            scratch: Vec::with_capacity(256),
+            staged,
+            ids: Vec::new(),
+            mails: Vec::new(),
+            counts: UserCounts::default(),
+            header,
+            links,
+            replaces,
+        })
     }
 
     /// Adds a member.
     pub fn push(&mut self, r: &Record) -> Result<(), WriteError> {
-        self.ids.push(id_hash(&r.id));
+        self.counts.count(&r.view(), true);
+        // Only users give lines: only their mails are looked up.
+        let mail = r.mail.as_deref().filter(|_| r.kind == ObjectKind::User).map(text);
+        let mail = mail.and_then(|t| mail_hash(&t, &mut self.scratch));
         self.line.clear();
         r.line_into(&mut self.line);
-        self.gz.write_all(&self.line).map_err(|source| WriteError { path: self.links.clone(), action: "write", source })
+        self.add_line(hash32(r.id.as_bytes()), mail)
+    }
+
+    /// As [`Writer::push_member`], with the member's mail as a roster normalised it (`None`
+    /// if it kept none): not normalised twice.
+    pub fn push_member_normalised(
+        &mut self,
+        m: &MemberView<'_>,
+        phones: bool,
+        mail: Option<&[u8]>,
+    ) -> Result<bool, WriteError> {
+        self.push_line(m, phones, mail.map(hash32))
     }
 
     /// Adds what a page says of a member, as [`Record::of`] and [`Writer::push`] would,
     /// without making the record (a full read writes a million of them); `false` for an
     /// object whose id is no object id (not kept).
     pub fn push_member(&mut self, m: &MemberView<'_>, phones: bool) -> Result<bool, WriteError> {
+        let mail = m.mail.as_ref().filter(|_| m.kind == ObjectKind::User).and_then(|t| mail_hash(t, &mut self.scratch));
+        self.push_line(m, phones, mail)
+    }
+
+    fn push_line(&mut self, m: &MemberView<'_>, phones: bool, mail: Option<u32>) -> Result<bool, WriteError> {
         if !crate::ids::is_object_id(&m.id) {
             return Ok(false);
         }
+        self.counts.count(m, true);
         let line = &mut self.line;
         line.clear();
         line_head(line, m.id.as_bytes(), m.kind, m.account_enabled);
-        self.ids.push(id_hash_bytes(&line[..m.id.len()]));
+        let id = hash32(&line[..m.id.len()]);
         match &m.mail {
             Some(t) => json_into(line, t),
             None => line.push(b'-'),
@@ -548,8 +1037,55 @@ impl Writer {
             None => line.push(b'-'),
         }
         line.push(b'\n');
-        self.gz.write_all(line).map_err(|source| WriteError { path: self.links.clone(), action: "write", source })?;
+        self.add_line(id, mail)?;
         Ok(true)
+    }
+
+    /// Adds the line made, indexed by `id` and `mail`; a block full is deflated.
+    fn add_line(&mut self, id: u32, mail: Option<u32>) -> Result<(), WriteError> {
+        let block = u32::try_from(self.starts.len() - 1).ok().filter(|b| *b <= MASK).ok_or_else(|| WriteError {
+            path: self.links.clone(),
+            action: "write",
+            source: io::Error::other("over a billion members: more than a state holds"),
+        })?;
+        self.ids.push((id, block));
+        if let Some(m) = mail {
+            self.mails.push((m, block));
+        }
+        self.block.extend_from_slice(&self.line);
+        if self.ids.len() % BLOCK as usize == 0 {
+            self.end_block(flate2::FlushCompress::Full)?;
+            self.starts.push(self.written);
+        }
+        Ok(())
+    }
+
+    /// Writes the block made: as it is, or deflated and ended with `flush`.
+    fn end_block(&mut self, flush: flate2::FlushCompress) -> Result<(), WriteError> {
+        let fail = |e: io::Error| WriteError { path: self.links.clone(), action: "write", source: e };
+        let Some(z) = &mut self.z else {
+            self.out.write_all(&self.block).map_err(fail)?;
+            self.written += self.block.len() as u64;
+            self.block.clear();
+            return Ok(());
+        };
+        let mut input = &self.block[..];
+        loop {
+            self.deflated.clear();
+            let before = z.total_in();
+            let status = z.compress_vec(input, &mut self.deflated, flush).map_err(|e| fail(io::Error::other(e)))?;
+            let used = usize::try_from(z.total_in() - before).unwrap_or(usize::MAX);
+            input = &input[used.min(input.len())..];
+            self.out.write_all(&self.deflated).map_err(&fail)?;
+            // Done once the input is in and the output buffer was not filled up.
+            let finished = status == flate2::Status::StreamEnd || !matches!(flush, flate2::FlushCompress::Finish);
+            if input.is_empty() && self.deflated.len() < self.deflated.capacity() && finished {
+                break;
+            }
+        }
+        self.written = z.total_out();
+        self.block.clear();
+        Ok(())
     }
 
     /// Members added so far.
@@ -566,28 +1102,81 @@ impl Writer {
 
     /// Ends the member data: the new state, staged, ready to commit.
     pub fn finish(mut self) -> Result<Commit, WriteError> {
+        let end = format!("end {}\n", self.ids.len());
+        self.block.extend_from_slice(end.as_bytes());
+        self.end_block(flate2::FlushCompress::Finish)?;
         let fail = |source| WriteError { path: self.links.clone(), action: "write", source };
-        writeln!(self.gz, "end {}", self.ids.len()).map_err(fail)?;
-        let gz = self.gz.into_inner().map_err(|e| fail(e.into_error()))?;
-        let buf = gz.finish().map_err(fail)?;
-        buf.into_inner().map_err(|e| fail(e.into_error()))?;
-        self.ids.sort_unstable();
-        self.ids.dedup();
-        let (_, ids_path) = data_paths(&self.links, self.header.generation);
-        let mut ids = Staged::create(&ids_path, 0o600)?;
-        let bytes: Vec<u8> = self.ids.iter().flat_map(|h| h.to_le_bytes()).collect();
-        ids.file().write_all(&bytes).map_err(fail)?;
+        self.out.flush().map_err(fail)?;
+        drop(self.out);
+        // The last start is where no block began (a full block ended the members).
+        if self.starts.len() > 1 && self.ids.len() % BLOCK as usize == 0 {
+            self.starts.pop();
+        }
+        // Sorted as one number each: (hash, block).
+        let packed = |v: &[(u32, u32)]| {
+            let mut p: Vec<u64> = v.iter().map(|(h, b)| (u64::from(*h) << BITS) | u64::from(*b)).collect();
+            p.sort_unstable();
+            p
+        };
+        let (ids, mails) = (packed(&self.ids), packed(&self.mails));
+        let (_, index_path) = data_paths(&self.links, self.header.generation);
+        let mut index = Staged::create(&index_path, 0o600)?;
+        {
+            let mut w = BufWriter::with_capacity(1 << 16, index.file());
+            w.write_all(if self.z.is_some() { INDEX_DEFLATED } else { INDEX_PLAIN }).map_err(fail)?;
+            let c = self.counts;
+            let sizes = [self.starts.len(), ids.len(), mails.len()].map(|n| n as u64);
+            for n in sizes.into_iter().chain([c.users, c.with_attributes, c.with_mail, c.with_mail_and_enabled]) {
+                w.write_all(&n.to_le_bytes()).map_err(fail)?;
+            }
+            for s in &self.starts {
+                w.write_all(&s.to_le_bytes()).map_err(fail)?;
+            }
+            for e in ids.iter().chain(&mails) {
+                w.write_all(&e.to_le_bytes()[..6]).map_err(fail)?;
+            }
+            w.flush().map_err(fail)?;
+        }
+        let index_bytes = INDEX_HEAD + START * self.starts.len() as u64 + ENTRY * (ids.len() + mails.len()) as u64;
         let links = stage_links(&self.links, &self.header)?;
-        let replaced = self.replaces.map(|g| data_paths(&self.links, g));
+        let replaced = self.replaces.as_ref().map(|r| files_of(&self.links, r)).unwrap_or_default();
+        let plain = self.z.is_none().then(|| Plain {
+            state_dir: self.state_dir.clone(),
+            header: self.header.clone(),
+            replaces: self.replaces.clone(),
+            bytes: self.written + index_bytes,
+        });
         Ok(Commit {
-            data: Some((self.staged, ids)),
+            data: vec![self.staged, index],
             links,
             replaced,
-            generation: self.header.generation,
+            version: self.header.version(),
             path: self.links,
             net_at: None,
+            plain,
         })
     }
+}
+
+/// Why a compaction failed: the old state could not be read (a resync), or the new one
+/// could not be written (it is abandoned, and the lists written all the same).
+#[derive(Debug)]
+pub enum Compaction {
+    /// Reading the old state.
+    Read(Unusable),
+    /// Writing the new one.
+    Write(WriteError),
+}
+
+/// A new generation of member data: the old state's, with its log and `changes` folded in,
+/// under `header` (its links), staged to replace the old state's files.
+pub fn compact(state_dir: &Path, old: &Opened, changes: &Overlay, header: Header) -> Result<Commit, Compaction> {
+    let mut w = Writer::create(state_dir, header, Some(old.header.clone())).map_err(Compaction::Write)?;
+    let mut r = old.records_with(changes).map_err(Compaction::Read)?;
+    while let Some(rec) = r.next_record().map_err(Compaction::Read)? {
+        w.push(&rec).map_err(Compaction::Write)?;
+    }
+    w.finish().map_err(Compaction::Write)
 }
 
 /// The links file of `header`, staged.
@@ -601,31 +1190,93 @@ fn stage_links(links: &Path, header: &Header) -> Result<Staged, WriteError> {
 }
 
 /// A new state, staged: [`Commit::commit`] puts the member data in place, then the links
-/// file (the commit point), then removes the generation it replaced. Dropped uncommitted,
-/// it leaves nothing behind.
+/// file (the commit point), then removes the files it replaced. Dropped uncommitted, it
+/// leaves nothing behind.
 pub struct Commit {
-    data: Option<(Staged, Staged)>,
+    data: Vec<Staged>,
     links: Staged,
-    replaced: Option<(PathBuf, PathBuf)>,
-    generation: u64,
+    replaced: Vec<PathBuf>,
+    version: u64,
     /// The links file it replaces.
     path: PathBuf,
     /// For a safety-net read: when it was read, noted if it is not committed.
     net_at: Option<u64>,
+    /// New member data written plain: what [`Commit::fit`] needs to deflate it.
+    plain: Option<Plain>,
+}
+
+/// A plain generation, staged.
+struct Plain {
+    state_dir: PathBuf,
+    header: Header,
+    replaces: Option<Header>,
+    /// Member data and index.
+    bytes: u64,
 }
 
 impl Commit {
+    /// The state made to fit in `limit` bytes (1.5 times the outputs the group feeds, so
+    /// that with its log it stays under twice): new member data written plain that takes
+    /// more is written again, deflated. Everything else is as it was.
+    pub fn fit(mut self, limit: u64) -> Result<Self, WriteError> {
+        let Some(p) = self.plain.take().filter(|p| p.bytes > limit) else { return Ok(self) };
+        let fail = |source| WriteError { path: self.path.clone(), action: "read", source };
+        let Some(members) = self.data.first() else { return Ok(self) };
+        let file = members.read_back()?;
+        let mut w = Writer::open(&p.state_dir, p.header.clone(), p.replaces.clone(), true)?;
+        for line in BufReader::with_capacity(1 << 16, At { file, pos: 0 }).lines() {
+            let line = line.map_err(fail)?;
+            if line.starts_with(MAGIC) || line.starts_with("end ") {
+                continue;
+            }
+            let r = Record::parse(&line).ok_or_else(|| fail(io::Error::other("a malformed record")))?;
+            w.push(&r)?;
+        }
+        let mut c = w.finish()?;
+        c.net_at = self.net_at;
+        Ok(c)
+    }
+
     /// The state's links moved, its members did not: only the links file is rewritten.
     pub fn links_only(state_dir: &Path, header: &Header) -> Result<Self, WriteError> {
         let path = header.key.path(state_dir);
         let links = stage_links(&path, header)?;
-        Ok(Self { data: None, links, replaced: None, generation: header.generation, path, net_at: None })
+        Ok(Self { data: vec![], links, replaced: vec![], version: header.version(), path, net_at: None, plain: None })
     }
 
-    /// The generation of member data the state names.
+    /// The members of the state `old` changed by `changes`: its member data stays, and a
+    /// new log (its log with the changes) replaces its log. `header` holds the new links.
+    pub fn with_log(
+        state_dir: &Path,
+        header: &Header,
+        old: &Opened,
+        changes: &Overlay,
+        (members, counts): (u64, UserCounts),
+    ) -> Result<Self, WriteError> {
+        let path = header.key.path(state_dir);
+        let mut log = (*old.log).clone();
+        for (id, r) in changes.iter() {
+            log.set(id.clone(), r.clone());
+        }
+        let mut header = header.clone();
+        header.log = Some(loop {
+            let l = fastrand::u64(..);
+            if l != header.generation && old.header.log != Some(l) {
+                break l;
+            }
+        });
+        let mut staged = Staged::create(&log_path(&path, header.generation, header.log.unwrap_or_default()), 0o600)?;
+        let fail = |source| WriteError { path: path.clone(), action: "write", source };
+        staged.file().write_all(&log.to_log(members, counts).map_err(fail)?).map_err(fail)?;
+        let links = stage_links(&path, &header)?;
+        let replaced = old.header.log.map(|l| log_path(&path, old.header.generation, l)).into_iter().collect();
+        Ok(Self { data: vec![staged], links, replaced, version: header.version(), path, net_at: None, plain: None })
+    }
+
+    /// The version of member data the state names (see [`Header::version`]).
     #[must_use]
-    pub fn generation(&self) -> u64 {
-        self.generation
+    pub fn version(&self) -> u64 {
+        self.version
     }
 
     /// This commit is a safety-net read's, made at `now` (Unix seconds): if it is abandoned,
@@ -651,9 +1302,8 @@ impl Commit {
 
     /// Puts the new state in place.
     pub fn commit(self) -> Result<(), WriteError> {
-        if let Some((members, ids)) = self.data {
-            members.commit()?;
-            ids.commit()?;
+        for d in self.data {
+            d.commit()?;
         }
         self.links.commit()?;
         // Committed: a safety net noted as not committed is due again when the last full
@@ -661,11 +1311,9 @@ impl Commit {
         if let Ok(t) = crate::write::Target::at(&net_path(&self.path)) {
             let _ = t.remove();
         }
-        if let Some((members, ids)) = self.replaced {
-            for p in [members, ids] {
-                if let Ok(t) = crate::write::Target::at(&p) {
-                    let _ = t.remove();
-                }
+        for p in self.replaced {
+            if let Ok(t) = crate::write::Target::at(&p) {
+                let _ = t.remove();
             }
         }
         Ok(())
@@ -673,25 +1321,32 @@ impl Commit {
 }
 
 /// Removes what killed runs left next to the state at `links`: temp files, and member data
-/// of a generation the links file does not name, once they are a day old (no lock spans
-/// the runs of different instances: a younger file may be another run's, being written).
+/// or logs the links file does not name, once they are a day old (no lock spans the runs of
+/// different instances: a younger file may be another run's, being written).
 fn clean_stale(links: &Path, now: std::time::SystemTime) {
     let current = open_like_output(links)
         .ok()
         .and_then(|f| crate::trust::read_capped(f, LINKS_CAP).ok())
         .and_then(|b| serde_json::from_slice::<LinksFile>(&b).ok())
-        .map(|f| f.header.generation);
+        .map(|f| (f.header.generation, f.header.log));
     let (Some(dir), Some(stem)) = (links.parent(), links.file_stem().and_then(|s| s.to_str())) else { return };
     let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let hex = |p: Option<&str>| p.and_then(|g| u64::from_str_radix(g, 16).ok());
     let mut removed = 0;
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         // Names are ours, in exactly this case: no case-insensitive match.
         let ours = name.starts_with(&format!(".usersync-{stem}.")) && name.rsplit('.').next() == Some("tmp");
         let orphan = name.strip_prefix(&format!("{stem}.")).is_some_and(|rest| {
-            let mut parts = rest.split('.');
-            let gen = parts.next().and_then(|g| u64::from_str_radix(g, 16).ok());
-            matches!(parts.next(), Some("members" | "ids")) && parts.next().is_none() && gen.is_some() && gen != current
+            let parts: Vec<&str> = rest.split('.').collect();
+            match parts.as_slice() {
+                [g, "members" | "index"] => hex(Some(g)).is_some_and(|g| Some(g) != current.map(|c| c.0)),
+                [g, l, "log"] => match (hex(Some(g)), hex(Some(l))) {
+                    (Some(g), Some(l)) => Some((g, Some(l))) != current,
+                    _ => false,
+                },
+                _ => false,
+            }
         });
         let old = e
             .metadata()
@@ -724,7 +1379,7 @@ mod tests {
     }
 
     fn header() -> Header {
-        Header { key: key(), group_link: "gl".into(), users_link: "ul".into(), full_at: 2, generation: 0 }
+        Header { key: key(), group_link: "gl".into(), users_link: "ul".into(), full_at: 2, generation: 0, log: None }
     }
 
     fn files(dir: &Path) -> Vec<String> {
@@ -793,8 +1448,8 @@ mod tests {
         }
         let opened = Opened::open(t.path(), &key()).unwrap();
         assert_eq!((&opened.header.group_link, &opened.header.users_link), (&"gl".to_owned(), &"ul".to_owned()));
-        assert!(opened.has_any(["zz", "id-1"]).unwrap());
-        assert!(!opened.has_any(["zz", "6"]).unwrap());
+        assert_eq!(opened.lookup("id-1").unwrap().unwrap().mail.as_deref(), Some(r#""A\tb@x.com""#));
+        assert_eq!(opened.lookup("6").unwrap(), None);
         let mut r = opened.records().unwrap();
         let mut back = Vec::new();
         while let Some(rec) = r.next_record().unwrap() {
@@ -826,24 +1481,30 @@ mod tests {
             let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
             let mut by_record = Writer::create(a.path(), header(), None).unwrap();
             let mut by_member = Writer::create(b.path(), header(), None).unwrap();
+            // As a full read writes them: with the mail its roster normalised.
+            let c = tempfile::tempdir().unwrap();
+            let mut by_roster = Writer::create(c.path(), header(), None).unwrap();
+            let mut roster = crate::roster::Roster::new(phones);
             crate::page::visit(body, |m| {
                 if let Some(r) = Record::of(&m, phones) {
                     by_record.push(&r).unwrap();
                 }
                 assert_eq!(by_member.push_member(&m, phones).unwrap(), m.id.as_ref() != "bad id");
+                let mail = roster.push(&m);
+                by_roster.push_member_normalised(&m, phones, mail).unwrap();
             })
             .unwrap();
-            let (ga, gb) = (by_record.header.generation, by_member.header.generation);
+            let gens = [by_record.header.generation, by_member.header.generation, by_roster.header.generation];
             by_record.finish().unwrap().commit().unwrap();
             by_member.finish().unwrap().commit().unwrap();
+            by_roster.finish().unwrap().commit().unwrap();
             let read = |dir: &Path, g: u64| {
                 let (members, ids) = data_paths(&key().path(dir), g);
-                let mut text = String::new();
-                io::Read::read_to_string(&mut GzDecoder::new(File::open(members).unwrap()), &mut text).unwrap();
-                (text, std::fs::read(ids).unwrap())
+                (std::fs::read_to_string(members).unwrap(), std::fs::read(ids).unwrap())
             };
-            let (want, got) = (read(a.path(), ga), read(b.path(), gb));
+            let (want, got) = (read(a.path(), gens[0]), read(b.path(), gens[1]));
             assert_eq!(want, got, "phones: {phones}");
+            assert_eq!(want, read(c.path(), gens[2]), "phones: {phones}");
             assert_eq!(want.0.lines().count(), 7, "magic, five members, end: {}", want.0);
         }
     }
@@ -859,7 +1520,7 @@ mod tests {
         assert_eq!(Opened::open(t.path(), &key()).unwrap().header.group_link, "gl2");
         // A reader opened before a new generation still reads the old one whole.
         let held = Opened::open(t.path(), &key()).unwrap();
-        let w = Writer::create(t.path(), held.header.clone(), Some(held.header.generation)).unwrap();
+        let w = Writer::create(t.path(), held.header.clone(), Some(held.header.clone())).unwrap();
         w.finish().unwrap().commit().unwrap();
         assert_eq!(files(t.path()).len(), 3, "the old generation removed: {:?}", files(t.path()));
         let mut r = held.records().unwrap();
@@ -891,8 +1552,138 @@ mod tests {
         };
         assert_eq!(read_all(&whole), Ok(()));
         assert!(read_all(&whole[..whole.len() - 10]).is_err(), "cut short");
-        assert!(read_all(b"not gzip at all").is_err());
+        assert!(read_all(b"not member data at all").is_err());
         std::fs::write(key().path(t.path()), br#"{"format":99}"#).unwrap();
         assert_eq!(Opened::open(t.path(), &key()).unwrap_err(), Unusable::Version("99".into()));
+    }
+
+    fn user(id: &str, mail: &str) -> Record {
+        Record {
+            id: id.into(),
+            kind: ObjectKind::User,
+            enabled: Some(true),
+            mail: Some(format!("\"{mail}\"")),
+            phone: None,
+        }
+    }
+
+    /// A log of changes: members looked up by id and by mail through it, streamed with it,
+    /// and replaced (its old log removed) by the next; the member data is never rewritten.
+    #[test]
+    fn a_log_of_changes_overrides_the_member_data_without_rewriting_it() {
+        let t = tempfile::tempdir().unwrap();
+        let mut w = Writer::create(t.path(), header(), None).unwrap();
+        for r in [user("1", "A@x"), user("2", "b@x"), user("3", "a@X")] {
+            w.push(&r).unwrap();
+        }
+        w.finish().unwrap().commit().unwrap();
+        let base = files(t.path());
+        let old = Opened::open(t.path(), &key()).unwrap();
+        let ids = |v: Vec<Record>| {
+            let mut v: Vec<String> = v.into_iter().map(|r| r.id).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(ids(old.with_mail(b"a@x", &Overlay::default()).unwrap()), ["1", "3"], "by normalised mail");
+        let mut changes = Overlay::default();
+        changes.set("3".into(), None);
+        changes.set("2".into(), Some(user("2", "a@x")));
+        changes.set("4".into(), Some(user("4", "d@x")));
+        assert_eq!(ids(old.with_mail(b"a@x", &changes).unwrap()), ["1"], "except what the changes say");
+        let c = Commit::with_log(t.path(), &old.header, &old, &changes, (3, old.user_counts())).unwrap();
+        let version = c.version();
+        c.commit().unwrap();
+        let now = Opened::open(t.path(), &key()).unwrap();
+        assert_eq!(now.header.version(), version);
+        assert_eq!(now.header.generation, old.header.generation, "the same member data");
+        assert_eq!(files(t.path()).len(), base.len() + 1, "one log more: {:?}", files(t.path()));
+        assert_eq!(now.members(), 3);
+        assert_eq!(now.lookup("3").unwrap(), None);
+        assert_eq!(now.lookup("2").unwrap(), Some(user("2", "a@x")));
+        assert_eq!(ids(now.with_mail(b"a@x", &Overlay::default()).unwrap()), ["1", "2"]);
+        let mut r = now.records().unwrap();
+        let mut all = Vec::new();
+        while let Some(rec) = r.next_record().unwrap() {
+            all.push(rec.id);
+        }
+        assert_eq!(all, ["1", "2", "4"], "the member data less the log's, then the log's");
+        // The next log replaces this one.
+        let mut more = Overlay::default();
+        more.set("1".into(), None);
+        Commit::with_log(t.path(), &now.header, &now, &more, (2, now.user_counts())).unwrap().commit().unwrap();
+        assert_eq!(files(t.path()).len(), base.len() + 1, "{:?}", files(t.path()));
+        let last = Opened::open(t.path(), &key()).unwrap();
+        assert_eq!((last.lookup("1").unwrap(), last.lookup("3").unwrap(), last.members()), (None, None, 2));
+        assert_eq!(last.log().len(), 4);
+    }
+
+    /// Members in many blocks, plain or deflated (a state that does not fit plain beside
+    /// its outputs): each is found by id and by mail, reading its block alone.
+    #[test]
+    fn every_member_of_many_blocks_is_found_by_id_and_by_mail() {
+        for limit in [u64::MAX, 0] {
+            many_blocks(limit);
+        }
+    }
+
+    fn many_blocks(limit: u64) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut writer = Writer::create(dir.path(), header(), None).unwrap();
+        let n = BLOCK * 3;
+        for i in 0..n {
+            writer.push(&user(&format!("id{i}"), &format!("U{}@x", i % 100))).unwrap();
+        }
+        let generation = writer.header.generation;
+        writer.finish().unwrap().fit(limit).unwrap().commit().unwrap();
+        assert_eq!(files(dir.path()).len(), 3, "links, members, index: {:?}", files(dir.path()));
+        let s = Opened::open(dir.path(), &key()).unwrap();
+        assert_eq!(s.index.deflated, limit == 0);
+        assert_eq!(s.header.generation, generation, "deflated, still the version the memos name");
+        assert_eq!(s.members(), u64::from(n));
+        for i in 0..n {
+            assert_eq!(s.lookup(&format!("id{i}")).unwrap().unwrap().id, format!("id{i}"));
+        }
+        assert_eq!(s.lookup("id-none").unwrap(), None);
+        for m in 0..100 {
+            let found = s.with_mail(format!("u{m}@x").as_bytes(), &Overlay::default()).unwrap();
+            let want = (0..n).filter(|i| i % 100 == m).count();
+            assert_eq!(found.len(), want, "u{m}@x");
+        }
+        let mut records = s.records().unwrap();
+        let mut read = 0;
+        while records.next_record().unwrap().is_some() {
+            read += 1;
+        }
+        assert_eq!(read, n);
+    }
+
+    /// A long log is folded into a new generation: the same members, no log, the old
+    /// generation's files gone once it is committed.
+    #[test]
+    fn a_compaction_folds_the_log_into_a_new_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut writer = Writer::create(dir.path(), header(), None).unwrap();
+        for i in 0..100 {
+            writer.push(&user(&format!("id{i}"), &format!("u{i}@x"))).unwrap();
+        }
+        writer.finish().unwrap().commit().unwrap();
+        let old = Opened::open(dir.path(), &key()).unwrap();
+        let mut log = Overlay::default();
+        log.set("id1".into(), None);
+        Commit::with_log(dir.path(), &old.header, &old, &log, (99, old.user_counts())).unwrap().commit().unwrap();
+        let old = Opened::open(dir.path(), &key()).unwrap();
+        let mut changes = Overlay::default();
+        changes.set("id2".into(), Some(user("id2", "new@x")));
+        changes.set("id200".into(), Some(user("id200", "u200@x")));
+        let c = compact(dir.path(), &old, &changes, old.header.clone()).unwrap();
+        c.commit().unwrap();
+        assert_eq!(files(dir.path()).len(), 3, "links, members, index: {:?}", files(dir.path()));
+        let new = Opened::open(dir.path(), &key()).unwrap();
+        assert_ne!(new.header.generation, old.header.generation);
+        assert_eq!((new.header.log, new.members(), new.log().len()), (None, 100, 0));
+        assert_eq!(new.lookup("id1").unwrap(), None);
+        assert_eq!(new.lookup("id2").unwrap(), Some(user("id2", "new@x")));
+        assert_eq!(new.with_mail(b"u200@x", &Overlay::default()).unwrap(), [user("id200", "u200@x")]);
+        assert_eq!(new.user_counts().users, 100);
     }
 }

@@ -17,7 +17,7 @@ use tokio::task::JoinSet;
 
 use crate::config::{DeltaConfig, HttpConfig};
 use crate::credential::{Credentials, Identity};
-use crate::delta_state::{self, Header, Record, Unusable};
+use crate::delta_state::{self, Header, Overlay, Record, Unusable};
 use crate::entraidconf::EntraConf;
 use crate::graph::{FetchError, FullRead, GraphClient, GroupQuery, Keep, MembershipRound, UsersRound};
 use crate::instance::Instance;
@@ -100,15 +100,16 @@ pub enum Read {
     Delta,
 }
 
-/// A group's members: read this run, or kept in its delta state, unchanged since.
+/// A group's members: read this run, or kept in its delta state (with the run's changes).
 #[derive(Debug)]
 #[allow(clippy::large_enum_variant, reason = "one per group and run")]
 enum Members {
     Read(Roster),
-    /// Read from the state only when an instance needs them (one whose lists were not
-    /// written from exactly this state), and then once.
+    /// The old state, and what changed since: read as a roster only when an instance
+    /// needs one (one whose lists cannot be patched by the changes alone), and then once.
     Kept {
-        state: std::sync::Mutex<Option<delta_state::Opened>>,
+        state: delta_state::Opened,
+        changes: Overlay,
         phones: bool,
         count: u64,
         /// Whether member data found unreadable takes its state with it (not in a dry run).
@@ -121,8 +122,8 @@ enum Members {
 #[derive(Debug)]
 pub struct Fetched {
     members: Members,
-    /// The generation of member data the members are (see [`delta_state::Header`]), when
-    /// a delta state keeps them: what an instance's lists were last written from.
+    /// The version of member data the members are (see [`delta_state::Header::version`]),
+    /// when a delta state keeps them: what an instance's lists are written from.
     pub version: Option<u64>,
     /// How it was read.
     pub read: Read,
@@ -143,32 +144,60 @@ impl Fetched {
     pub fn roster(&self) -> Result<&Roster, FetchError> {
         match &self.members {
             Members::Read(r) => Ok(r),
-            Members::Kept { state, phones, discard, loaded, .. } => loaded
+            Members::Kept { state, changes, phones, discard, loaded, .. } => loaded
                 .get_or_init(|| {
-                    let opened = state.lock().ok().and_then(|mut s| s.take());
-                    let opened = opened.ok_or_else(|| FetchError::Internal("the state was taken".into()))?;
-                    let path = opened.path().to_owned();
-                    let read = tokio::task::block_in_place(|| kept_roster(opened, *phones));
-                    read.map_err(|e| {
-                        // The next run must not trust it again: without its links, it reads
-                        // the group in full.
-                        if *discard {
-                            if let Ok(t) = crate::write::Target::at(&path) {
-                                let _ = t.remove();
+                    let path = state.path();
+                    let read = tokio::task::block_in_place(|| kept_roster(state, changes, *phones));
+                    match read {
+                        Ok(r) => match r.limited() {
+                            Some(missing) => Err(FetchError::LimitedInformation {
+                                group: state.header.key.group.clone(),
+                                users: r.user_objects(),
+                                missing,
+                            }),
+                            None => Ok(r),
+                        },
+                        Err(e) => {
+                            // The next run must not trust it again: without its links, it
+                            // reads the group in full.
+                            if *discard {
+                                if let Ok(t) = crate::write::Target::at(path) {
+                                    let _ = t.remove();
+                                }
                             }
+                            Err(FetchError::StateCorrupt(format!("{}: {e:?}", path.display())))
                         }
-                        FetchError::StateCorrupt(format!("{}: {e:?}", path.display()))
-                    })
+                    }
                 })
                 .as_ref()
                 .map_err(Clone::clone),
         }
     }
 
+    /// Whether the group's members keep their phones.
+    #[must_use]
+    pub fn phones(&self) -> bool {
+        match &self.members {
+            Members::Kept { phones, .. } => *phones,
+            Members::Read(r) => r.phones(),
+        }
+    }
+
     /// Whether the group is as its delta state kept it (nothing changed this run).
     #[must_use]
     pub fn unchanged(&self) -> bool {
-        matches!(self.members, Members::Kept { .. })
+        matches!(&self.members, Members::Kept { changes, .. } if changes.is_empty())
+    }
+
+    /// For a group read by delta: the version of member data its state had before this
+    /// run, that state, and what changed since (what a list written from that version
+    /// needs patched).
+    #[must_use]
+    pub fn changes(&self) -> Option<(u64, &delta_state::Opened, &Overlay)> {
+        match &self.members {
+            Members::Kept { state, changes, .. } => Some((state.header.version(), state, changes)),
+            Members::Read(_) => None,
+        }
     }
 
     /// One line for the end of its progress line: members, requests, and how it was read.
@@ -190,9 +219,9 @@ impl Fetched {
     }
 }
 
-/// The members a state keeps, read whole.
-fn kept_roster(opened: delta_state::Opened, phones: bool) -> Result<Roster, Unusable> {
-    let mut r = opened.records()?;
+/// The members a state keeps, with `changes`, read whole.
+fn kept_roster(opened: &delta_state::Opened, changes: &Overlay, phones: bool) -> Result<Roster, Unusable> {
+    let mut r = opened.records_with(changes)?;
     let mut roster = Roster::new(phones);
     let mut n = 0u64;
     while let Some(rec) = r.next_record()? {
@@ -401,8 +430,8 @@ enum Old {
     None,
     /// Opened (a safety net counts its drift).
     Kept(delta_state::Opened),
-    /// Found unreadable: only its generation, to remove.
-    Lost(u64),
+    /// Found unreadable: only its header, to remove its files.
+    Lost(Header),
 }
 
 /// Full or delta, from the state's header (its records are read later, as a stream).
@@ -582,14 +611,14 @@ impl GroupReader<'_> {
                     }
                     r => r?,
                 };
-                let generation = old.header.generation;
+                let old_header = old.header.clone();
                 return match self.delta_read(&cred, &query, key, old, &membership, (users, &next)).await {
                     // The member data turned out unreadable as it was read: this run reads
                     // the group in full instead (the rounds cost nothing that is lost).
                     Err(e @ FetchError::StateCorrupt(_)) => {
                         tracing::warn!(group = %query.group, error = %e, "the delta state is unreadable; reading in full");
                         let reason = FullReason::Resync("state-corrupt".into());
-                        self.full_read(&cred, &query, state.ok(), (reason, Old::Lost(generation)), rounds, line).await
+                        self.full_read(&cred, &query, state.ok(), (reason, Old::Lost(old_header)), rounds, line).await
                     }
                     r => r,
                 };
@@ -629,12 +658,12 @@ impl GroupReader<'_> {
                 // counts how far it had drifted.
                 let (replaces, old) = match old {
                     Old::None => (None, None),
-                    Old::Kept(o) => (Some(o.header.generation), Some(o)),
-                    Old::Lost(g) => (Some(g), None),
+                    Old::Kept(o) => (Some(o.header.clone()), Some(o)),
+                    Old::Lost(h) => (Some(h), None),
                 };
                 let before =
                     old.filter(|_| reason == FullReason::SafetyNet).and_then(|o| o.records().ok()).and_then(digests);
-                let header = Header { key, group_link, users_link, full_at: now, generation: 0 };
+                let header = Header { key, group_link, users_link, full_at: now, generation: 0, log: None };
                 match delta_state::Writer::create(state_dir, header, replaces) {
                     Ok(writer) => Some(Keep { writer, phones: query.mobile_phone, before, drift: 0, failed: None }),
                     Err(e) => {
@@ -652,7 +681,7 @@ impl GroupReader<'_> {
         }
         let fetched = Fetched {
             members: Members::Read(roster),
-            version: state.as_ref().map(delta_state::Commit::generation),
+            version: state.as_ref().map(delta_state::Commit::version),
             read: Read::Full(reason),
             requests: requests + pages,
             drift,
@@ -662,11 +691,13 @@ impl GroupReader<'_> {
         Ok((fetched, state))
     }
 
-    /// A delta read: the group's membership round (read already), then its old state with
-    /// the round's and the app's users round's changes applied, streamed into the roster and
-    /// the new state; members that joined with attributes not known yet are read by id. A
-    /// group that nothing changed is neither read nor rewritten: its members stay in the
-    /// state, read from there only if an instance needs them.
+    /// A delta read: the group's membership round (read already) and the app's users round,
+    /// applied to its old state. Only the members they name are looked up (by id, in the
+    /// state's index): what each was and is now is the run's changes, kept beside the old
+    /// state. The new state is the old member data with a longer log of changes (or, once
+    /// the log is long, a new generation with the log folded in). Members that joined with
+    /// attributes not known yet are read by id. A group that nothing changed is not
+    /// rewritten, and its links move only when the rounds saw changes elsewhere.
     async fn delta_read(
         &self,
         cred: &Credentials,
@@ -683,94 +714,83 @@ impl GroupReader<'_> {
             key: key.clone(),
             group_link: membership.link.clone(),
             users_link: next.to_owned(),
-            full_at: header.full_at,
-            generation: header.generation,
+            ..header.clone()
         };
         let path = old.path().to_owned();
         let corrupt = |e: Unusable| FetchError::StateCorrupt(format!("{}: {e:?}", path.display()));
-        let changed_users = users.now.keys().chain(users.removed.iter()).map(String::as_str);
-        let quiet = membership.joined.is_empty() && membership.left.is_empty();
-        if quiet && !old.has_any(changed_users.clone()).map_err(corrupt)? {
-            // Nothing of the group changed. The links move only when the rounds saw changes
-            // elsewhere (so that the next rounds need not replay them); a round that saw
-            // nothing at all leaves the state as it was: an unchanged run writes nothing.
-            let moved = !(users.now.is_empty() && users.removed.is_empty()) && new_header != header;
-            let state = if moved && !dry_run {
-                delta_state::Commit::links_only(state_dir, &new_header)
-                    .map_err(|e| delta_state::abandon(old.path(), query.group.as_str(), &e))
-                    .ok()
-            } else {
-                None
-            };
-            tracing::debug!(group = %query.group, "nothing of the group changed");
-            let count = old.members();
-            let members = Members::Kept {
-                state: std::sync::Mutex::new(Some(old)),
-                phones: query.mobile_phone,
-                count,
-                discard: !dry_run,
-                loaded: std::sync::OnceLock::new(),
-            };
-            let fetched = Fetched {
-                members,
-                version: Some(header.generation),
-                read: Read::Delta,
-                requests,
-                drift: None,
-                ignored: None,
-                matched: vec![],
-            };
-            return Ok((fetched, state));
-        }
-        let writer = if dry_run {
-            None
+        let mut found =
+            tokio::task::block_in_place(|| Found::of(&old, membership, users, query.mobile_phone)).map_err(corrupt)?;
+        // Members that joined and were not in the state: their attributes from the users
+        // round, or read by id.
+        let (looked_up, lookups) = if found.unknown.is_empty() {
+            (HashMap::new(), 0)
         } else {
-            delta_state::Writer::create(state_dir, new_header, Some(header.generation))
-                .map_err(|e| delta_state::abandon(old.path(), query.group.as_str(), &e))
-                .ok()
+            client.lookup(cred, &query.graph, &found.unknown).await?
         };
-        let phones = query.mobile_phone;
-        let mut applied = Apply::new(membership, users, phones, writer, query.group.as_str());
-        let reader = old.records().map_err(corrupt)?;
-        // A million records take about a second of CPU: not on an async worker's time.
-        tokio::task::block_in_place(|| stream_old(&path, reader, &mut applied))?;
-        // Members that joined and were not in the state: their attributes from the users round,
-        // or read by id.
-        let unknown: Vec<String> = applied
-            .joined
-            .iter()
-            .filter(|(id, kind)| {
-                **kind == ObjectKind::User && !applied.present.contains(**id) && !users.now.contains_key(**id)
-            })
-            .map(|(id, _)| (*id).to_owned())
-            .collect();
-        let (looked_up, lookups) =
-            if unknown.is_empty() { (HashMap::new(), 0) } else { client.lookup(cred, &query.graph, &unknown).await? };
         requests += lookups;
-        applied.add_joined(&looked_up);
-        let matched = std::mem::take(&mut applied.matched);
-        let (roster, state) = tokio::task::block_in_place(|| applied.finish());
-        if let Some(missing) = roster.limited() {
-            let (group, users) = (query.group.to_string(), roster.user_objects());
+        found.add_looked_up(&looked_up);
+        if found.miscounted {
+            return Err(corrupt(Unusable::Corrupt("its user counts do not add up".into())));
+        }
+        let Found { changes, matched, count, counts, .. } = found;
+        // Graph's limited-information answer, as a full read would tell it.
+        if let (false, Some(missing)) = (changes.is_empty(), counts.limited()) {
+            let (group, users) = (query.group.to_string(), usize::try_from(counts.users).unwrap_or(usize::MAX));
             return Err(FetchError::LimitedInformation { group, users, missing });
         }
-        tracing::info!(group = %query.group, joined = membership.joined.len(), left = membership.left.len(), looked_up = lookups, objects = roster.objects(), "read the group's changes");
-        let version = state.as_ref().map(delta_state::Commit::generation);
-        let fetched = Fetched {
-            members: Members::Read(roster),
-            version,
-            read: Read::Delta,
-            requests,
-            drift: None,
-            ignored: None,
-            matched,
+        let rounds_saw_nothing = users.now.is_empty()
+            && users.removed.is_empty()
+            && membership.joined.is_empty()
+            && membership.left.is_empty();
+        let group = query.group.as_str();
+        let state = if dry_run {
+            None
+        } else if changes.is_empty() {
+            // The links move only when the rounds saw changes (so that the next rounds need
+            // not replay them); rounds that saw nothing leave the state as it was: an
+            // unchanged run writes nothing.
+            (!rounds_saw_nothing && new_header != header)
+                .then(|| delta_state::Commit::links_only(state_dir, &new_header))
+                .transpose()
+                .map_err(|e| delta_state::abandon(old.path(), group, &e))
+                .ok()
+                .flatten()
+        } else if delta_state::compact_due(old.log().len() + changes.len(), count) {
+            match tokio::task::block_in_place(|| delta_state::compact(state_dir, &old, &changes, new_header.clone())) {
+                Ok(c) => Some(c),
+                Err(delta_state::Compaction::Read(e)) => return Err(corrupt(e)),
+                Err(delta_state::Compaction::Write(e)) => {
+                    delta_state::abandon(old.path(), group, &e);
+                    None
+                }
+            }
+        } else {
+            delta_state::Commit::with_log(state_dir, &new_header, &old, &changes, (count, counts))
+                .map_err(|e| delta_state::abandon(old.path(), group, &e))
+                .ok()
         };
+        if changes.is_empty() {
+            tracing::debug!(group = %query.group, "nothing of the group changed");
+        } else {
+            tracing::info!(group = %query.group, joined = membership.joined.len(), left = membership.left.len(), looked_up = lookups, objects = count, "read the group's changes");
+        }
+        let version =
+            if changes.is_empty() { Some(header.version()) } else { state.as_ref().map(delta_state::Commit::version) };
+        let members = Members::Kept {
+            state: old,
+            changes,
+            phones: query.mobile_phone,
+            count,
+            discard: !dry_run,
+            loaded: std::sync::OnceLock::new(),
+        };
+        let fetched = Fetched { members, version, read: Read::Delta, requests, drift: None, ignored: None, matched };
         Ok((fetched, state))
     }
 }
 
-/// The members of the old state, as digests (of the id → of the record), to count the
-/// drift; `None` if it cannot be read whole.
+/// The members of the old state, as digests (of the id → of the record),
+/// to count the drift; `None` if it cannot be read whole.
 fn digests(mut r: delta_state::Reader) -> Option<HashMap<u64, u64>> {
     let mut out = HashMap::new();
     while let Some(rec) = r.next_record().ok()? {
@@ -779,134 +799,131 @@ fn digests(mut r: delta_state::Reader) -> Option<HashMap<u64, u64>> {
     Some(out)
 }
 
-/// The changes of a delta read, applied to the old state's records as they stream by.
-struct Apply<'a> {
-    left: HashSet<&'a str>,
-    joined: BTreeMap<&'a str, ObjectKind>,
-    users: &'a UsersRound,
-    present: HashSet<String>,
+/// What the rounds did to a group's members, found by looking up each member they name.
+struct Found {
+    /// What each member that changed is now (`None`: gone).
+    changes: Overlay,
     /// Users of the round that are members here (changed, or deleted).
     matched: Vec<String>,
+    /// Users that joined whose attributes neither the state nor the users round has.
+    unknown: Vec<String>,
+    /// Members after the changes.
+    count: u64,
+    /// Users after the changes, as a roster counts them.
+    counts: crate::roster::UserCounts,
+    /// The counts did not add up (a state that disagrees with itself).
+    miscounted: bool,
     phones: bool,
-    roster: Roster,
-    writer: Option<delta_state::Writer>,
-    group: &'a str,
 }
 
-impl<'a> Apply<'a> {
-    fn new(
-        m: &'a MembershipRound,
-        users: &'a UsersRound,
-        phones: bool,
-        writer: Option<delta_state::Writer>,
-        group: &'a str,
-    ) -> Self {
+impl Found {
+    fn of(old: &delta_state::Opened, m: &MembershipRound, users: &UsersRound, phones: bool) -> Result<Self, Unusable> {
         let left: HashSet<&str> = m.left.iter().map(String::as_str).collect();
         // Graph lists changes in no order; a member both joined and left in one round is
         // taken as gone (the next full read corrects it if not).
-        let joined =
+        let joined: BTreeMap<&str, ObjectKind> =
             m.joined.iter().filter(|(id, _)| !left.contains(id.as_str())).map(|(id, k)| (id.as_str(), *k)).collect();
-        let (present, matched) = (HashSet::new(), Vec::new());
-        Self { left, joined, users, present, matched, phones, roster: Roster::new(phones), writer, group }
+        let named: std::collections::BTreeSet<&str> = users
+            .now
+            .keys()
+            .chain(&users.removed)
+            .map(String::as_str)
+            .chain(left.iter().copied())
+            .chain(joined.keys().copied())
+            .collect();
+        let mut f = Self {
+            changes: Overlay::default(),
+            matched: Vec::new(),
+            unknown: Vec::new(),
+            count: old.members(),
+            counts: old.user_counts(),
+            miscounted: false,
+            phones,
+        };
+        for id in named {
+            let was = old.lookup(id)?;
+            let now = match &was {
+                Some(rec) => {
+                    if users.removed.contains(id) || users.now.contains_key(id) {
+                        f.matched.push(id.to_owned());
+                    }
+                    if left.contains(id) || users.removed.contains(id) {
+                        None
+                    } else {
+                        match users.now.get(id) {
+                            Some(now) if rec.kind == ObjectKind::User => Some(f.trimmed(now)),
+                            _ => Some(rec.clone()),
+                        }
+                    }
+                }
+                None => match joined.get(id) {
+                    None => None,
+                    Some(_) if users.removed.contains(id) => None,
+                    Some(ObjectKind::User) => {
+                        if let Some(now) = users.now.get(id) {
+                            f.matched.push(id.to_owned());
+                            Some(f.trimmed(now))
+                        } else {
+                            f.unknown.push(id.to_owned());
+                            None
+                        }
+                    }
+                    Some(kind) => {
+                        Some(Record { id: id.to_owned(), kind: *kind, enabled: None, mail: None, phone: None })
+                    }
+                },
+            };
+            f.change(id, was.as_ref(), now);
+        }
+        Ok(f)
     }
 
-    /// One member of the old state: gone, changed, or as it was.
-    fn old(&mut self, rec: &Record) {
-        if self.users.removed.contains(&rec.id) || self.users.now.contains_key(&rec.id) {
-            self.matched.push(rec.id.clone());
+    /// The users that joined, as read by id; one no lookup knows is gone (deleted meanwhile).
+    fn add_looked_up(&mut self, looked_up: &HashMap<String, Record>) {
+        for id in std::mem::take(&mut self.unknown) {
+            if let Some(r) = looked_up.get(&id) {
+                let now = Some(self.trimmed(r));
+                self.change(&id, None, now);
+            }
         }
-        if self.left.contains(rec.id.as_str()) || self.users.removed.contains(&rec.id) {
+    }
+
+    fn change(&mut self, id: &str, was: Option<&Record>, now: Option<Record>) {
+        if was == now.as_ref() {
             return;
         }
-        if self.joined.contains_key(rec.id.as_str()) {
-            self.present.insert(rec.id.clone());
+        let counted = was.is_none_or(|r| self.counts.count(&r.view(), false))
+            && now.as_ref().is_none_or(|r| self.counts.count(&r.view(), true));
+        self.miscounted |= !counted;
+        match (was.is_some(), now.is_some()) {
+            (false, true) => self.count += 1,
+            (true, false) => self.count = self.count.saturating_sub(1),
+            _ => {}
         }
-        match self.users.now.get(&rec.id) {
-            Some(now) if rec.kind == ObjectKind::User => self.keep(&self.trimmed(now)),
-            _ => self.keep(rec),
-        }
-    }
-
-    /// The members that joined and were not in the state.
-    fn add_joined(&mut self, looked_up: &HashMap<String, Record>) {
-        let joined: Vec<(String, ObjectKind)> = self
-            .joined
-            .iter()
-            .filter(|(id, _)| !self.present.contains(**id) && !self.users.removed.contains(**id))
-            .map(|(id, k)| ((*id).to_owned(), *k))
-            .collect();
-        for (id, kind) in joined {
-            let rec = if kind == ObjectKind::User {
-                // A user neither the round nor a lookup knows is gone (deleted meanwhile).
-                if self.users.now.contains_key(&id) {
-                    self.matched.push(id.clone());
-                }
-                match self.users.now.get(&id).or_else(|| looked_up.get(&id)) {
-                    Some(r) => self.trimmed(r),
-                    None => continue,
-                }
-            } else {
-                Record { id, kind, enabled: None, mail: None, phone: None }
-            };
-            self.keep(&rec);
-        }
+        self.changes.set(id.to_owned(), now);
     }
 
     /// A user's attributes as this state keeps them.
     fn trimmed(&self, r: &Record) -> Record {
         Record { phone: if self.phones { r.phone.clone() } else { None }, ..r.clone() }
     }
-
-    /// Into the roster, and into the new state unless writing it failed (then the state is
-    /// abandoned, and the list written all the same).
-    fn keep(&mut self, rec: &Record) {
-        self.roster.push(&rec.view());
-        if let Some(w) = &mut self.writer {
-            if let Err(e) = w.push(rec) {
-                delta_state::abandon(w.path(), self.group, &e);
-                self.writer = None;
-            }
-        }
-    }
-
-    fn finish(mut self) -> (Roster, Option<delta_state::Commit>) {
-        self.roster.end_page();
-        self.roster.finish();
-        let staged = self.writer.and_then(|w| {
-            let path = w.path().to_owned();
-            w.finish().map_err(|e| delta_state::abandon(&path, self.group, &e)).ok()
-        });
-        (self.roster, staged)
-    }
-}
-
-/// Streams the old state's records (`r`, opened when the run decided) through `apply`; a
-/// state that turns out unreadable is a resync.
-fn stream_old(path: &Path, mut r: delta_state::Reader, apply: &mut Apply<'_>) -> Result<(), FetchError> {
-    let corrupt = |e: Unusable| FetchError::StateCorrupt(format!("{}: {e:?}", path.display()));
-    let mut n = 0u64;
-    while let Some(rec) = r.next_record().map_err(corrupt)? {
-        apply.old(&rec);
-        n += 1;
-        // Sorting in runs, as a full read does page by page.
-        if n % 999 == 0 {
-            apply.roster.end_page();
-        }
-    }
-    Ok(())
 }
 
 /// Commits the staged state of every group whose instances all succeeded (`ok` says which
-/// groups qualify); the others' stay as they were. Returns the failures, with their group.
+/// groups qualify), each made to fit beside the outputs it feeds (`fed`: their bytes, if
+/// known; see [`delta_state::Commit::fit`]); the others' stay as they were. Returns the
+/// failures, with their group.
 #[must_use]
 pub fn commit(
     staged: impl IntoIterator<Item = (FetchKey, delta_state::Commit)>,
     ok: impl Fn(&FetchKey) -> bool,
+    fed: impl Fn(&FetchKey) -> Option<u64>,
 ) -> Vec<(FetchKey, crate::write::WriteError)> {
     let mut failed = Vec::new();
     for (key, s) in staged {
         if ok(&key) {
-            if let Err(e) = s.commit() {
+            let limit = fed(&key).map_or(0, |b| b.saturating_mul(3) / 2);
+            if let Err(e) = s.fit(limit).and_then(delta_state::Commit::commit) {
                 failed.push((key, e));
             }
         } else {

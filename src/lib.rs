@@ -30,6 +30,7 @@ pub mod node;
 pub mod normalize;
 pub mod output;
 pub mod page;
+pub mod patch;
 pub mod plan;
 pub mod progress;
 pub mod render;

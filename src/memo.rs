@@ -41,6 +41,12 @@ pub struct FileMark {
 }
 
 impl FileMark {
+    /// The file's size in bytes.
+    #[must_use]
+    pub fn size(&self) -> u64 {
+        u64::try_from(self.size).unwrap_or(0)
+    }
+
     /// The mark of a file's status.
     #[must_use]
     pub fn of(st: &Stat) -> Self {
@@ -133,6 +139,12 @@ impl Memo {
             outputs,
             skipped: report.skipped.clone(),
         })
+    }
+
+    /// The mark of `output`'s file as it was left.
+    #[must_use]
+    pub fn mark(&self, output: Output) -> Option<&FileMark> {
+        self.outputs.iter().find(|o| o.output == output).map(|o| &o.file)
     }
 
     /// The memo at `path`, if there is a usable one.

@@ -14,7 +14,7 @@ use crate::instance::Instance;
 use crate::normalize::SkipReason;
 use crate::output::{AccessRule, Output};
 use crate::render;
-use crate::roster::{Roster, When};
+use crate::roster::{Note, Roster, When};
 
 /// The current output files, as a plan reads them. The run reads them from the file system;
 /// tests hand over bytes ([`CurrentFiles`]).
@@ -147,7 +147,7 @@ impl<'a> Plan<'a> {
             // An instance has a handful of configs.
             let config = u16::try_from(config).unwrap_or(u16::MAX);
             let users = (0..r.len()).filter_map(|u| u32::try_from(u).ok());
-            entries.extend(users.filter(|u| c.include_disabled || !r.disabled(*u)).map(|user| Entry { config, user }));
+            entries.extend(users.filter(|u| keeps(c, r.disabled(*u))).map(|user| Entry { config, user }));
         }
         let mut p = Self { outputs: Vec::new(), skips: Vec::new(), rosters, configs, entries };
         // Each roster is sorted already (`Roster::finish`): one config needs no sort, and
@@ -445,8 +445,7 @@ impl<'a> Plan<'a> {
 
     /// Entry `e` gives a line of `output`.
     fn feeds(&self, e: Entry, output: Output) -> bool {
-        self.configs[usize::from(e.config)].feeds.contains(&output)
-            && (output != Output::GsmList || !self.phone(e).is_empty())
+        gives(&self.configs[usize::from(e.config)], output, self.phone(e))
     }
 
     /// Every note of every roster that applies to its config, as skips and counts per output.
@@ -454,17 +453,7 @@ impl<'a> Plan<'a> {
         let mut skipped: BTreeMap<Output, BTreeMap<SkipReason, u64>> = BTreeMap::new();
         for (c, r) in self.configs.iter().zip(&self.rosters) {
             for n in r.notes() {
-                let gsm_only = match n.when {
-                    When::Always => false,
-                    When::ExcludingDisabled if !c.include_disabled => false,
-                    When::IncludingDisabled if c.include_disabled => false,
-                    When::Phone { disabled }
-                        if (!disabled || c.include_disabled) && c.feeds.contains(&Output::GsmList) =>
-                    {
-                        true
-                    }
-                    _ => continue,
-                };
+                let Some(gsm_only) = note_applies(c, n) else { continue };
                 self.skips.push(Skip {
                     config: c.path.clone(),
                     id: n.id.to_string(),
@@ -477,6 +466,40 @@ impl<'a> Plan<'a> {
             }
         }
         skipped
+    }
+}
+
+/// Config `c` keeps a user that is `disabled` (or not).
+fn keeps(c: &EntraConf, disabled: bool) -> bool {
+    c.include_disabled || !disabled
+}
+
+/// Config `c` gives `output` a line for a user it keeps whose phone is `phone`.
+fn gives(c: &EntraConf, output: Output, phone: &[u8]) -> bool {
+    c.feeds.contains(&output) && (output != Output::GsmList || !phone.is_empty())
+}
+
+/// The line user `u` of `r` gives `output` under config `c`, appended to `out`; false
+/// (nothing appended) if it gives none.
+pub(crate) fn line_of(c: &EntraConf, r: &Roster, u: u32, output: Output, out: &mut Vec<u8>) -> bool {
+    if !keeps(c, r.disabled(u)) || !gives(c, output, r.phone(u)) {
+        return false;
+    }
+    render::line(out, output, c.access_rule, r.mail(u), r.phone(u));
+    true
+}
+
+/// Whether note `n` is a skip under config `c`: `Some(true)` when for `gsm_list` only (the
+/// user has no usable phone), `Some(false)` for every output `c` feeds.
+pub(crate) fn note_applies(c: &EntraConf, n: &Note) -> Option<bool> {
+    match n.when {
+        When::Always => Some(false),
+        When::ExcludingDisabled if !c.include_disabled => Some(false),
+        When::IncludingDisabled if c.include_disabled => Some(false),
+        When::Phone { disabled } if (!disabled || c.include_disabled) && c.feeds.contains(&Output::GsmList) => {
+            Some(true)
+        }
+        _ => None,
     }
 }
 
@@ -616,7 +639,7 @@ impl Lines<'_, '_> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::entraidconf::Env;
     use crate::instance::OutputPath;
@@ -640,7 +663,8 @@ mod tests {
         EntraConf::parse(&text, Path::new(name), &Env::default(), Trust::Trusted).unwrap()
     }
 
-    fn instance(configs: Vec<EntraConf>) -> Instance {
+    /// An instance of `configs`, with each output some config feeds at its default path.
+    pub(crate) fn instance(configs: Vec<EntraConf>) -> Instance {
         let mut outputs = BTreeMap::new();
         for o in Output::ALL {
             if configs.iter().any(|c| c.feeds.contains(&o)) {

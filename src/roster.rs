@@ -212,10 +212,60 @@ pub struct Roster {
     notes: Vec<Note>,
     phones: bool,
     objects: usize,
-    user_objects: usize,
-    users_with_attributes: usize,
-    users_with_mail: usize,
-    users_with_mail_and_enabled: usize,
+    counts: UserCounts,
+}
+
+/// What Graph's "limited information" answer is told by: how many users there are, and how
+/// many came with their attributes. Kept by a roster, and by a delta state across runs.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct UserCounts {
+    /// User objects.
+    pub users: u64,
+    /// Users with any selected attribute.
+    pub with_attributes: u64,
+    /// Users with a mail.
+    pub with_mail: u64,
+    /// Users with a mail and `accountEnabled`.
+    pub with_mail_and_enabled: u64,
+}
+
+impl UserCounts {
+    /// Counts member `m` in (`add`) or out; false if it cannot have been counted.
+    pub fn count(&mut self, m: &MemberView<'_>, add: bool) -> bool {
+        if m.kind != ObjectKind::User || !crate::ids::is_object_id(&m.id) {
+            return true;
+        }
+        let mail = m.mail.is_some();
+        let fields = [
+            (&mut self.users, true),
+            (&mut self.with_attributes, m.has_selected_attribute()),
+            (&mut self.with_mail, mail),
+            (&mut self.with_mail_and_enabled, mail && m.account_enabled.is_some()),
+        ];
+        for (n, applies) in fields {
+            if applies {
+                match if add { n.checked_add(1) } else { n.checked_sub(1) } {
+                    Some(k) => *n = k,
+                    None => return false,
+                }
+            }
+        }
+        true
+    }
+
+    /// Graph's "limited information" answer (the app lacks `User.Read.All`), and which
+    /// attributes the users came without: users, but none with any selected attribute;
+    /// or users with a mail, but none with `accountEnabled`.
+    #[must_use]
+    pub fn limited(&self) -> Option<&'static str> {
+        if self.users > 0 && self.with_attributes == 0 {
+            Some("mail, mobilePhone or accountEnabled")
+        } else if self.with_mail > 0 && self.with_mail_and_enabled == 0 {
+            Some("accountEnabled")
+        } else {
+            None
+        }
+    }
 }
 
 impl Roster {
@@ -237,8 +287,8 @@ impl Roster {
         r
     }
 
-    /// Adds one directory object.
-    pub fn push(&mut self, m: &MemberView<'_>) {
+    /// Adds one directory object; returns the user's normalised mail if it kept one.
+    pub fn push(&mut self, m: &MemberView<'_>) -> Option<&[u8]> {
         self.objects += 1;
         let note = |when, reason, value: Option<&TextRef<'_>>| Note {
             when,
@@ -258,16 +308,10 @@ impl Roster {
         };
         if let Some(r) = reason {
             self.notes.push(note(When::Always, r, m.mail.as_ref()));
-            return;
+            return None;
         }
-        self.user_objects += 1;
-        if m.has_selected_attribute() {
-            self.users_with_attributes += 1;
-        }
-        if m.mail.is_some() {
-            self.users_with_mail += 1;
-            self.users_with_mail_and_enabled += usize::from(m.account_enabled.is_some());
-        }
+        // A user with an object id: counted.
+        let _ = self.counts.count(m, true);
         // Fail closed: only a user Graph says is enabled is kept without `include_disabled`.
         let disabled = m.account_enabled != Some(true);
         if disabled {
@@ -277,7 +321,7 @@ impl Roster {
         let Ok(at) = u32::try_from(self.text.len()) else {
             // Over 4 GiB of addresses: not a directory Graph serves.
             self.notes.push(note(When::Always, SkipReason::InvalidMail, m.mail.as_ref()));
-            return;
+            return None;
         };
         let mail = match &m.mail {
             None => Err(SkipReason::NoMail),
@@ -287,7 +331,7 @@ impl Roster {
         if let Err(r) = mail {
             let when = if disabled { When::IncludingDisabled } else { When::Always };
             self.notes.push(note(when, r, m.mail.as_ref()));
-            return;
+            return None;
         }
         let mail_end = self.text.len();
         let phone = match &m.mobile_phone {
@@ -308,6 +352,7 @@ impl Roster {
             phone_len: len(self.text.len() - mail_end),
             disabled,
         });
+        self.text.get(at as usize..mail_end)
     }
 
     /// Ends a page: its users become a sorted run, and runs of similar size are merged,
@@ -341,6 +386,12 @@ impl Roster {
         }
     }
 
+    /// Whether `mobilePhone` was selected.
+    #[must_use]
+    pub fn phones(&self) -> bool {
+        self.phones
+    }
+
     /// Objects of every kind.
     #[must_use]
     pub fn objects(&self) -> usize {
@@ -350,7 +401,7 @@ impl Roster {
     /// User objects.
     #[must_use]
     pub fn user_objects(&self) -> usize {
-        self.user_objects
+        usize::try_from(self.counts.users).unwrap_or(usize::MAX)
     }
 
     /// Graph's "limited information" answer (the app lacks `User.Read.All`), and which
@@ -358,13 +409,7 @@ impl Roster {
     /// or users with a mail, but none with `accountEnabled`.
     #[must_use]
     pub fn limited(&self) -> Option<&'static str> {
-        if self.user_objects > 0 && self.users_with_attributes == 0 {
-            Some("mail, mobilePhone or accountEnabled")
-        } else if self.users_with_mail > 0 && self.users_with_mail_and_enabled == 0 {
-            Some("accountEnabled")
-        } else {
-            None
-        }
+        self.counts.limited()
     }
 
     /// Users with a valid address, once [`Roster::finish`] ran.

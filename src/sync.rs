@@ -31,7 +31,7 @@ use crate::roster::Roster;
 use crate::start::Stop;
 use crate::state::State;
 use crate::write::WriteError;
-use crate::{guard, lock, write};
+use crate::{guard, lock, patch, write};
 
 /// Syncs every instance `cli` names (contract order above); the exit code follows §7.
 pub fn run(cli: &Cli) -> Result<ExitCode, Stop> {
@@ -45,7 +45,9 @@ pub fn run(cli: &Cli) -> Result<ExitCode, Stop> {
     };
     let result = crate::start::runtime().and_then(|rt| {
         let State { sizes, locked_since, .. } = State::load(&config.state_dir);
-        rt.block_on(Run { cli, config: &config, root: &root, sizes, locked_since }.execute())
+        rt.block_on(
+            Run { cli, config: &config, root: &root, sizes, locked_since, fed: std::sync::Mutex::default() }.execute(),
+        )
     });
     let report = match &result {
         Ok(r) => r.clone(),
@@ -205,6 +207,8 @@ struct Run<'a> {
     sizes: BTreeMap<String, Vec<(u64, u64)>>,
     /// Since when runs have found each instance's lock held.
     locked_since: BTreeMap<String, u64>,
+    /// Per group: the outputs it feeds, and their bytes as this run left them.
+    fed: std::sync::Mutex<HashMap<FetchKey, BTreeMap<PathBuf, u64>>>,
 }
 
 impl Run<'_> {
@@ -306,7 +310,9 @@ impl Run<'_> {
         }
         // 8. The delta state moves on only for groups whose every instance was written or
         // found unchanged; the others see the same changes again next run.
-        for (key, e) in fetch::commit(staged, |k| committed.contains(k)) {
+        let fed = self.fed.lock().map(|f| f.clone()).unwrap_or_default();
+        let fed_bytes = |k: &FetchKey| fed.get(k).map(|outputs| outputs.values().sum::<u64>());
+        for (key, e) in fetch::commit(staged, |k| committed.contains(k), fed_bytes) {
             crate::delta_state::abandon(&e.path, key.group(), &e);
         }
         report.exit_code = outcome.code();
@@ -426,37 +432,14 @@ impl Run<'_> {
                 return ir;
             }
         }
-        let rosters: Vec<&Roster> = match groups.iter().map(|f| f.roster()).collect() {
-            Ok(r) => r,
-            Err(e) => {
-                let errors = vec![error_report(&format!("instance `{name}`: {e}"), e.hint())];
-                return failed_instance(inst, errors);
-            }
-        };
-        let detail = self.cli.dry_run || self.cli.format == Format::Json;
-        let p = match plan::plan(&mut files, &rosters, inst, detail) {
+        let p = match self.lists(inst, &groups, &mut files, &memo_path) {
             Ok(p) => p,
-            Err(errors) => {
-                let errors =
-                    errors.iter().map(|e| error_report(&format!("instance `{name}`: {e}"), e.hint())).collect();
-                return failed_instance(inst, errors);
-            }
+            Err(errors) => return failed_instance(inst, errors),
         };
-        for s in &p.skips {
-            let (config, id, reason, value) = (s.config.display(), &s.id, s.reason, &s.value);
-            match reason {
-                SkipReason::InvalidMail | SkipReason::InvalidPhone => {
-                    tracing::warn!(instance = %name, %config, %id, %reason, %value, "skipped an invalid directory value");
-                }
-                SkipReason::EnabledUnknown => {
-                    tracing::warn!(instance = %name, %config, %id, %reason, %value, "skipped a user Graph sent without accountEnabled: not known to be enabled (include_disabled = true keeps such users)");
-                }
-                _ => tracing::debug!(instance = %name, %config, %id, %reason, %value, "skipped a member"),
-            }
-        }
+        log_skips(name, p.skips());
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
         let window = guard::Window { sizes: &self.sizes, now, span: self.config.guard.window };
-        let refusals = guard::check(name, &p.outputs, &self.config.guard, Some(&window));
+        let refusals = guard::check(name, p.outputs(), &self.config.guard, Some(&window));
         if self.cli.force {
             for r in &refusals {
                 tracing::warn!(instance = %name, "--force: writing despite the guard: {r}");
@@ -469,21 +452,135 @@ impl Run<'_> {
         if self.cli.dry_run {
             return planned_instance(inst, p, InstanceOutcome::Ok, Action::DryRun, vec![]);
         }
-        if p.outputs.iter().any(|o| o.changed) {
+        if p.outputs().iter().any(|o| o.changed) {
             if let Some((outcome, action, errors)) = self.recheck_node(inst).await {
                 return planned_instance(inst, p, outcome, action, errors);
             }
         }
+        let was_patch = matches!(p, Lists::Patch(..));
+        let checked = p.unopened_marks();
         let ir = write_outputs(inst, p, &files.targets);
+        if was_patch && !ir.errors.is_empty() {
+            // A file found otherwise than its mark said: the next run plans in full.
+            if let Ok(t) = write::Target::at(&memo_path) {
+                let _ = t.remove();
+            }
+        }
+        self.remember_written(inst, &groups, &files, &checked, &ir, &memo_path);
+        ir
+    }
+
+    /// The new lists of `inst`: patched by the changes alone when only members changed
+    /// and its files are as the last plan left them; otherwise (or when anything of that
+    /// does not add up) planned in full. `Err`: why the instance failed.
+    fn lists<'a>(
+        &self,
+        inst: &'a Loaded,
+        groups: &'a [Arc<fetch::Fetched>],
+        files: &mut Outputs<'_>,
+        memo_path: &Path,
+    ) -> Result<Lists<'a>, Vec<ErrorReport>> {
+        let name = &inst.name;
+        let detail = self.cli.dry_run || self.cli.format == Format::Json;
+        match Self::patch(inst, groups, memo_path, files, (detail, !self.cli.dry_run)) {
+            Ok(Some(p)) => return Ok(p),
+            Ok(None) => {}
+            Err(e) => return Err(vec![e]),
+        }
+        let rosters: Vec<&Roster> = match groups.iter().map(|f| f.roster()).collect() {
+            Ok(r) => r,
+            Err(e) => {
+                return Err(vec![error_report(&format!("instance `{name}`: {e}"), e.hint())]);
+            }
+        };
+        plan::plan(files, &rosters, inst, detail).map(Lists::Full).map_err(|errors| {
+            errors.iter().map(|e| error_report(&format!("instance `{name}`: {e}"), e.hint())).collect()
+        })
+    }
+
+    /// After the write: the bytes of the outputs each group fed (for its state's commit),
+    /// and the instance's memo.
+    fn remember_written(
+        &self,
+        inst: &Instance,
+        groups: &[Arc<fetch::Fetched>],
+        files: &Outputs<'_>,
+        checked: &BTreeMap<Output, memo::FileMark>,
+        ir: &InstanceReport,
+        memo_path: &Path,
+    ) {
+        let name = &inst.name;
         let versions: Vec<Option<u64>> = groups.iter().map(|f| f.version).collect();
         let written: Vec<Output> = files.targets.keys().copied().collect();
-        let marks = written.into_iter().filter_map(|o| files.seen_mark(o).map(|m| (o, m))).collect();
-        if let Some(m) = Memo::after(inst, &versions, &ir, &marks) {
-            if let Err(e) = m.save(&memo_path) {
+        let marks: BTreeMap<Output, memo::FileMark> = written
+            .into_iter()
+            .filter_map(|o| files.seen_mark(o).or_else(|| checked.get(&o).cloned()).map(|m| (o, m)))
+            .collect();
+        if let Ok(mut fed) = self.fed.lock() {
+            for c in &inst.configs {
+                let outputs = fed.entry(FetchKey::of(c)).or_default();
+                for (o, m) in marks.iter().filter(|(o, _)| c.feeds.contains(o)) {
+                    outputs.insert(inst.outputs[o].path.clone(), m.size());
+                }
+            }
+        }
+        if let Some(m) = Memo::after(inst, &versions, ir, &marks) {
+            if let Err(e) = m.save(memo_path) {
                 tracing::warn!(instance = %name, error = %e, "cannot remember what the lists were written from; the next run plans them again");
             }
         }
-        ir
+    }
+
+    /// The lists of `inst` patched by what changed in its groups, when each was read by
+    /// delta and its memo says its files are exactly what a plan wrote from the groups'
+    /// old states (and they are as it left them); `None` otherwise. A state found unreadable
+    /// fails the instance and (with `discard`) goes, so that the next run reads in full.
+    fn patch(
+        inst: &Loaded,
+        groups: &[Arc<fetch::Fetched>],
+        memo_path: &Path,
+        files: &mut Outputs<'_>,
+        (detail, discard): (bool, bool),
+    ) -> Result<Option<Lists<'static>>, ErrorReport> {
+        let mut parts = Vec::new();
+        for f in groups {
+            let Some((version, old, changes)) = f.changes() else { return Ok(None) };
+            parts.push((Some(version), patch::Group { old, changes, phones: f.phones() }));
+        }
+        let versions: Vec<Option<u64>> = parts.iter().map(|(v, _)| *v).collect();
+        let Some(memo) = Memo::load(memo_path) else { return Ok(None) };
+        let Some(base) = memo.unchanged(inst, &versions, |o| files.mark(o)) else { return Ok(None) };
+        let marks = inst.outputs.keys().filter_map(|o| memo.mark(*o).map(|m| (*o, m.clone()))).collect();
+        let base = patch::Base {
+            outputs: base.outputs.into_iter().map(|o| (o.output, (o.after.unwrap_or(0), o.skipped))).collect(),
+            skipped: base.skipped,
+        };
+        let parts: Vec<patch::Group<'_>> = parts.into_iter().map(|(_, g)| g).collect();
+        match tokio::task::block_in_place(|| patch::patch(inst, &parts, &base, detail)) {
+            Ok(Some(p)) => {
+                tracing::debug!(instance = %inst.name, "planned by the changes alone");
+                Ok(Some(Lists::Patch(p, marks)))
+            }
+            Ok(None) => {
+                tracing::debug!(instance = %inst.name, "the changes do not add up to the lists: a full plan");
+                Ok(None)
+            }
+            Err(e) => {
+                let states: Vec<&Path> = groups.iter().filter_map(|f| f.changes()).map(|(_, s, _)| s.path()).collect();
+                if discard {
+                    for s in &states {
+                        if let Ok(t) = write::Target::at(s) {
+                            let _ = t.remove();
+                        }
+                    }
+                }
+                let paths: Vec<String> = states.iter().map(|s| s.display().to_string()).collect();
+                Err(error_report(
+                    &format!("instance `{}`: the delta state {} is unreadable: {e:?}", inst.name, paths.join(", ")),
+                    Some("nothing of this instance was written; the next run reads its groups in full".into()),
+                ))
+            }
+        }
     }
 
     /// The node check again, right before an instance's first write; `Some` stops the
@@ -605,10 +702,10 @@ impl plan::Current for Outputs<'_> {
 }
 
 /// Writes every changed output of `p` through `targets`; each write is atomic on its own.
-fn write_outputs(inst: &Instance, p: Plan<'_>, targets: &BTreeMap<Output, write::Target>) -> InstanceReport {
+fn write_outputs(inst: &Instance, p: Lists<'_>, targets: &BTreeMap<Output, write::Target>) -> InstanceReport {
     let mut actions = Vec::new();
     let mut errors = Vec::new();
-    for (i, o) in p.outputs.iter().enumerate() {
+    for (i, o) in p.outputs().iter().enumerate() {
         // The plan read every output, so each has its target.
         let target = &targets[&o.output];
         match target.clean_stale_temps(std::time::Duration::ZERO) {
@@ -622,7 +719,7 @@ fn write_outputs(inst: &Instance, p: Plan<'_>, targets: &BTreeMap<Output, write:
         }
         actions.push(if !o.changed {
             Action::Unchanged
-        } else if let Err(e) = target.write_with(write::NEW_OUTPUT_MODE, |w| p.write_to(i, w)) {
+        } else if let Err(e) = target.write_with(write::NEW_OUTPUT_MODE, |w| p.write_to(i, target, w)) {
             errors.push(error_report(&format!("instance `{}`: {e}", inst.name), e.hint()));
             Action::Failed
         } else {
@@ -631,22 +728,115 @@ fn write_outputs(inst: &Instance, p: Plan<'_>, targets: &BTreeMap<Output, write:
         });
     }
     let skipped = p.skip_counts();
-    let outputs = p.outputs.into_iter().zip(actions).map(|(o, a)| OutputReport::planned(o, a)).collect();
+    let outputs = p.into_outputs().into_iter().zip(actions).map(|(o, a)| OutputReport::planned(o, a)).collect();
     let outcome = if errors.is_empty() { InstanceOutcome::Ok } else { InstanceOutcome::Failed };
     InstanceReport { name: inst.name.clone(), outcome, outputs, skipped, errors, reads: vec![], locked_since: None }
+}
+
+/// An instance's new lists: planned in full, or patched by what changed.
+enum Lists<'a> {
+    Full(Plan<'a>),
+    /// With the marks of the files it patches.
+    Patch(patch::Patch, BTreeMap<Output, memo::FileMark>),
+}
+
+impl Lists<'_> {
+    /// The marks of the files a patch leaves unchanged (it never opens them: each was
+    /// checked by name when the patch was planned).
+    fn unopened_marks(&self) -> BTreeMap<Output, memo::FileMark> {
+        match self {
+            Lists::Patch(patch, marks) => patch
+                .outputs
+                .iter()
+                .filter(|o| !o.changed)
+                .filter_map(|o| marks.get(&o.output).map(|m| (o.output, m.clone())))
+                .collect(),
+            Lists::Full(_) => BTreeMap::new(),
+        }
+    }
+
+    fn outputs(&self) -> &[plan::OutputPlan] {
+        match self {
+            Lists::Full(p) => &p.outputs,
+            Lists::Patch(p, _) => &p.outputs,
+        }
+    }
+
+    fn into_outputs(self) -> Vec<plan::OutputPlan> {
+        match self {
+            Lists::Full(p) => p.outputs,
+            Lists::Patch(p, _) => p.outputs,
+        }
+    }
+
+    /// The skips to log: every one of a full plan; a patch's changed members' only.
+    fn skips(&self) -> &[plan::Skip] {
+        match self {
+            Lists::Full(p) => &p.skips,
+            Lists::Patch(p, _) => &p.skips,
+        }
+    }
+
+    fn skip_counts(&self) -> BTreeMap<SkipReason, u64> {
+        match self {
+            Lists::Full(p) => p.skip_counts(),
+            Lists::Patch(p, _) => p.skipped.clone(),
+        }
+    }
+
+    /// Writes output `i`'s new content; a patch reads the file it patches through `target`.
+    fn write_to(&self, i: usize, target: &write::Target, w: &mut impl std::io::Write) -> std::io::Result<()> {
+        match self {
+            Lists::Full(p) => p.write_to(i, w),
+            Lists::Patch(p, marks) => {
+                let moved = || std::io::Error::new(std::io::ErrorKind::InvalidData, "it changed since it was planned");
+                let mut old = target.stream().map_err(|e| std::io::Error::other(e.to_string()))?.ok_or_else(moved)?;
+                // The file opened is the one the plan saw (its mark was taken by name), and
+                // it did not change while it was read.
+                let mark = p.outputs.get(i).and_then(|o| marks.get(&o.output));
+                let seen = target.seen().map(|st| memo::FileMark::of(&st));
+                if seen.is_none() || seen.as_ref() != mark {
+                    return Err(moved());
+                }
+                p.write_to(i, &mut old, w)?;
+                let after = rustix::fs::fstat(old.get_ref().get_ref()).map(|st| memo::FileMark::of(&st)).ok();
+                if after.as_ref() != mark {
+                    return Err(moved());
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Logs the members that gave no entry: invalid values and users of unknown state as
+/// warnings, the rest at debug.
+fn log_skips(name: &str, skips: &[plan::Skip]) {
+    for s in skips {
+        let (config, id, reason, value) = (s.config.display(), &s.id, s.reason, &s.value);
+        match reason {
+            SkipReason::InvalidMail | SkipReason::InvalidPhone => {
+                tracing::warn!(instance = %name, %config, %id, %reason, %value, "skipped an invalid directory value");
+            }
+            SkipReason::EnabledUnknown => {
+                tracing::warn!(instance = %name, %config, %id, %reason, %value, "skipped a user Graph sent without accountEnabled: not known to be enabled (include_disabled = true keeps such users)");
+            }
+            _ => tracing::debug!(instance = %name, %config, %id, %reason, %value, "skipped a member"),
+        }
+    }
 }
 
 /// A report of `p` where changed outputs got `action` and the others were unchanged.
 fn planned_instance(
     inst: &Instance,
-    p: Plan<'_>,
+    p: Lists<'_>,
     outcome: InstanceOutcome,
     action: Action,
     errors: Vec<ErrorReport>,
 ) -> InstanceReport {
     let skipped = p.skip_counts();
     let outputs = p
-        .outputs
+        .into_outputs()
         .into_iter()
         .map(|o| {
             let a = if o.changed { action } else { Action::Unchanged };

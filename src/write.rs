@@ -427,6 +427,14 @@ impl Staged {
         &mut self.file
     }
 
+    /// The file as written so far, opened again to read (by its temporary name, in the
+    /// directory opened when it was created; never through a symlink).
+    pub fn read_back(&self) -> Result<File, WriteError> {
+        let t = &self.target;
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        openat(&t.dir, &self.tmp, flags, Mode::empty()).map(File::from).map_err(|e| t.err("read the new")(e.into()))
+    }
+
     /// fsync, the mode, rename over the old file, directory fsync.
     pub fn commit(mut self) -> Result<(), WriteError> {
         let t = &self.target;

@@ -413,14 +413,15 @@ pub struct Keep {
 }
 
 impl Keep {
-    fn push(&mut self, m: &crate::page::MemberView<'_>) {
+    /// Adds a member; `mail` is its mail as the roster normalised it.
+    fn push(&mut self, m: &crate::page::MemberView<'_>, mail: Option<&[u8]>) {
         let written = if let Some(before) = &mut self.before {
             // The roster skipped it as well.
             let Some(r) = crate::delta_state::Record::of(m, self.phones) else { return };
             self.drift += u64::from(before.remove(&r.id_digest()) != Some(r.digest()));
             self.failed.is_none().then(|| self.writer.push(&r))
         } else {
-            self.failed.is_none().then(|| self.writer.push_member(m, self.phones).map(|_| ()))
+            self.failed.is_none().then(|| self.writer.push_member_normalised(m, self.phones, mail).map(|_| ()))
         };
         if let Some(Err(e)) = written {
             self.failed = Some(e.to_string());
@@ -449,9 +450,9 @@ fn read_page(
     body: &[u8],
 ) -> Result<Option<String>, FetchError> {
     let next = crate::page::visit(body, |m| {
-        roster.push(&m);
+        let mail = roster.push(&m);
         if let Some(k) = keep.as_deref_mut() {
-            k.push(&m);
+            k.push(&m, mail);
         }
     })
     .map_err(|e| FetchError::BadPage { url, detail: e.to_string() })?;

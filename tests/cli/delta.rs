@@ -360,7 +360,7 @@ fn corrupt_member_data_reads_in_full() {
     let out = r.run();
     assert_eq!(reads(&out.stdout)[0].1.as_deref(), Some("resync:state-corrupt"));
     assert_same_as_full(&r);
-    let ids = delta_files(&r, "ids").remove(0);
+    let ids = delta_files(&r, "index").remove(0);
     std::fs::write(&ids, b"1234567").unwrap();
     let out = r.run();
     assert_eq!(reads(&out.stdout)[0].1.as_deref(), Some("resync:state-corrupt"), "an index not in whole hashes");
@@ -578,7 +578,7 @@ fn the_state_is_private_and_at_most_twice_the_outputs_it_feeds() {
     let outputs = std::fs::metadata(r.root().join(SENDERS)).unwrap().len();
     let size = |r: &Run| {
         let files = state(r);
-        assert_eq!(files.len(), 3, "links, members, ids: {files:?}");
+        assert_eq!(files.len(), 3, "links, members, index: {files:?}");
         for (p, _) in &files {
             let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(p).unwrap().permissions());
             assert_eq!(mode & 0o777, 0o600, "{}", p.display());
@@ -969,4 +969,39 @@ fn a_lasting_refusal_reads_in_full_once_an_hour_not_every_run() {
     let out = r.run();
     assert_eq!(reads(&out.stdout)[0].0, "delta");
     assert_same_as_full(&r);
+}
+
+/// Members that changed are patched into the lists: no full plan, which would read every
+/// member, yet the lists a full read writes. A list edited by hand meanwhile is not patched:
+/// it is planned in full, and put right.
+#[test]
+fn changes_are_patched_into_the_lists_and_a_list_edited_by_hand_is_planned_in_full() {
+    let mut r = staff().args(&["-v"]).ignore_stderr();
+    r.run();
+    let nina = r.sim.state().directory.users.remove(0);
+    edit(&r, |m| {
+        m[0]["mail"] = json!("Alice.New@Example.com");
+        m.retain(|u| u["id"] != "u4");
+        m.push(nina);
+    });
+    let out = r.run();
+    assert!(out.stderr.contains("planned by the changes alone"), "{}", out.stderr);
+    assert_same_as_full(&r);
+    // A hand edit, then a change: the list is planned in full, and the edit undone.
+    let senders = r.root().join(SENDERS);
+    let right = std::fs::read_to_string(&senders).unwrap();
+    std::fs::write(&senders, format!("{right}mallory@example.com\n")).unwrap();
+    edit(&r, |m| m[0]["mail"] = json!("Alice@Example.com"));
+    let out = r.run();
+    assert!(!out.stderr.contains("planned by the changes alone"), "{}", out.stderr);
+    assert!(!std::fs::read_to_string(&senders).unwrap().contains("mallory"));
+    assert_same_as_full(&r);
+    // And the next change is patched again: a phone, so only gsm_list changes.
+    edit(&r, |m| m[0]["mobilePhone"] = json!("+358 40 5555555"));
+    let out = r.run();
+    assert!(out.stderr.contains("planned by the changes alone"), "{}", out.stderr);
+    assert_same_as_full(&r);
+    // The lists it left unchanged are remembered as well: the next run plans nothing.
+    let out = r.run();
+    assert!(out.stderr.contains("nothing changed since the last run: no plan"), "{}", out.stderr);
 }

@@ -70,7 +70,7 @@ const LAYERS: &[&[&str]] = &[
     ],
     &["page", "roster", "credential", "endpoints", "write", "lock", "delta_state"],
     &["config", "entraidconf", "instance"],
-    &["render", "plan", "guard"],
+    &["render", "plan", "patch", "guard"],
     &["graph", "node", "state"],
     &["report", "metrics", "alert", "fetch", "memo"],
     &["start"],
