@@ -73,8 +73,8 @@ check "the state directory is root:root 0750 (StateDirectoryMode)" is "root:root
 check "the run state is 0600" is "root:root 600" /var/lib/usersync/state.json
 states=(/var/lib/usersync/delta/*.links)
 check "a delta state for each of the 4 groups (${#states[@]})" test "${#states[@]}" = 4
-check "each with one generation of member data (members, ids)" \
-  test "$(find /var/lib/usersync/delta -name '*.members' | wc -l)$(find /var/lib/usersync/delta -name '*.ids' | wc -l)" = 44
+check "each with one generation of member data (members, index) and no log yet" \
+  test "$(find /var/lib/usersync/delta -name '*.members' | wc -l)$(find /var/lib/usersync/delta -name '*.index' | wc -l)$(find /var/lib/usersync/delta -name '*.log' | wc -l)" = 440
 check "every delta state file is root:root 0600" is "root:root 600" /var/lib/usersync/delta/*
 memos=(/var/lib/usersync/instances/*.json)
 check "what each instance's lists were written from, root:root 0600 (${#memos[@]})" \

@@ -24,3 +24,5 @@ check "after a join, gw1's group is read by delta" grep -q '^gw1: config .*: del
 check "the join reached gw1's allowed senders (+1)" \
   grep -q '^gw1: allowed_senders .*: written (3 -> 4 entries, +1 -0' "$WORK/sync-3.log"
 check "gw1's lists are the changed directory's, byte for byte" lists_match dana-joins gw1
+check "the join is kept as a log of changes beside untouched member data (one log)" \
+  test "$(find /var/lib/usersync/delta -name '*.log' | wc -l)" = 1
