@@ -421,7 +421,7 @@ impl Keep {
             self.drift += u64::from(before.remove(&r.id_digest()) != Some(r.digest()));
             self.failed.is_none().then(|| self.writer.push(&r))
         } else {
-            self.failed.is_none().then(|| self.writer.push_member_normalised(m, self.phones, mail).map(|_| ()))
+            self.failed.is_none().then(|| self.writer.push_member(m, self.phones, mail).map(|_| ()))
         };
         if let Some(Err(e)) = written {
             self.failed = Some(e.to_string());
