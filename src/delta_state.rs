@@ -13,9 +13,10 @@
 //!   then deflated as one stream flushed in full at each block, so that each block also
 //!   inflates on its own.
 //! - `<digest>.<generation>.index`: where each block starts, and two tables of (24-bit
-//!   hash, block), sorted: by id, and by normalised mail. A member who changed, and the
-//!   members who give the same line as one who changed, cost a binary search and a block
-//!   each, not a read of everyone.
+//!   hash, block), by id and by normalised mail, each ordered by the hash's top 12 bits
+//!   (one pass to make) and then by block. A member who changed, and the members who give
+//!   the same line as one who changed, cost a binary search, a look through a few hundred
+//!   entries and a block each, not a read of everyone.
 //! - `<digest>.<generation>.<log>.log`, gzip'd: the members changed since the generation
 //!   was written (a line each; `id\t!` for one gone), rewritten whole by a run that changes
 //!   members: its size is that of the changes since the generation, never of the group.
@@ -45,13 +46,14 @@ use crate::write::{Staged, WriteError};
 /// The format this build reads and writes; any other is read as no state (a full read).
 /// 2: no `users_link_at` (links are never ordered by the local clock). 3: links apart from
 /// the member data, and an index of ids. 4: member data read by offset (not compressed),
-/// indexed by id and by mail, and a log of the changes since.
-pub const FORMAT: u32 = 4;
+/// indexed by id and by mail, and a log of the changes since. 5: the index's tables ordered
+/// by bucket, not sorted.
+pub const FORMAT: u32 = 5;
 const MAGIC: &str = "usersync-delta-members";
 const LOG_MAGIC: &str = "usersync-delta-log";
 /// An index of plain member data, and of deflated member data.
-const INDEX_PLAIN: &[u8; 8] = b"usidx\0p\x04";
-const INDEX_DEFLATED: &[u8; 8] = b"usidx\0d\x04";
+const INDEX_PLAIN: &[u8; 8] = b"usidx\0p\x05";
+const INDEX_DEFLATED: &[u8; 8] = b"usidx\0d\x05";
 /// Members per block of member data.
 pub const BLOCK: u32 = 64;
 /// The most a links file may hold (two links and a key: a few kilobytes).
@@ -262,7 +264,12 @@ impl Record {
 
 /// The start of a member's line: `id\tkind\tenabled\t` (the id lower-cased).
 fn line_head(line: &mut Vec<u8>, id: &[u8], kind: ObjectKind, enabled: Option<bool>) {
-    line.extend(id.iter().map(u8::to_ascii_lowercase));
+    if id.iter().any(u8::is_ascii_uppercase) {
+        line.extend(id.iter().map(u8::to_ascii_lowercase));
+    } else {
+        // Graph sends them lower-case: copied whole.
+        line.extend_from_slice(id);
+    }
     line.push(b'\t');
     #[allow(clippy::cast_possible_truncation, reason = "the kind letters are ASCII")]
     line.push(kind_char(kind) as u8);
@@ -279,7 +286,11 @@ fn line_head(line: &mut Vec<u8>, id: &[u8], kind: ObjectKind, enabled: Option<bo
 /// character, as most are) without the detour through serde.
 fn json_into(line: &mut Vec<u8>, t: &TextRef<'_>) {
     match t {
-        TextRef::Str(s) if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') => {
+        // Every byte looked at (no early exit), which the compiler does many at a time.
+        TextRef::Str(s)
+            if s.bytes().fold(0u8, |bad, b| bad | u8::from(b < 0x20) | u8::from(b == b'"') | u8::from(b == b'\\'))
+                == 0 =>
+        {
             line.push(b'"');
             line.extend_from_slice(s.as_bytes());
             line.push(b'"');
@@ -490,8 +501,8 @@ impl Overlay {
     }
 }
 
-/// An index file: where each block of member data starts, and two sorted tables of
-/// (hash, block): by id, then by mail.
+/// An index file: where each block of member data starts, and two tables of (hash, block),
+/// each ordered by bucket (see [`Table`]): by id, then by mail.
 #[derive(Debug)]
 struct Index {
     file: File,
@@ -582,19 +593,20 @@ impl Index {
             ((e >> BITS) as u32 & MASK, e as u32 & MASK)
         };
         let n = table.len() / 6;
+        // The bucket's start, then its entries of `key` (in the order of their blocks).
         let (mut lo, mut hi) = (0, n);
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
-            if at(mid).0 < key {
+            if bucket_of(at(mid).0) < bucket_of(key) {
                 lo = mid + 1;
             } else {
                 hi = mid;
             }
         }
         let mut out = Vec::new();
-        while lo < n && at(lo).0 == key {
-            let b = at(lo).1;
-            if out.last() != Some(&b) {
+        while lo < n && bucket_of(at(lo).0) == bucket_of(key) {
+            let (hash, b) = at(lo);
+            if hash == key && out.last() != Some(&b) {
                 out.push(b);
             }
             lo += 1;
@@ -791,6 +803,9 @@ impl Opened {
 /// The longest line a record may have (a value Graph sent undecodable may be long).
 const LINE_CAP: usize = 1 << 20;
 
+/// How many bytes of plain member data a writer holds before writing them out.
+const PLAIN_BUFFER: usize = 1 << 16;
+
 fn corrupt_record() -> Unusable {
     Unusable::Corrupt("a malformed record".into())
 }
@@ -912,23 +927,23 @@ const STALE_AGE: std::time::Duration = std::time::Duration::from_secs(86_400);
 /// New member data being written, staged next to the old until a commit puts it in place.
 pub struct Writer {
     out: BufWriter<File>,
-    /// The deflate stream (none: plain), and the lines of the block being made.
+    /// The deflate stream (none: plain), and the lines made and not yet written: the block
+    /// being made (deflated: the block is the unit), or up to [`PLAIN_BUFFER`] bytes of
+    /// whole blocks (plain).
     z: Option<flate2::Compress>,
     block: Vec<u8>,
     deflated: Vec<u8>,
-    /// Bytes written so far.
+    /// Bytes written to the file so far.
     written: u64,
     state_dir: PathBuf,
     /// Where each block starts in the member data.
     starts: Vec<u64>,
-    /// The line being made (one allocation for all of them), and a mail being normalised.
-    line: Vec<u8>,
+    /// A mail being normalised.
     scratch: Vec<u8>,
     staged: Staged,
-    /// (hash of the id, block) and (hash of the normalised mail, block), each packed as
-    /// one number (hash above block) so that they sort as numbers.
-    ids: Vec<u64>,
-    mails: Vec<u64>,
+    /// The table entries by id and by normalised mail.
+    ids: Table,
+    mails: Table,
     counts: UserCounts,
     header: Header,
     links: PathBuf,
@@ -973,29 +988,27 @@ impl Writer {
         if let Ok(now) = staged.file().metadata().and_then(|m| m.modified()) {
             clean_stale(&links, now);
         }
-        let file = staged.file().try_clone().map_err(|e| fail("write", e))?;
-        let mut w = Self {
-            out: BufWriter::with_capacity(1 << 16, file),
+        let out = staged.file().try_clone().map_err(|e| fail("write", e))?;
+        let mut block = Vec::with_capacity(PLAIN_BUFFER + (1 << 12));
+        block.extend_from_slice(format!("{MAGIC} {FORMAT}\n").as_bytes());
+        let w = Self {
+            out: BufWriter::with_capacity(1 << 16, out),
             z: deflate.then(|| flate2::Compress::new(flate2::Compression::fast(), false)),
             written: 0,
             state_dir: state_dir.to_owned(),
-            block: format!("{MAGIC} {FORMAT}\n").into_bytes(),
+            block,
             deflated: Vec::with_capacity(1 << 16),
             starts: vec![0],
-            line: Vec::with_capacity(256),
             scratch: Vec::with_capacity(256),
             staged,
-            ids: Vec::new(),
-            mails: Vec::new(),
+            ids: Table::default(),
+            mails: Table::default(),
             counts: UserCounts::default(),
             header,
             links,
             replaces,
         };
-        if !deflate {
-            // The magic line: deflated, it goes with the first block.
-            w.end_block(flate2::FlushCompress::None)?;
-        }
+        // The magic line is the first block's start (deflated, it is in its stream).
         Ok(w)
     }
 
@@ -1005,8 +1018,7 @@ impl Writer {
         // Only users give lines: only their mails are looked up.
         let mail = r.mail.as_deref().filter(|_| r.kind == ObjectKind::User).map(text);
         let mail = mail.and_then(|t| mail_hash(&t, &mut self.scratch));
-        self.line.clear();
-        r.line_into(&mut self.line);
+        r.line_into(&mut self.block);
         self.add_line(hash32(r.id.as_bytes()), mail)
     }
 
@@ -1020,10 +1032,10 @@ impl Writer {
             return Ok(false);
         }
         self.counts.count(m, true);
-        let line = &mut self.line;
-        line.clear();
+        let line = &mut self.block;
+        let at = line.len();
         line_head(line, m.id.as_bytes(), m.kind, m.account_enabled);
-        let id = hash32(&line[..m.id.len()]);
+        let id = hash32(&line[at..at + m.id.len()]);
         match &m.mail {
             Some(t) => json_into(line, t),
             None => line.push(b'-'),
@@ -1038,40 +1050,35 @@ impl Writer {
         Ok(true)
     }
 
-    /// Adds the line made, indexed by `id` and `mail`; a block full is deflated.
+    /// Indexes the line just made by `id` and `mail`; a block full is ended.
     fn add_line(&mut self, id: u32, mail: Option<u32>) -> Result<(), WriteError> {
         let block = u32::try_from(self.starts.len() - 1).ok().filter(|b| *b <= MASK).ok_or_else(|| WriteError {
             path: self.links.clone(),
             action: "write",
             source: io::Error::other("over a billion members: more than a state holds"),
         })?;
-        let pack = |h: u32| (u64::from(h) << BITS) | u64::from(block);
-        self.ids.push(pack(id));
+        self.ids.push(id, block);
         if let Some(m) = mail {
-            self.mails.push(pack(m));
-        }
-        if self.z.is_some() {
-            self.block.extend_from_slice(&self.line);
-        } else {
-            // Plain: straight out, not copied into the block first.
-            let fail = |e: io::Error| WriteError { path: self.links.clone(), action: "write", source: e };
-            self.out.write_all(&self.line).map_err(fail)?;
-            self.written += self.line.len() as u64;
+            self.mails.push(m, block);
         }
         if self.ids.len() % BLOCK as usize == 0 {
             self.end_block(flate2::FlushCompress::Full)?;
-            self.starts.push(self.written);
+            let held = if self.z.is_some() { 0 } else { self.block.len() as u64 };
+            self.starts.push(self.written + held);
         }
         Ok(())
     }
 
-    /// Writes the block made: as it is, or deflated and ended with `flush`.
+    /// Writes the block made: deflated and ended with `flush`, or plain, once the blocks held
+    /// reach [`PLAIN_BUFFER`] bytes or at the end (`Finish`).
     fn end_block(&mut self, flush: flate2::FlushCompress) -> Result<(), WriteError> {
         let fail = |e: io::Error| WriteError { path: self.links.clone(), action: "write", source: e };
         let Some(z) = &mut self.z else {
-            self.out.write_all(&self.block).map_err(fail)?;
-            self.written += self.block.len() as u64;
-            self.block.clear();
+            if self.block.len() >= PLAIN_BUFFER || matches!(flush, flate2::FlushCompress::Finish) {
+                self.out.write_all(&self.block).map_err(fail)?;
+                self.written += self.block.len() as u64;
+                self.block.clear();
+            }
             return Ok(());
         };
         let mut input = &self.block[..];
@@ -1117,9 +1124,7 @@ impl Writer {
         if self.starts.len() > 1 && self.ids.len() % BLOCK as usize == 0 {
             self.starts.pop();
         }
-        let (mut ids, mut mails) = (std::mem::take(&mut self.ids), std::mem::take(&mut self.mails));
-        sort48(&mut ids);
-        sort48(&mut mails);
+        let (ids, mails) = (std::mem::take(&mut self.ids).bucketed(), std::mem::take(&mut self.mails).bucketed());
         let (_, index_path) = data_paths(&self.links, self.header.generation);
         let mut index = Staged::create(&index_path, 0o600)?;
         {
@@ -1159,30 +1164,61 @@ impl Writer {
     }
 }
 
-/// Sorts 48-bit numbers: in four passes of 12 bits (linear: a million table entries sort in
-/// a few milliseconds), or by comparison when there are few.
-fn sort48(v: &mut Vec<u64>) {
-    if v.len() < 1 << 10 {
-        v.sort_unstable();
-        return;
-    }
-    let mut out = vec![0u64; v.len()];
-    let digit = |k: u64, shift: u32| usize::try_from((k >> shift) & 0xfff).unwrap_or(0);
-    for shift in [0, 12, 24, 36] {
-        let mut at = vec![0usize; 1 << 12];
-        for k in v.iter() {
-            at[digit(*k, shift)] += 1;
+/// A table being made: (hash, block) entries, each packed as one number (hash above
+/// block), in the order of their blocks, in chunks of [`CHUNK`] (never moved as they grow),
+/// and how many fall in each bucket (the top [`BUCKET_BITS`] of the hash).
+#[derive(Default)]
+struct Table {
+    chunks: Vec<Vec<u64>>,
+    len: usize,
+    buckets: Vec<u32>,
+}
+
+const CHUNK: usize = 1 << 16;
+
+/// The bits of a hash a table is ordered by: the rest are looked through, a few hundred
+/// entries at a million members.
+const BUCKET_BITS: u32 = 12;
+
+fn bucket_of(hash: u32) -> usize {
+    (hash >> (BITS - BUCKET_BITS)) as usize
+}
+
+impl Table {
+    fn push(&mut self, hash: u32, block: u32) {
+        if self.buckets.is_empty() {
+            self.buckets = vec![0; 1 << BUCKET_BITS];
         }
+        self.buckets[bucket_of(hash)] += 1;
+        if self.len % CHUNK == 0 {
+            self.chunks.push(Vec::with_capacity(CHUNK));
+        }
+        if let Some(c) = self.chunks.last_mut() {
+            c.push((u64::from(hash) << BITS) | u64::from(block));
+        }
+        self.len += 1;
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The entries ordered by bucket, each bucket's in the order they came (so by block):
+    /// one pass (a million entries in a few milliseconds).
+    fn bucketed(self) -> Vec<u64> {
+        let Self { chunks, len, mut buckets } = self;
         let mut sum = 0;
-        for c in &mut at {
+        for c in &mut buckets {
             (*c, sum) = (sum, sum + *c);
         }
-        for k in v.iter() {
-            let d = digit(*k, shift);
-            out[at[d]] = *k;
-            at[d] += 1;
+        let mut out = vec![0u64; len];
+        for e in chunks.into_iter().flatten() {
+            #[allow(clippy::cast_possible_truncation, reason = "the hash is 24 bits")]
+            let b = &mut buckets[bucket_of((e >> BITS) as u32)];
+            out[*b as usize] = e;
+            *b += 1;
         }
-        std::mem::swap(v, &mut out);
+        out
     }
 }
 
@@ -1708,13 +1744,23 @@ mod tests {
     }
 
     #[test]
-    fn table_entries_sort_as_numbers() {
-        for n in [0, 5, 5000] {
-            let mut v: Vec<u64> = (0..n).map(|_| fastrand::u64(..1 << 48)).collect();
-            let mut want = v.clone();
+    fn table_entries_come_by_bucket_then_by_block() {
+        // As a writer makes them: blocks in order, hashes at random (some repeated).
+        for (n, hashes) in [(0, 1), (5, 1 << 24), (5000, 1 << 24), (5000, 16)] {
+            let mut t = Table::default();
+            let mut want = Vec::new();
+            for i in 0..n {
+                let h = fastrand::u32(..hashes);
+                t.push(h, i / 64);
+                want.push((u64::from(h) << BITS) | u64::from(i / 64));
+            }
+            let v = t.bucketed();
+            let key = |e: &u64| (bucket_of(u32::try_from(e >> BITS).unwrap()), e & u64::from(MASK));
+            assert!(v.windows(2).all(|w| key(&w[0]) <= key(&w[1])));
+            let (mut got, mut want) = (v, want);
+            got.sort_unstable();
             want.sort_unstable();
-            sort48(&mut v);
-            assert_eq!(v, want);
+            assert_eq!(got, want);
         }
     }
 }
