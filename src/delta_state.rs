@@ -1165,16 +1165,13 @@ impl Writer {
 }
 
 /// A table being made: (hash, block) entries, each packed as one number (hash above
-/// block), in the order of their blocks, in chunks of [`CHUNK`] (never moved as they grow),
-/// and how many fall in each bucket (the top [`BUCKET_BITS`] of the hash).
+/// block), in the order of their blocks, and how many fall in each bucket (the top
+/// [`BUCKET_BITS`] of the hash).
 #[derive(Default)]
 struct Table {
-    chunks: Vec<Vec<u64>>,
-    len: usize,
+    entries: Vec<u64>,
     buckets: Vec<u32>,
 }
-
-const CHUNK: usize = 1 << 16;
 
 /// The bits of a hash a table is ordered by: the rest are looked through, a few hundred
 /// entries at a million members.
@@ -1190,29 +1187,23 @@ impl Table {
             self.buckets = vec![0; 1 << BUCKET_BITS];
         }
         self.buckets[bucket_of(hash)] += 1;
-        if self.len % CHUNK == 0 {
-            self.chunks.push(Vec::with_capacity(CHUNK));
-        }
-        if let Some(c) = self.chunks.last_mut() {
-            c.push((u64::from(hash) << BITS) | u64::from(block));
-        }
-        self.len += 1;
+        self.entries.push((u64::from(hash) << BITS) | u64::from(block));
     }
 
     fn len(&self) -> usize {
-        self.len
+        self.entries.len()
     }
 
     /// The entries ordered by bucket, each bucket's in the order they came (so by block):
     /// one pass (a million entries in a few milliseconds).
     fn bucketed(self) -> Vec<u64> {
-        let Self { chunks, len, mut buckets } = self;
+        let Self { entries, mut buckets } = self;
         let mut sum = 0;
         for c in &mut buckets {
             (*c, sum) = (sum, sum + *c);
         }
-        let mut out = vec![0u64; len];
-        for e in chunks.into_iter().flatten() {
+        let mut out = vec![0u64; entries.len()];
+        for e in entries {
             #[allow(clippy::cast_possible_truncation, reason = "the hash is 24 bits")]
             let b = &mut buckets[bucket_of((e >> BITS) as u32)];
             out[*b as usize] = e;
