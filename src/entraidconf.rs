@@ -16,7 +16,8 @@ pub use crate::secret::Env;
 use crate::secret::Secret;
 use crate::trust::{Controllers, Trust};
 
-const HINT_REFERENCE: &str = "see the `.entraidconf` table in the README, or config/example.entraidconf";
+const HINT_REFERENCE: &str =
+    "see /usr/share/doc/usersync/configuration.md, or the commented /usr/share/doc/usersync/examples/example.entraidconf";
 
 /// The file as written, before any check. Its defaults are here (`Default`), once.
 #[derive(Debug, Deserialize)]
@@ -385,6 +386,19 @@ group_id = "02bd9fd6-8f93-4758-87c3-1fb73740a315"
         assert_eq!(c.endpoints.graph.as_str(), "https://graph.microsoft.com/");
         assert!(matches!(&c.auth, ClientAuth::Secret(s) if s.expose() == "s3cret"));
         assert!(!format!("{c:?}").contains("s3cret"));
+    }
+
+    /// The shipped example shows every default as the code has it.
+    #[test]
+    fn the_example_shows_the_defaults_of_the_code() {
+        let example = include_str!("../config/example.entraidconf");
+        let keys = ["nested", "access_rule", "include_disabled", "delta", "cloud", "authority_host", "graph_endpoint"];
+        let shown: String = keys.iter().map(|k| crate::config::example::default_line(example, "", k) + "\n").collect();
+        let (shown, code) = (parse(&shown).unwrap(), parse("").unwrap());
+        let defaults = |c: &EntraConf| {
+            format!("{:?}", (c.nested, c.access_rule, c.include_disabled, c.delta, c.cloud, &c.endpoints))
+        };
+        assert_eq!(defaults(&shown), defaults(&code));
     }
 
     #[test]

@@ -35,8 +35,23 @@ global configuration (optional)
 .I <server-root>/<instance>/config/entraid/*.entraidconf
 one Entra ID query each
 .TP
-.I /usr/share/doc/usersync/
-README, examples and the cron.d file
+.I /usr/share/doc/usersync/guide.md
+the guide: migrating from the cron scripts, scheduling, incremental sync, monitoring,
+troubleshooting by error message
+.TP
+.I /usr/share/doc/usersync/configuration.md
+every key of every file, one table per file
+.TP
+.I /usr/share/doc/usersync/security.md
+the trust model
+.TP
+.I /usr/share/doc/usersync/examples/
+commented examples of every file an administrator writes, and a cron.d file
+.SH "SEE ALSO"
+.I /usr/share/doc/usersync/README.md
+(installing, the first instance),
+.I /usr/share/doc/usersync/behaviour.md
+(the behaviour reference)
 "#;
 
 /// Writes `what` to stdout.

@@ -7,6 +7,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub mod alert;
+#[cfg(test)]
+pub(crate) mod example;
 
 use crate::error::{quote, quote_in, ConfigError};
 use crate::secret::Env;
@@ -15,7 +17,8 @@ use alert::AlertConfig;
 
 /// Where the global config lives when `--config` is not given.
 pub const DEFAULT_PATH: &str = "/etc/usersync/usersync.toml";
-const HINT_REFERENCE: &str = "see the `usersync.toml` table in the README, or config/usersync.toml";
+const HINT_REFERENCE: &str =
+    "see /usr/share/doc/usersync/configuration.md, or the defaults commented in /etc/usersync/usersync.toml";
 
 /// The file as written. Every default of the file is here (`Default` impls), once.
 #[derive(Debug, Deserialize)]
@@ -415,6 +418,44 @@ mod tests {
         assert!(c.node.is_none());
         let c = parse("[node]\nstatus_command = [\"/bin/true\"]\n").unwrap();
         assert_eq!(c.node.unwrap().active_states, ["ACTIVE", "ACTIVE FAKE"]);
+    }
+
+    /// The shipped `/etc/usersync/usersync.toml` shows every default as the code has it.
+    #[test]
+    fn the_example_shows_the_defaults_of_the_code() {
+        let example = include_str!("../../config/usersync.toml");
+        let keys: &[(&str, &[&str])] = &[
+            ("", &["server_root", "state_dir"]),
+            ("guard", &["max_removed", "max_removed_percent", "window_hours"]),
+            ("http", &["timeout_seconds", "max_retries", "deadline_seconds", "max_concurrency"]),
+            ("delta", &["enabled", "full_sync_hours"]),
+        ];
+        let mut text = String::new();
+        for (section, keys) in keys {
+            if !section.is_empty() {
+                text += &["[", section, "]\n"].concat();
+            }
+            for key in *keys {
+                text.push_str(&crate::config::example::default_line(example, section, key));
+                text.push('\n');
+            }
+        }
+        let (shown, code) = (parse(&text).unwrap(), parse("").unwrap());
+        assert_eq!(shown.server_root.as_deref(), Some(Path::new(crate::start::DEFAULT_SERVER_ROOT)));
+        assert_eq!(shown.state_dir, code.state_dir);
+        assert_eq!(shown.guard, code.guard);
+        assert_eq!(shown.delta, code.delta);
+        let http = |h: &HttpConfig| (h.timeout, h.max_retries, h.deadline, h.max_concurrency);
+        assert_eq!(http(&shown.http), http(&code.http));
+        // [node] active_states, given a command (the example's is only an example).
+        let node = format!(
+            "[node]\nstatus_command = [\"/bin/true\"]\n{}\n",
+            crate::config::example::default_line(example, "node", "active_states")
+        );
+        assert_eq!(
+            parse(&node).unwrap().node.unwrap().active_states,
+            parse("[node]\nstatus_command = [\"/bin/true\"]\n").unwrap().node.unwrap().active_states
+        );
     }
 
     #[test]

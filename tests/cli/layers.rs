@@ -1,5 +1,5 @@
 //! The modules of `src/` (test modules aside) import each other without cycles, in the
-//! layers the README's "Architecture" lists.
+//! layers CONTRIBUTING.md's "Architecture" lists.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -108,7 +108,7 @@ fn modules_import_each_other_layer_by_layer_without_cycles() {
     let mut problems = Vec::new();
     for (m, deps) in &g {
         let Some(&lm) = layer_of.get(m.as_str()) else {
-            problems.push(format!("{m} is in no layer: add it to LAYERS and the README"));
+            problems.push(format!("{m} is in no layer: add it to LAYERS and CONTRIBUTING.md"));
             continue;
         };
         for d in deps {
