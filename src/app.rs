@@ -37,7 +37,7 @@ impl Error {
     pub fn print(&self) {
         match self {
             Self::Stop(s) => s.print(),
-            Self::Usage(m) => crate::log::eprint_error(&format!("error: {m}\nhint: see usersync --help")),
+            Self::Usage(m) => crate::log::eprint_error(&crate::error::render_message(m, Some("see usersync --help"))),
             Self::Output(_) => print_error(self),
         }
     }

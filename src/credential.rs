@@ -4,7 +4,6 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -253,7 +252,7 @@ impl Certificate {
     /// A new client assertion for `client_id` at the token endpoint `token_url`, valid
     /// from now for [`ASSERTION_LIFETIME_SECONDS`]. Never reuse one.
     pub fn assertion(&self, client_id: &str, token_url: &str) -> Result<Secret, jsonwebtoken::errors::Error> {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let now = crate::date::now_secs();
         let mut header = Header::new(self.algorithm.jwt());
         header.typ = Some("JWT".into());
         header.x5t_s256 = Some(self.thumbprint.clone());

@@ -35,12 +35,23 @@ pub fn parse(s: &str) -> Option<i64> {
     Some((era * 146_097 + doe - 719_468) * 86_400)
 }
 
+/// Now, as the time since the Unix epoch (zero on a clock set before 1970): the one place
+/// usersync reads the wall clock.
+#[must_use]
+pub fn since_epoch() -> std::time::Duration {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default()
+}
+
 /// Now, as Unix seconds.
 #[must_use]
 pub fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+    i64::try_from(since_epoch().as_secs()).unwrap_or(i64::MAX)
+}
+
+/// Now, as unsigned Unix seconds.
+#[must_use]
+pub fn now_secs() -> u64 {
+    since_epoch().as_secs()
 }
 
 /// The UTC date of a Unix time, as `YYYY-MM-DD`.

@@ -261,7 +261,7 @@ pub struct Settings<'a> {
 }
 
 /// One group to read, and how.
-struct Plan {
+struct GroupRead {
     cred: Credentials,
     query: GroupQuery,
     /// Where its state lives, or why delta is off for it.
@@ -301,11 +301,11 @@ pub async fn fetch_all(
             g.2 = Some(FullReason::Disabled);
         }
     }
-    let mut plans: BTreeMap<FetchKey, Plan> = BTreeMap::new();
+    let mut plans: BTreeMap<FetchKey, GroupRead> = BTreeMap::new();
     for (key, (cred, query, off)) in groups {
         let state = off.map_or_else(|| Ok(state_key(&cred, &query, key.isolated.clone())), Err);
         let how = decide(&state, &query, s);
-        plans.insert(key, Plan { cred, query, state, how });
+        plans.insert(key, GroupRead { cred, query, state, how });
     }
     let started = tokio::time::Instant::now();
     let deadline = started + s.http.deadline;
@@ -515,7 +515,7 @@ struct AppRoundsCell {
 
 /// Per app: what its users rounds need (see [`AppRoundsCell`]); and how many of its groups
 /// are read by delta, which the users round's changes are weighed against.
-fn app_cells(plans: &BTreeMap<FetchKey, Plan>) -> (HashMap<App, Arc<AppRoundsCell>>, HashMap<App, usize>) {
+fn app_cells(plans: &BTreeMap<FetchKey, GroupRead>) -> (HashMap<App, Arc<AppRoundsCell>>, HashMap<App, usize>) {
     let mut apps: HashMap<App, AppRoundsCell> = HashMap::new();
     let mut delta_groups: HashMap<App, usize> = HashMap::new();
     for (key, p) in plans {
@@ -580,11 +580,11 @@ impl GroupReader<'_> {
     /// Reads one group: by delta (falling back to a full read on a resync), or in full.
     async fn read_group(
         &self,
-        plan: Plan,
+        plan: GroupRead,
         rounds: Option<Arc<AppRounds>>,
         line: &Line,
     ) -> Result<(Fetched, Option<delta_state::Commit>), FetchError> {
-        let Plan { cred, query, state, how } = plan;
+        let GroupRead { cred, query, state, how } = plan;
         let (reason, old) = match how {
             How::Full(r) => (r, None),
             How::SafetyNet(old) => (FullReason::SafetyNet, Some(old)),

@@ -50,12 +50,12 @@ pub struct Note {
 ///
 /// A record: mail length, phone length, disabled (one byte each), the mail, the phone.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-struct Run {
+struct SortedRun {
     chunks: Vec<Vec<u8>>,
     count: usize,
 }
 
-/// Bytes in one chunk of a [`Run`].
+/// Bytes in one chunk of a [`SortedRun`].
 const CHUNK: usize = 1 << 20;
 
 /// Where a record starts: chunk and offset.
@@ -89,7 +89,7 @@ impl<'a> Rec<'a> {
     }
 }
 
-impl Run {
+impl SortedRun {
     /// Appends a record of `parts` (at most 278 bytes in all), never across two chunks.
     fn push_parts(&mut self, parts: &[&[u8]]) {
         let len: usize = parts.iter().map(|p| p.len()).sum();
@@ -206,7 +206,7 @@ pub struct Roster {
     users: Vec<User>,
     /// Sorted runs of earlier pages, each at most half the size of the one below it;
     /// after `finish`, at most one, holding every user.
-    runs: Vec<Run>,
+    runs: Vec<SortedRun>,
     /// After `finish`: where each user's record starts in `runs[0]`.
     index: Vec<u32>,
     notes: Vec<Note>,
@@ -361,7 +361,7 @@ impl Roster {
         if self.users.is_empty() {
             return;
         }
-        self.runs.push(Run::of_page(&self.text, std::mem::take(&mut self.users)));
+        self.runs.push(SortedRun::of_page(&self.text, std::mem::take(&mut self.users)));
         self.text.clear();
         while self.runs.len() >= 2 && self.runs[self.runs.len() - 1].count * 2 > self.runs[self.runs.len() - 2].count {
             self.merge_top();
@@ -377,7 +377,7 @@ impl Roster {
             self.merge_top();
         }
         self.text = Vec::new();
-        self.index = self.runs.first().map(Run::index).unwrap_or_default();
+        self.index = self.runs.first().map(SortedRun::index).unwrap_or_default();
     }
 
     fn merge_top(&mut self) {

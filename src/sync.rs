@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use std::io::Write as _;
 
@@ -46,7 +46,8 @@ pub fn run(cli: &Cli) -> Result<ExitCode, Stop> {
     let result = crate::start::runtime().and_then(|rt| {
         let State { sizes, locked_since, .. } = State::load(&config.state_dir);
         rt.block_on(
-            Run { cli, config: &config, root: &root, sizes, locked_since, fed: std::sync::Mutex::default() }.execute(),
+            SyncRun { cli, config: &config, root: &root, sizes, locked_since, fed: std::sync::Mutex::default() }
+                .execute(),
         )
     });
     let report = match &result {
@@ -152,7 +153,7 @@ fn remember(
 /// Neither changes the exit code; a failure is logged.
 /// `whole_root`: the run covered every instance under the server root (no `-i`).
 fn record(config: &Config, report: &Report, started: Instant, whole_root: bool, forced: bool) {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let now = crate::date::since_epoch();
     let (state, alert_failed) =
         State::update(&config.state_dir, |state| remember(config, report, state, now, (whole_root, forced)));
     if let Some(path) = &config.metrics_textfile {
@@ -199,7 +200,8 @@ fn credential_reports(instances: &[Loaded], config: &Config) -> Vec<CredentialRe
     out
 }
 
-struct Run<'a> {
+/// A sync run: what it was given, and what it carries from one instance to the next.
+struct SyncRun<'a> {
     cli: &'a Cli,
     config: &'a Config,
     root: &'a Path,
@@ -211,7 +213,7 @@ struct Run<'a> {
     fed: std::sync::Mutex<HashMap<FetchKey, BTreeMap<PathBuf, u64>>>,
 }
 
-impl Run<'_> {
+impl SyncRun<'_> {
     async fn execute(&self) -> Result<Report, Stop> {
         let mut report = Report { dry_run: self.cli.dry_run, ..Report::default() };
         let mut outcome = Outcome::Success;
@@ -283,7 +285,7 @@ impl Run<'_> {
             delta: self.config.delta,
             state_dir: &self.config.state_dir,
             dry_run: self.cli.dry_run,
-            now: SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs(),
+            now: crate::date::now_secs(),
         };
         let fetch::Fetches { groups: mut fetches, staged } = fetch::fetch_all(&client, &runnable, &settings).await;
         // How many instances still need each group: its members are dropped after the last one.
@@ -327,7 +329,7 @@ impl Run<'_> {
         let lock::LockError::Held(path) = e else {
             return failed_instance(inst, vec![error_report(&format!("instance `{}`: {e}", inst.name), e.hint())]);
         };
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        let now = crate::date::now_secs();
         let since = self.locked_since.get(&inst.name).copied().filter(|t| *t <= now).unwrap_or(now);
         let deadline = self.config.http.deadline.as_secs();
         // A run holds its locks a little past its deadline (the node check, the writes).
@@ -437,7 +439,7 @@ impl Run<'_> {
             Err(errors) => return failed_instance(inst, errors),
         };
         log_skips(name, p.skips());
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        let now = crate::date::now_secs();
         let window = guard::Window { sizes: &self.sizes, now, span: self.config.guard.window };
         let refusals = guard::check(name, p.outputs(), &self.config.guard, Some(&window));
         if self.cli.force {

@@ -272,7 +272,7 @@ impl Target {
     /// ago; returns how many. With no minimum age, call only under a lock that keeps every
     /// other writer of the file away.
     pub fn clean_stale_temps(&self, min_age: std::time::Duration) -> io::Result<usize> {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let now = crate::date::since_epoch();
         let prefix = temp_prefix(&self.name);
         let mut removed = 0;
         for entry in rustix::fs::Dir::read_from(&self.dir)? {

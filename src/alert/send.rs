@@ -163,7 +163,7 @@ fn smtp(
 
 fn message(cfg: &AlertConfig, mail: &Mail) -> Result<Message, String> {
     let mailbox = |e: &crate::normalize::Email| e.as_str().parse::<Mailbox>().map_err(|e| format!("bad address: {e}"));
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let now = crate::date::since_epoch();
     let domain = cfg.from.as_str().rsplit('@').next().unwrap_or("localhost");
     let mut b = Message::builder()
         .from(mailbox(&cfg.from)?)
