@@ -5,8 +5,9 @@ use std::io;
 use std::process::ExitCode;
 
 use crate::cli::{Cli, Command};
-use crate::error::{print_error, Hint, Outcome};
-use crate::start::Stop;
+use crate::error::{print_error, render_message, Hint, Outcome};
+use crate::run::start::Stop;
+use crate::ui::log::eprint_error;
 
 /// Why usersync stopped before any instance was synced.
 #[derive(Debug, thiserror::Error)]
@@ -37,7 +38,7 @@ impl Error {
     pub fn print(&self) {
         match self {
             Self::Stop(s) => s.print(),
-            Self::Usage(m) => crate::log::eprint_error(&crate::error::render_message(m, Some("see usersync --help"))),
+            Self::Usage(m) => eprint_error(&render_message(m, Some("see usersync --help"))),
             Self::Output(_) => print_error(self),
         }
     }
@@ -54,20 +55,20 @@ impl Hint for Error {
 
 /// Runs usersync as `cli` asks; the exit code follows the behaviour reference (§7).
 pub fn run(cli: &Cli) -> Result<ExitCode, Error> {
-    crate::log::init(cli.verbose, cli.quiet);
+    crate::ui::log::init(cli.verbose, cli.quiet);
     tracing::trace!(version = crate::cli::VERSION, command = ?cli.command, instances = ?cli.instances, dry_run = cli.dry_run, "usersync starts");
     if let Some(option) = cli.misplaced_sync_option() {
         return Err(Error::Usage(format!("{option} belongs to a sync, not to a subcommand")));
     }
     if let Some(what) = cli.generate {
-        return crate::generate::print(what).map(|()| ExitCode::SUCCESS).map_err(Error::Output);
+        return crate::cmd::generate::print(what).map(|()| ExitCode::SUCCESS).map_err(Error::Output);
     }
     match &cli.command {
-        None => Ok(crate::sync::run(cli)?),
+        None => Ok(crate::cmd::sync::run(cli)?),
         Some(Command::Test { instance, entraid, show }) => {
-            Ok(crate::testquery::run(cli, instance, entraid.as_deref(), *show).map(ExitCode::from)?)
+            Ok(crate::cmd::test_query::run(cli, instance, entraid.as_deref(), *show).map(ExitCode::from)?)
         }
-        Some(Command::Check { instances }) => Ok(crate::check::run(cli, instances).into()),
-        Some(Command::AlertTest) => Ok(crate::alert_test::run(cli).map(ExitCode::from)?),
+        Some(Command::Check { instances }) => Ok(crate::cmd::check::run(cli, instances).into()),
+        Some(Command::AlertTest) => Ok(crate::cmd::alert_test::run(cli).map(ExitCode::from)?),
     }
 }

@@ -156,7 +156,7 @@ impl Hint for ConfigError {
 
 /// Prints `error: …`, each cause on its own `caused by:` line, then `hint: …`.
 pub fn print_error<E: std::error::Error + MaybeHint + ?Sized>(e: &E) {
-    crate::log::eprint_error(&render_error(e));
+    crate::ui::log::eprint_error(&render_error(e));
 }
 
 /// The text `print_error` prints.

@@ -1,49 +1,22 @@
 //! usersync keeps a mail gateway's allow-lists equal to Entra ID group membership.
 //!
-//! Data flows one way: config → fetch → normalise → plan → guard → write → report.
+//! Data flows one way: config → fetch → normalise → plan → guard → write → report. The
+//! folders are the layers (CONTRIBUTING.md, "Architecture"); each uses only those before it.
 
-pub mod alert;
-mod alert_test;
-mod app;
-pub mod cfgfile;
-pub mod check;
+// The bottom: values, files, configuration.
 pub mod cli;
 pub mod config;
-pub mod credential;
-pub mod date;
-pub mod delta_state;
-pub mod endpoints;
-pub mod entraidconf;
 pub mod error;
-pub mod fetch;
-mod generate;
-pub mod graph;
-pub mod guard;
-pub mod ids;
-pub mod instance;
-pub mod judged;
-pub mod lock;
-mod log;
-pub mod memo;
-pub mod metrics;
-pub mod node;
-pub mod normalize;
-pub mod output;
-pub mod page;
-pub mod patch;
-pub mod plan;
-pub mod progress;
-pub mod render;
-pub mod report;
-pub mod resolve;
-pub mod roster;
-pub mod secret;
-pub mod start;
-pub mod state;
-mod sync;
-mod testquery;
-pub mod trust;
-pub mod write;
+pub mod files;
+pub mod model;
+pub(crate) mod ui;
+// The core, and Graph.
+pub(crate) mod graph;
+pub(crate) mod plan;
+// A run, its commands, and the entry point.
+mod app;
+pub(crate) mod cmd;
+pub mod run;
 
 pub use app::{run, Error};
-pub use start::DEFAULT_SERVER_ROOT;
+pub use run::start::DEFAULT_SERVER_ROOT;

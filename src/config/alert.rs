@@ -1,17 +1,17 @@
 //! `[alert]` of the global config (contract §8): raw TOML, then checked providers.
-//! Sending lives in `crate::alert`.
+//! Sending lives in `crate::run::alert`.
 
 use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::credential::{CredentialKeys, Credentials, LoadedCredential};
-use crate::endpoints::{parse_endpoint, Cloud, Endpoints};
+use crate::config::credential::{CredentialKeys, Credentials, LoadedCredential};
+use crate::config::endpoints::{parse_endpoint, Cloud, Endpoints};
+use crate::config::secret::{resolve, Env, Secret, Unread};
 use crate::error::{quote, ConfigError};
-use crate::ids::{ClientId, TenantId};
-use crate::normalize::Email;
-use crate::secret::{resolve, Env, Secret, Unread};
+use crate::model::ids::{ClientId, TenantId};
+use crate::model::normalize::Email;
 
 /// The scope of a client-credentials token for SMTP AUTH XOAUTH2 in Exchange Online.
 pub const OUTLOOK_SCOPE: &str = "https://outlook.office365.com/.default";
@@ -309,7 +309,7 @@ impl AlertConfig {
                     assertion_algorithm: p.assertion_algorithm.clone(),
                 };
                 let LoadedCredential { auth, expires: until, .. } =
-                    keys.load(file, env, None, crate::date::now()).map_err(named)?;
+                    keys.load(file, env, None, crate::model::date::now()).map_err(named)?;
                 expires = until;
                 let endpoints = Endpoints {
                     authority: endpoint("authority_host", &p.authority_host, cloud.authority_host())?,
@@ -323,7 +323,7 @@ impl AlertConfig {
                 };
                 Ok((credentials, endpoints.graph_base()))
             };
-            let loopback = |h: &str| crate::endpoints::is_loopback(&url::Host::Domain(h));
+            let loopback = |h: &str| crate::config::endpoints::is_loopback(&url::Host::Domain(h));
             let kind = match kind.as_str() {
                 "smtp" => {
                     let host = host()?;

@@ -20,7 +20,7 @@ use tokio::sync::{oneshot, Semaphore};
 
 use super::retry::{attempt, is_retryable, Answer, Failure};
 use super::{graph_error, FetchError, GraphClient};
-use crate::secret::Secret;
+use crate::config::secret::Secret;
 
 /// Graph takes at most this many requests in one batch.
 pub const MAX_BATCH: usize = 20;

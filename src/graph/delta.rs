@@ -8,9 +8,9 @@ use std::collections::{HashMap, HashSet};
 use url::Url;
 
 use super::{same_origin, FetchError, GraphClient};
-use crate::credential::Credentials;
-use crate::delta_state::Record;
-use crate::page::{self, Links, ObjectKind, UserChange};
+use crate::config::credential::Credentials;
+use crate::files::delta_state::Record;
+use crate::model::page::{self, Links, ObjectKind, UserChange};
 
 /// The attributes a users round and a lookup read: every attribute a query can select,
 /// so that one round per app serves all its groups, whatever their `query_filter`.
@@ -86,7 +86,7 @@ impl GraphClient {
             .round(cred, graph, link.to_owned(), |body| {
                 let (links, page::GroupGone(g)) = page::visit_group_delta(body, group, |c| {
                     // A full read skips such an object: so does a delta read.
-                    if !crate::ids::is_object_id(&c.id) {
+                    if !crate::model::ids::is_object_id(&c.id) {
                         return;
                     }
                     let id = c.id.to_ascii_lowercase();
@@ -121,7 +121,7 @@ impl GraphClient {
                             r.now.insert(rec.id.clone(), rec);
                         }
                     }
-                    UserChange::Removed(id) if crate::ids::is_object_id(&id) => {
+                    UserChange::Removed(id) if crate::model::ids::is_object_id(&id) => {
                         let id = id.to_ascii_lowercase();
                         r.now.remove(&id);
                         r.removed.insert(id);

@@ -1,6 +1,6 @@
 //! Why a token request or a member fetch failed, and what the administrator should do.
 
-use crate::endpoints::Cloud;
+use crate::config::endpoints::Cloud;
 use crate::error::Hint;
 
 /// A fetch that did not complete. Every variant names the URL it concerns.

@@ -14,15 +14,14 @@ use serde::Deserialize;
 use url::Url;
 
 pub use batch::MAX_BATCH;
-pub use delta::{MembershipRound, UsersRound, LOOKUP_BATCH, USERS_SELECT};
+pub use delta::{MembershipRound, UsersRound};
 pub use error::FetchError;
-pub use retry::{backoff, retry_after, MAX_RETRY_AFTER};
 
-use crate::config::HttpConfig;
-use crate::credential::{Credentials, Identity};
-use crate::entraidconf::EntraConf;
-use crate::ids::GroupId;
-use crate::roster::Roster;
+use crate::config::credential::{Credentials, Identity};
+use crate::config::entraid::EntraConf;
+use crate::config::global::HttpConfig;
+use crate::model::ids::GroupId;
+use crate::model::roster::Roster;
 
 /// Pages fetched ahead of the parser, at most.
 const PAGES_AHEAD: usize = 4;
@@ -178,7 +177,7 @@ impl GraphClient {
         cred: &Credentials,
         q: &GroupQuery,
         keep: Option<Keep>,
-        line: &crate::progress::Line,
+        line: &crate::ui::progress::Line,
     ) -> Result<FullRead, FetchError> {
         let origin = Url::parse(&q.graph).map_err(|e| FetchError::Request(format!("{}: {e}", q.graph)))?;
         let mut url = q.first_url();
@@ -210,7 +209,7 @@ impl GraphClient {
                         Ok(s) => (Some(s), drift),
                         // The roster is whole: the list is written all the same.
                         Err(e) => {
-                            crate::delta_state::abandon(&path, &group, &e);
+                            crate::files::delta_state::abandon(&path, &group, &e);
                             (None, drift)
                         }
                     }
@@ -221,7 +220,7 @@ impl GraphClient {
         let fetched = async {
             loop {
                 let body = self.page(cred, &q.graph, &url).await?;
-                let next = crate::page::next_link(&body)
+                let next = crate::model::page::next_link(&body)
                     .map_err(|e| FetchError::BadPage { url: url.clone(), detail: e.to_string() })?;
                 if let Some(n) = &next {
                     if !same_origin(&origin, n) {
@@ -267,7 +266,7 @@ impl GraphClient {
     }
 
     /// An app-only access token for `cred` (for SMTP XOAUTH2).
-    pub async fn bearer(&self, cred: &Credentials) -> Result<crate::secret::Secret, FetchError> {
+    pub async fn bearer(&self, cred: &Credentials) -> Result<crate::config::secret::Secret, FetchError> {
         self.token(cred, None).await
     }
 
@@ -309,7 +308,7 @@ impl GraphClient {
     pub async fn post_json_once(
         &self,
         url: &str,
-        key: &crate::secret::Secret,
+        key: &crate::config::secret::Secret,
         body: &serde_json::Value,
     ) -> Result<(u16, Vec<u8>), FetchError> {
         let body = serde_json::to_vec(body).map_err(|e| FetchError::Internal(e.to_string()))?;
@@ -372,7 +371,7 @@ impl GraphClient {
     /// `InvalidAuthenticationToken` renews the token once, any other answer fails.
     async fn renewing<F, Fut>(&self, cred: &Credentials, url: &str, send: F) -> Result<Vec<u8>, FetchError>
     where
-        F: Fn(crate::secret::Secret) -> Fut,
+        F: Fn(crate::config::secret::Secret) -> Fut,
         Fut: std::future::Future<Output = Result<retry::Answer, FetchError>>,
     {
         let mut token = self.token(cred, None).await?;
@@ -400,7 +399,7 @@ impl GraphClient {
 /// one's members, to count how far it had drifted.
 pub struct Keep {
     /// The new state.
-    pub writer: crate::delta_state::Writer,
+    pub writer: crate::files::delta_state::Writer,
     /// Keep phones.
     pub phones: bool,
     /// The old state's members: a digest of the id → a digest of the record; taken out as
@@ -414,10 +413,10 @@ pub struct Keep {
 
 impl Keep {
     /// Adds a member; `mail` is its mail as the roster normalised it.
-    fn push(&mut self, m: &crate::page::MemberView<'_>, mail: Option<&[u8]>) {
+    fn push(&mut self, m: &crate::model::page::MemberView<'_>, mail: Option<&[u8]>) {
         let written = if let Some(before) = &mut self.before {
             // The roster skipped it as well.
-            let Some(r) = crate::delta_state::Record::of(m, self.phones) else { return };
+            let Some(r) = crate::files::delta_state::Record::of(m, self.phones) else { return };
             self.drift += u64::from(before.remove(&r.id_digest()) != Some(r.digest()));
             self.failed.is_none().then(|| self.writer.push(&r))
         } else {
@@ -436,7 +435,7 @@ pub struct FullRead {
     /// Pages read.
     pub pages: u64,
     /// The new delta state, staged.
-    pub state: Option<crate::delta_state::Commit>,
+    pub state: Option<crate::files::delta_state::Commit>,
     /// Members that differ from the old state (either way), when there was one.
     pub drift: Option<u64>,
 }
@@ -449,7 +448,7 @@ fn read_page(
     url: String,
     body: &[u8],
 ) -> Result<Option<String>, FetchError> {
-    let next = crate::page::visit(body, |m| {
+    let next = crate::model::page::visit(body, |m| {
         let mail = roster.push(&m);
         if let Some(k) = keep.as_deref_mut() {
             k.push(&m, mail);
@@ -525,9 +524,9 @@ mod tests {
                 if name.starts_with("graph_") {
                     serde_json::from_slice::<GraphErrorBody>(&body).unwrap_or_else(|e| panic!("{name}: {e}"));
                 }
-                assert!(crate::page::parse(&body).is_err(), "{name} is not a page");
+                assert!(crate::model::page::parse(&body).is_err(), "{name} is not a page");
             } else {
-                crate::page::parse(&body).unwrap_or_else(|e| panic!("{name}: {e}"));
+                crate::model::page::parse(&body).unwrap_or_else(|e| panic!("{name}: {e}"));
                 pages += 1;
             }
         }

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 
 use super::{FetchError, GraphClient};
-use crate::credential::{ClientAuth, Credentials};
-use crate::secret::Secret;
+use crate::config::credential::{ClientAuth, Credentials};
+use crate::config::secret::Secret;
 
 /// Renew a cached token this long before it expires.
 const EXPIRY_MARGIN: Duration = Duration::from_secs(120);
@@ -135,7 +135,7 @@ mod tests {
         let app = usersync_sim::bench_app();
         let sim = usersync_sim::Sim::start(usersync_sim::Directory { apps: vec![app.clone()], ..Default::default() })
             .unwrap();
-        let client = GraphClient::new(&crate::config::HttpConfig::default()).unwrap();
+        let client = GraphClient::new(&crate::config::global::HttpConfig::default()).unwrap();
         let cred = |scope: &str| Credentials {
             token_url: format!("{}/{}/oauth2/v2.0/token", sim.url(), app.tenant),
             client_id: app.client_id.clone(),

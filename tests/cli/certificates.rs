@@ -40,7 +40,7 @@ fn certificate_valid(key: &str, not_before: i64, not_after: i64) -> String {
     p.distinguished_name = rcgen::DistinguishedName::new();
     p.distinguished_name.push(rcgen::DnType::CommonName, "usersync-test");
     let ymd = |t: i64| {
-        let d = usersync::date::format(t);
+        let d = usersync::model::date::format(t);
         let n = |r: std::ops::Range<usize>| d[r].parse::<u8>().unwrap();
         rcgen::date_time_ymd(d[..4].parse().unwrap(), n(5..7), n(8..10))
     };
@@ -265,7 +265,7 @@ fn check_warns_before_a_certificate_expires_and_fails_after() {
     assert_eq!(r.token_requests(), 0);
 
     // A secret's expiry, when the admin records it.
-    let date = usersync::date::format(now() + 5 * DAY);
+    let date = usersync::model::date::format(now() + 5 * DAY);
     let mut r = one_conf()
         .conf("gw", "staff", &format!("group_id = \"{STAFF}\"\nclient_secret_expires = \"{date}\"\n"))
         .args(&["check"])
@@ -327,7 +327,7 @@ fn an_unknown_tenant_in_the_global_cloud_suggests_a_national_cloud() {
 
 #[test]
 fn an_expired_or_not_yet_valid_certificate_fails_its_config_before_anything_is_sent() {
-    let day = |t: i64| usersync::date::format(t);
+    let day = |t: i64| usersync::model::date::format(t);
     let (start, end) = (now() - 40 * DAY, now() - 3 * DAY);
     let expired = certificate_valid("app-key.pem", start, end);
     let (later, later_end) = (now() + 5 * DAY, now() + 400 * DAY);

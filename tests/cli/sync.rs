@@ -305,8 +305,10 @@ fn a_held_lock_skips_the_instance_with_exit_75() {
         .group(SALES, users(2))
         .conf("other", "sales", &format!("group_id = \"{SALES}\"\n"))
         .file(SENDERS, "old@example.com\n");
-    let _held =
-        usersync::lock::acquire(&usersync::judged::Dir::open(&r.root().join("gw/config/entraid")).unwrap()).unwrap();
+    let _held = usersync::files::lock::acquire(
+        &usersync::files::judged::Dir::open(&r.root().join("gw/config/entraid")).unwrap(),
+    )
+    .unwrap();
     r = r
         .expect_exit(75)
         .expect_file(SENDERS, Some("old@example.com\n"))
@@ -327,8 +329,10 @@ fn a_lock_held_past_the_run_deadline_fails_the_instance() {
         .file(SENDERS, "old@example.com\n")
         .expect_file(SENDERS, Some("old@example.com\n"))
         .expect_exit(75);
-    let held =
-        usersync::lock::acquire(&usersync::judged::Dir::open(&r.root().join("gw/config/entraid")).unwrap()).unwrap();
+    let held = usersync::files::lock::acquire(
+        &usersync::files::judged::Dir::open(&r.root().join("gw/config/entraid")).unwrap(),
+    )
+    .unwrap();
     r.run();
     let state_file = r.path().join("state/state.json");
     let mut state: Value = serde_json::from_slice(&std::fs::read(&state_file).unwrap()).unwrap();
@@ -699,8 +703,10 @@ fn exit_codes_follow_the_priority_2_1_3_75() {
         .file(SENDERS, "keep@example.com\n")
         .conf("other", "x", &format!("group_id = \"{SALES}\"\n"))
         .expect_exit(3);
-    let _held =
-        usersync::lock::acquire(&usersync::judged::Dir::open(&r.root().join("other/config/entraid")).unwrap()).unwrap();
+    let _held = usersync::files::lock::acquire(
+        &usersync::files::judged::Dir::open(&r.root().join("other/config/entraid")).unwrap(),
+    )
+    .unwrap();
     r.run();
 }
 
@@ -735,7 +741,10 @@ fn the_shipped_examples_are_valid() {
     for cfg in ["envelope.cfg.example", "compose.cfg.example"] {
         let text = std::fs::read_to_string(repo.join("config").join(cfg)).unwrap();
         let key = if cfg.starts_with("envelope") { "ALLOWEDLDAPSENDERFILE" } else { "LDAPGSMLISTFILE" };
-        assert!(usersync::cfgfile::lookup(&text, key).is_some_and(|v| v.starts_with("/server/gw1/config/")), "{cfg}");
+        assert!(
+            usersync::config::cfgfile::lookup(&text, key).is_some_and(|v| v.starts_with("/server/gw1/config/")),
+            "{cfg}"
+        );
     }
 }
 

@@ -18,7 +18,7 @@ fn staff() -> Run {
     Run::new()
         .group(STAFF, staff_members())
         .conf("gw", "staff", &format!("group_id = \"{STAFF}\"\n{STAFF_CONF}"))
-        .env("RUST_LOG", "usersync::sync=debug,warn")
+        .env("RUST_LOG", "usersync::cmd::sync=debug,warn")
         .ignore_stderr()
 }
 

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use usersync::output::Output;
+use usersync::model::output::Output;
 
 use crate::util::*;
 
@@ -40,11 +40,11 @@ fn every_default_path_usersync_writes_is_writable_under_the_shipped_unit() {
     let unit = std::fs::read_to_string(format!("{root}/systemd/usersync.service")).unwrap();
     let toml = std::fs::read_to_string(format!("{root}/config/usersync.toml")).unwrap();
     let dirs = writable(&unit);
-    let config = usersync::config::Config::parse("", Path::new("/etc/usersync/usersync.toml")).unwrap();
+    let config = usersync::config::global::Config::parse("", Path::new("/etc/usersync/usersync.toml")).unwrap();
     let instance = Path::new(usersync::DEFAULT_SERVER_ROOT).join("gw1");
     let mut paths: Vec<PathBuf> = Output::ALL.iter().map(|o| instance.join(o.default_path())).collect();
-    paths.push(instance.join(usersync::instance::ENTRAID_DIR).join(usersync::lock::LOCK_FILE));
-    paths.push(config.state_dir.join(usersync::state::FILE));
+    paths.push(instance.join(usersync::config::instance::ENTRAID_DIR).join(usersync::files::lock::LOCK_FILE));
+    paths.push(config.state_dir.join(usersync::files::state::FILE));
     paths.push(documented_textfile(&toml));
     for p in &paths {
         assert!(

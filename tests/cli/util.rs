@@ -264,7 +264,7 @@ impl Run {
             .replace(&self.path().display().to_string(), "{tmp}")
             .replace(&self.sim.url(), "{sim}")
             .replace(usersync::cli::VERSION, "{version}")
-            .replace(&format!(" {}: ", usersync::alert::hostname()), " {host}: ");
+            .replace(&format!(" {}: ", usersync::run::alert::hostname()), " {host}: ");
         let s = TIME.replace_all(&s, "{time} ");
         let s = PORT.replace_all(&s, "$1:{port}");
         WAIT.replace_all(&s, "wait_ms={ms}").into_owned()
