@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::credential::{CredentialKeys, Credentials, LoadedCredential};
+use crate::config::credential::{with_credential_keys, CredentialKeys, Credentials, LoadedCredential};
 use crate::config::endpoints::{parse_endpoint, Cloud, Endpoints};
 use crate::config::secret::{resolve, Env, Secret, Unread};
 use crate::error::{quote, ConfigError};
@@ -32,72 +32,32 @@ impl Default for RawAlert {
     }
 }
 
-/// A `[[alert.provider]]` as written. `port` defaults by `security` (587, or 465 for
-/// `tls`) and `priority` to the provider's position, so both are set when checked.
-#[derive(Debug, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-struct RawProvider {
-    kind: Option<String>,
-    priority: Option<i64>,
-    host: Option<String>,
-    port: Option<u16>,
-    security: String,
-    username: Option<String>,
-    password: Option<Secret>,
-    password_file: Option<std::path::PathBuf>,
-    password_credential: Option<String>,
-    tenant_id: Option<String>,
-    client_id: Option<String>,
-    client_secret: Option<Secret>,
-    client_secret_file: Option<std::path::PathBuf>,
-    client_secret_credential: Option<String>,
-    client_secret_expires: Option<String>,
-    client_certificate: Option<std::path::PathBuf>,
-    client_certificate_credential: Option<String>,
-    client_key: Option<std::path::PathBuf>,
-    client_key_credential: Option<String>,
-    assertion_algorithm: Option<String>,
-    cloud: String,
-    authority_host: Option<String>,
-    graph_endpoint: Option<String>,
-    /// Refused with its own message: a SendGrid key is never written inline.
-    api_key: Option<Secret>,
-    api_key_file: Option<std::path::PathBuf>,
-    api_key_credential: Option<String>,
-    api_host: Option<String>,
-}
-
-impl Default for RawProvider {
-    fn default() -> Self {
-        Self {
-            kind: None,
-            priority: None,
-            host: None,
-            port: None,
-            security: "starttls".into(),
-            username: None,
-            password: None,
-            password_file: None,
-            password_credential: None,
-            tenant_id: None,
-            client_id: None,
-            client_secret: None,
-            client_secret_file: None,
-            client_secret_credential: None,
-            client_secret_expires: None,
-            client_certificate: None,
-            client_certificate_credential: None,
-            client_key: None,
-            client_key_credential: None,
-            assertion_algorithm: None,
-            cloud: "global".into(),
-            authority_host: None,
-            graph_endpoint: None,
-            api_key: None,
-            api_key_file: None,
-            api_key_credential: None,
-            api_host: None,
-        }
+with_credential_keys! {
+    /// A `[[alert.provider]]` as written. `port` defaults by `security` (587, or 465 for
+    /// `tls`) and `priority` to the provider's position, so both are set when checked.
+    #[derive(Debug, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    struct RawProvider {
+        kind: Option<String> = None,
+        priority: Option<i64> = None,
+        host: Option<String> = None,
+        port: Option<u16> = None,
+        security: String = "starttls".into(),
+        username: Option<String> = None,
+        password: Option<Secret> = None,
+        password_file: Option<std::path::PathBuf> = None,
+        password_credential: Option<String> = None,
+        tenant_id: Option<String> = None,
+        client_id: Option<String> = None,
+        @credential_keys;
+        cloud: String = "global".into(),
+        authority_host: Option<String> = None,
+        graph_endpoint: Option<String> = None,
+        /// Refused with its own message: a SendGrid key is never written inline.
+        api_key: Option<Secret> = None,
+        api_key_file: Option<std::path::PathBuf> = None,
+        api_key_credential: Option<String> = None,
+        api_host: Option<String> = None,
     }
 }
 
@@ -242,7 +202,7 @@ impl AlertConfig {
             return Err(bad(
                 "provider",
                 "no [[alert.provider]] is configured".into(),
-                "add at least one [[alert.provider]] (smtp, smtp-oauth, graph or sendgrid); see config/usersync.toml",
+                "add at least one [[alert.provider]] (smtp, smtp-oauth, graph or sendgrid); see the commented [alert] in /etc/usersync/usersync.toml",
             ));
         }
         let mut providers = Vec::new();
@@ -297,19 +257,8 @@ impl AlertConfig {
                 let client = p.client_id.as_deref().and_then(ClientId::parse).ok_or_else(|| {
                     pbad("client_id", "is missing or not a GUID".into(), "the Application (client) ID of the app")
                 })?;
-                let keys = CredentialKeys {
-                    client_secret: p.client_secret.clone(),
-                    client_secret_file: p.client_secret_file.clone(),
-                    client_secret_credential: p.client_secret_credential.clone(),
-                    client_secret_expires: p.client_secret_expires.clone(),
-                    client_certificate: p.client_certificate.clone(),
-                    client_certificate_credential: p.client_certificate_credential.clone(),
-                    client_key: p.client_key.clone(),
-                    client_key_credential: p.client_key_credential.clone(),
-                    assertion_algorithm: p.assertion_algorithm.clone(),
-                };
                 let LoadedCredential { auth, expires: until, .. } =
-                    keys.load(file, env, None, crate::model::date::now()).map_err(named)?;
+                    CredentialKeys::from(&p).load(file, env, None, crate::model::date::now()).map_err(named)?;
                 expires = until;
                 let endpoints = Endpoints {
                     authority: endpoint("authority_host", &p.authority_host, cloud.authority_host())?,

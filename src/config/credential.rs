@@ -269,28 +269,89 @@ impl Certificate {
     }
 }
 
-/// An app's credential keys as written, in a `.entraidconf` or an `[[alert.provider]]`:
-/// one set of keys, read and checked by one [`CredentialKeys::load`].
-#[derive(Debug, Default)]
-pub struct CredentialKeys {
-    /// `client_secret`
-    pub client_secret: Option<Secret>,
-    /// `client_secret_file`
-    pub client_secret_file: Option<PathBuf>,
-    /// `client_secret_credential`
-    pub client_secret_credential: Option<String>,
-    /// `client_secret_expires`
-    pub client_secret_expires: Option<String>,
-    /// `client_certificate`
-    pub client_certificate: Option<PathBuf>,
-    /// `client_certificate_credential`
-    pub client_certificate_credential: Option<String>,
-    /// `client_key`
-    pub client_key: Option<PathBuf>,
-    /// `client_key_credential`
-    pub client_key_credential: Option<String>,
-    /// `assertion_algorithm`
-    pub assertion_algorithm: Option<String>,
+/// Declares a table as written (a `Raw…` struct) that holds an app's credential keys among
+/// its own: each own key with its default, the credential keys where `@credential_keys;`
+/// stands (serde names the keys in that order when it refuses an unknown one), absent by
+/// default. Makes its `Default`, and `CredentialKeys::from(&raw)`. The one declaration of
+/// those keys, for `.entraidconf` and `[[alert.provider]]` alike: serde's `flatten` does not
+/// combine with `deny_unknown_fields`.
+macro_rules! with_credential_keys {
+    (
+        $(#[$meta:meta])*
+        $vis:vis struct $name:ident {
+            $( $(#[$a_meta:meta])* $a:ident : $a_ty:ty = $a_default:expr, )*
+            @credential_keys;
+            $( $(#[$b_meta:meta])* $b:ident : $b_ty:ty = $b_default:expr, )*
+        }
+    ) => {
+        $(#[$meta])*
+        $vis struct $name {
+            $( $(#[$a_meta])* $a: $a_ty, )*
+            /// `client_secret`: the secret itself.
+            pub(crate) client_secret: Option<$crate::config::secret::Secret>,
+            /// `client_secret_file`
+            pub(crate) client_secret_file: Option<std::path::PathBuf>,
+            /// `client_secret_credential`
+            pub(crate) client_secret_credential: Option<String>,
+            /// `client_secret_expires`
+            pub(crate) client_secret_expires: Option<String>,
+            /// `client_certificate`
+            pub(crate) client_certificate: Option<std::path::PathBuf>,
+            /// `client_certificate_credential`
+            pub(crate) client_certificate_credential: Option<String>,
+            /// `client_key`
+            pub(crate) client_key: Option<std::path::PathBuf>,
+            /// `client_key_credential`
+            pub(crate) client_key_credential: Option<String>,
+            /// `assertion_algorithm`
+            pub(crate) assertion_algorithm: Option<String>,
+            $( $(#[$b_meta])* $b: $b_ty, )*
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                Self {
+                    $( $a: $a_default, )*
+                    client_secret: None,
+                    client_secret_file: None,
+                    client_secret_credential: None,
+                    client_secret_expires: None,
+                    client_certificate: None,
+                    client_certificate_credential: None,
+                    client_key: None,
+                    client_key_credential: None,
+                    assertion_algorithm: None,
+                    $( $b: $b_default, )*
+                }
+            }
+        }
+
+        impl From<&$name> for $crate::config::credential::CredentialKeys {
+            fn from(raw: &$name) -> Self {
+                Self {
+                    client_secret: raw.client_secret.clone(),
+                    client_secret_file: raw.client_secret_file.clone(),
+                    client_secret_credential: raw.client_secret_credential.clone(),
+                    client_secret_expires: raw.client_secret_expires.clone(),
+                    client_certificate: raw.client_certificate.clone(),
+                    client_certificate_credential: raw.client_certificate_credential.clone(),
+                    client_key: raw.client_key.clone(),
+                    client_key_credential: raw.client_key_credential.clone(),
+                    assertion_algorithm: raw.assertion_algorithm.clone(),
+                }
+            }
+        }
+    };
+}
+pub(crate) use with_credential_keys;
+
+with_credential_keys! {
+    /// An app's credential keys as written, in a `.entraidconf` or an `[[alert.provider]]`:
+    /// one set of keys, read and checked by one [`CredentialKeys::load`].
+    #[derive(Debug)]
+    pub struct CredentialKeys {
+        @credential_keys;
+    }
 }
 
 /// A credential read and checked.

@@ -5,11 +5,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::config::credential::{ClientAuth, CredentialKeys, Credentials, LoadedCredential};
+use crate::config::credential::{with_credential_keys, ClientAuth, CredentialKeys, Credentials, LoadedCredential};
 use crate::config::endpoints::{parse_endpoint, Cloud, Endpoints};
 use crate::config::secret::Confine;
 pub use crate::config::secret::Env;
-use crate::config::secret::Secret;
 use crate::error::{quote, quote_in, ConfigError};
 use crate::files::judged::Dir;
 use crate::files::trust::{Controllers, Trust};
@@ -19,58 +18,24 @@ use crate::model::output::{AccessRule, Output};
 const HINT_REFERENCE: &str =
     "see /usr/share/doc/usersync/configuration.md, or the commented /usr/share/doc/usersync/examples/example.entraidconf";
 
-/// The file as written, before any check. Its defaults are here (`Default`), once.
-#[derive(Debug, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-struct RawEntraConf {
-    tenant_id: Option<String>,
-    client_id: Option<String>,
-    client_secret: Option<Secret>,
-    client_secret_file: Option<PathBuf>,
-    client_secret_credential: Option<String>,
-    client_secret_expires: Option<String>,
-    client_certificate: Option<PathBuf>,
-    client_certificate_credential: Option<String>,
-    client_key: Option<PathBuf>,
-    client_key_credential: Option<String>,
-    assertion_algorithm: Option<String>,
-    group_id: Option<String>,
-    query_filter: String,
-    feeds: Vec<String>,
-    nested: bool,
-    access_rule: String,
-    include_disabled: bool,
-    delta: bool,
-    cloud: String,
-    authority_host: Option<String>,
-    graph_endpoint: Option<String>,
-}
-
-impl Default for RawEntraConf {
-    fn default() -> Self {
-        Self {
-            tenant_id: None,
-            client_id: None,
-            client_secret: None,
-            client_secret_file: None,
-            client_secret_credential: None,
-            client_secret_expires: None,
-            client_certificate: None,
-            client_certificate_credential: None,
-            client_key: None,
-            client_key_credential: None,
-            assertion_algorithm: None,
-            group_id: None,
-            query_filter: "mail".into(),
-            feeds: vec!["allowed_senders".into()],
-            nested: false,
-            access_rule: "registration".into(),
-            include_disabled: false,
-            delta: true,
-            cloud: "global".into(),
-            authority_host: None,
-            graph_endpoint: None,
-        }
+with_credential_keys! {
+    /// The file as written, before any check. Its defaults are here, once.
+    #[derive(Debug, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    struct RawEntraConf {
+        tenant_id: Option<String> = None,
+        client_id: Option<String> = None,
+        @credential_keys;
+        group_id: Option<String> = None,
+        query_filter: String = "mail".into(),
+        feeds: Vec<String> = vec!["allowed_senders".into()],
+        nested: bool = false,
+        access_rule: String = "registration".into(),
+        include_disabled: bool = false,
+        delta: bool = true,
+        cloud: String = "global".into(),
+        authority_host: Option<String> = None,
+        graph_endpoint: Option<String> = None,
     }
 }
 
@@ -227,6 +192,7 @@ impl EntraConf {
             }
         };
 
+        let keys = CredentialKeys::from(&raw);
         let tenant_text = required("tenant_id", raw.tenant_id)?;
         let tenant = TenantId::parse(&tenant_text).ok_or_else(|| {
             bad(
@@ -252,18 +218,8 @@ impl EntraConf {
             )
         })?;
 
-        let LoadedCredential { auth, file: secret_file, expires } = CredentialKeys {
-            client_secret: raw.client_secret,
-            client_secret_file: raw.client_secret_file,
-            client_secret_credential: raw.client_secret_credential,
-            client_secret_expires: raw.client_secret_expires,
-            client_certificate: raw.client_certificate,
-            client_certificate_credential: raw.client_certificate_credential,
-            client_key: raw.client_key,
-            client_key_credential: raw.client_key_credential,
-            assertion_algorithm: raw.assertion_algorithm,
-        }
-        .load(path, env, confine.as_ref(), crate::model::date::now())?;
+        let LoadedCredential { auth, file: secret_file, expires } =
+            keys.load(path, env, confine.as_ref(), crate::model::date::now())?;
 
         let query_filter = raw.query_filter;
         let mut mail = false;
