@@ -1,7 +1,7 @@
 //! The checked configuration: the global `usersync.toml` (with its `[alert]` table), each
 //! `.entraidconf`, the gateway's `.cfg` files, instances, secrets, credentials and clouds.
 
-pub mod alert;
+pub(crate) mod alert;
 pub mod cfgfile;
 pub(crate) mod credential;
 pub(crate) mod endpoints;

@@ -8,4 +8,4 @@ pub(crate) mod memo;
 pub(crate) mod metrics;
 pub(crate) mod node;
 pub(crate) mod report;
-pub mod start;
+pub(crate) mod start;
