@@ -11,9 +11,12 @@ use std::path::Path;
 const LAYERS: &[&[&str]] =
     &[&["ui", "model", "cli"], &["error"], &["files"], &["config"], &["plan", "graph"], &["run"], &["cmd"], &["app"]];
 
-/// The modules of `src/` (`files::write`, `plan`, `graph::batch`, `cli`) and the modules
-/// each uses through `crate::…` paths, test modules aside. A module is its file's path
-/// below `src/`, `mod.rs` being its folder's; a path to an item of a folder's own module
+/// The modules of `src/` and the modules each uses, test modules aside. A module is a file
+/// at the root (`cli`), or in a folder (`files::write`; a folder's `mod.rs` is the folder's
+/// own module, `plan`, `graph`); a file deeper down (`run::alert::send`) is part of its
+/// folder's module (`run::alert`). A module uses another when its code names it by a
+/// `crate::` path (`use` trees and lists across lines included), a `super::` path, or a path
+/// that starts at one of its own submodules. A path to an item of a folder's own module
 /// (`crate::plan::plan`) is that folder's module.
 fn graph() -> BTreeMap<String, BTreeSet<String>> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
@@ -29,64 +32,150 @@ fn graph() -> BTreeMap<String, BTreeSet<String>> {
             }
         }
     }
-    let module_of = |p: &Path| -> String {
+    // A file's path below src/, as module segments (`mod.rs` is its folder).
+    let segments = |p: &Path| -> Vec<String> {
         let rel = p.strip_prefix(&src).unwrap().with_extension("");
         let mut parts: Vec<String> = rel.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
         if parts.last().is_some_and(|l| l == "mod") {
             parts.pop();
         }
-        parts.join("::")
+        parts
     };
-    let modules: BTreeSet<String> = files.iter().map(|f| module_of(f)).collect();
+    let files: Vec<_> = files.into_iter().filter(|f| !segments(f).iter().any(|s| s == "tests")).collect();
+    let all: BTreeSet<String> = files.iter().map(|f| segments(f).join("::")).collect();
+    let module_of = |segs: &[String]| segs.iter().take(2).cloned().collect::<Vec<_>>().join("::");
+    // The module that a path of segments names: its longest prefix that is a file's module,
+    // cut to the module the file is part of.
+    let resolve = |path: &[String]| -> Option<String> {
+        let mut best = None;
+        for n in 1..=path.len() {
+            if all.contains(&path[..n].join("::")) {
+                best = Some(module_of(&path[..n]));
+            }
+        }
+        best
+    };
     let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for f in &files {
-        let me = module_of(f);
-        if me == "lib" || me == "main" || me.ends_with("::tests") {
+        let segs = segments(f);
+        let me = module_of(&segs);
+        if me == "lib" || me == "main" {
             continue;
         }
         let text = std::fs::read_to_string(f).unwrap();
-        let code = text.split("#[cfg(test)]\nmod tests").next().unwrap();
+        let code: String =
+            without_test_modules(&text).lines().map(|l| l.split("//").next().unwrap()).collect::<Vec<_>>().join(" ");
         let deps = out.entry(me.clone()).or_default();
-        for line in code.lines().map(|l| l.split("//").next().unwrap()) {
-            let mut rest = line;
-            while let Some(i) = rest.find("crate::") {
-                rest = &rest[i + 7..];
-                // The longest path of modules that `crate::a::b::…` (or `crate::a::{b, c}`)
-                // names.
-                let groups: Vec<String> = match rest.split_once('{') {
-                    Some((head, group)) if !head.contains(|c: char| c.is_whitespace() || c == '(') => {
-                        let inner = group.split('}').next().unwrap();
-                        inner.split(',').map(|x| format!("{head}{}", x.trim())).collect()
+        for path in paths(&code) {
+            let (head, rest) = path.split_first().unwrap();
+            let full: Vec<String> = match head.as_str() {
+                "crate" => rest.to_vec(),
+                "super" => {
+                    let mut base = segs[..segs.len() - 1].to_vec();
+                    let mut rest = rest;
+                    while let Some(("super", r)) = rest.split_first().map(|(h, r)| (h.as_str(), r)) {
+                        base.pop();
+                        rest = r;
                     }
-                    _ => {
-                        vec![rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == ':').collect()]
-                    }
-                };
-                for path in groups {
-                    let mut best = String::new();
-                    let mut at = String::new();
-                    for seg in path.split("::").filter(|s| !s.is_empty()) {
-                        if !at.is_empty() {
-                            at.push_str("::");
-                        }
-                        at.push_str(seg);
-                        if modules.contains(&at) {
-                            best.clone_from(&at);
-                        } else {
-                            break;
-                        }
-                    }
-                    if !best.is_empty() {
-                        deps.insert(best);
-                    }
+                    base.extend(rest.iter().cloned());
+                    base
                 }
+                // A path from one of this file's own submodules.
+                child if all.contains(&[segs.join("::"), child.to_owned()].join("::")) => {
+                    segs.iter().cloned().chain(path.iter().cloned()).collect()
+                }
+                _ => continue,
+            };
+            if let Some(m) = resolve(&full) {
+                deps.insert(m);
             }
         }
         deps.retain(|d| *d != me);
     }
-    // `use crate::{a, b::{c, d}}` over several lines is not in this code base; `use` lists
-    // that span lines would need a real parser.
     out
+}
+
+/// `text` without its inline test modules (`#[cfg(test)] mod tests { … }`), which may use
+/// anything.
+fn without_test_modules(text: &str) -> String {
+    let mut out = String::new();
+    let mut lines = text.lines().peekable();
+    while let Some(line) = lines.next() {
+        let test_module = line.trim() == "#[cfg(test)]"
+            && lines.peek().is_some_and(|next| {
+                let n = next.trim_start().trim_start_matches("pub(crate) ");
+                n.starts_with("mod ") && n.trim_end().ends_with('{')
+            });
+        if test_module {
+            break;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+/// Every path in `code` that starts with `crate::`, `super::` or `name::`, with `use` trees
+/// (`a::{b, c::{d, e}}`) expanded: each a list of segments.
+fn paths(code: &str) -> Vec<Vec<String>> {
+    let b = code.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        let word_start = i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_' || b[i - 1] == b':');
+        if word_start && (b[i].is_ascii_alphabetic() || b[i] == b'_') {
+            let (trees, end) = tree(b, i);
+            out.extend(trees.into_iter().filter(|t| t.len() > 1));
+            i = end.max(i + 1);
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
+/// The use tree at `b[i..]`: its paths, and where it ends.
+fn tree(b: &[u8], mut i: usize) -> (Vec<Vec<String>>, usize) {
+    let skip_space = |i: &mut usize| {
+        while *i < b.len() && b[*i].is_ascii_whitespace() {
+            *i += 1;
+        }
+    };
+    let mut prefix = Vec::new();
+    loop {
+        let start = i;
+        while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_') {
+            i += 1;
+        }
+        if i == start {
+            break;
+        }
+        prefix.push(String::from_utf8_lossy(&b[start..i]).into_owned());
+        if b[i..].starts_with(b"::") {
+            i += 2;
+            skip_space(&mut i);
+            if b.get(i) == Some(&b'{') {
+                i += 1;
+                let mut out = Vec::new();
+                loop {
+                    skip_space(&mut i);
+                    match b.get(i) {
+                        Some(b'}') => return (out, i + 1),
+                        Some(b',') => i += 1,
+                        None => return (out, i),
+                        Some(_) => {
+                            let (sub, end) = tree(b, i);
+                            out.extend(sub.into_iter().map(|s| prefix.iter().cloned().chain(s).collect()));
+                            i = end.max(i + 1);
+                        }
+                    }
+                }
+            }
+        } else {
+            break;
+        }
+    }
+    (vec![prefix], i)
 }
 
 /// The unit of a module: its folder, or itself at the root.
@@ -147,9 +236,17 @@ fn folders_and_modules_use_each_other_layer_by_layer_without_cycles() {
             }
         }
     }
-    // No two folders use each other, and no two modules.
+    // No two folders use each other, and no two modules: a folder's own module (`graph`,
+    // `plan`) and the modules beside it are one piece (a parent re-exports what its
+    // children make, and they use its types), as a file is with its submodules.
     cycles(&units, &mut problems);
-    cycles(&modules, &mut problems);
+    let siblings: BTreeMap<String, BTreeSet<String>> = modules
+        .iter()
+        .map(|(m, deps)| {
+            (m.clone(), deps.iter().filter(|d| unit(d) != m.as_str() && unit(m) != d.as_str()).cloned().collect())
+        })
+        .collect();
+    cycles(&siblings, &mut problems);
     assert!(problems.is_empty(), "{}", problems.join("\n"));
     assert!(modules.len() > 40 && units.len() == 11, "the scan found the modules: {units:?}");
 }
@@ -160,4 +257,14 @@ fn the_scan_sees_paths_into_folders() {
     assert!(g["cmd::sync"].contains("files::write"), "{:?}", g["cmd::sync"]);
     assert!(g["cmd::sync"].contains("plan::patch"), "{:?}", g["cmd::sync"]);
     assert!(g["plan::guard"].contains("plan"), "an item of plan/mod.rs is plan's: {:?}", g["plan::guard"]);
+    assert!(g["graph::batch"].contains("graph"), "super:: is seen: {:?}", g["graph::batch"]);
+    assert!(g["graph"].contains("graph::batch"), "a path from a submodule is seen: {:?}", g["graph"]);
+    assert!(!g.contains_key("run::alert::send"), "a deeper file is part of its folder's module");
+}
+
+#[test]
+fn use_trees_across_lines_are_expanded() {
+    let code = "use crate::{\n files::{lock, write},\n model::ids::GroupId,\n}; let x = super::y::z(); f(a, b);";
+    let got: Vec<String> = paths(code).iter().map(|p| p.join("::")).collect();
+    assert_eq!(got, ["crate::files::lock", "crate::files::write", "crate::model::ids::GroupId", "super::y::z"],);
 }
