@@ -14,7 +14,7 @@ pub fn run(cli: &Cli) -> Result<u8, Stop> {
         return Err(ConfigError::new(
             config.path.clone().unwrap_or_else(|| crate::config::global::DEFAULT_PATH.into()),
             "no [alert] table, so there is nothing to test",
-            "add [alert] with from, to and at least one [[alert.provider]] (see config/usersync.toml)",
+            "add [alert] with from, to and at least one [[alert.provider]] (see the commented [alert] in /etc/usersync/usersync.toml)",
         )
         .into());
     };

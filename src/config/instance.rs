@@ -150,7 +150,7 @@ pub fn select(root: &Path, names: &[String]) -> Result<Vec<String>, ConfigError>
             return Err(ConfigError::new(
                 root,
                 "no instance here: no <instance>/config/entraid/*.entraidconf",
-                "create an instance's config/entraid/<name>.entraidconf (see config/example.entraidconf), or point --server-root at the right directory",
+                "create an instance's config/entraid/<name>.entraidconf (see /usr/share/doc/usersync/examples/example.entraidconf), or point --server-root at the right directory",
             ));
         }
         return Ok(found);
@@ -197,7 +197,7 @@ fn open_dir(base: &Dir, rel: &str, instance: &str) -> Result<Dir, ConfigError> {
              format!("replace {} with the real directory", path.display()))
         } else {
             (format!("cannot be opened: {}", crate::files::resolve::explain(&e)),
-             "check the name given to -i, or create config/entraid/<name>.entraidconf (see config/example.entraidconf)".to_owned())
+             "check the name given to -i, or create config/entraid/<name>.entraidconf (see /usr/share/doc/usersync/examples/example.entraidconf)".to_owned())
         };
         ConfigError::new(&path, what, hint).in_instance(instance)
     })
@@ -207,7 +207,7 @@ fn no_configs(entraid: &Path, instance: &str) -> ConfigError {
     ConfigError::new(
         entraid,
         "no *.entraidconf file here, so this is not an instance",
-        "check the name given to -i, or create config/entraid/<name>.entraidconf (see config/example.entraidconf)",
+        "check the name given to -i, or create config/entraid/<name>.entraidconf (see /usr/share/doc/usersync/examples/example.entraidconf)",
     )
     .in_instance(instance)
 }

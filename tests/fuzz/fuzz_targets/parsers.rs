@@ -6,13 +6,13 @@
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
-use usersync::entraidconf::{EntraConf, Env};
+use usersync::config::entraid::{EntraConf, Env};
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(page) = usersync::page::parse(data) {
+    if let Ok(page) = usersync::model::page::parse(data) {
         for m in &page.members {
-            if let Some(usersync::page::Text::Str(s)) = &m.mail {
-                if let Ok(e) = usersync::normalize::Email::parse(s) {
+            if let Some(usersync::model::page::Text::Str(s)) = &m.mail {
+                if let Ok(e) = usersync::model::normalize::Email::parse(s) {
                     assert!(!e.as_str().contains(['\n', '\r', ' ', '*', '<', '>']));
                 }
             }
@@ -22,10 +22,10 @@ fuzz_target!(|data: &[u8]| {
         // Keys that name files are not followed: the fuzzer must not read /dev/zero.
         let names_a_file = ["_file", "ca_bundle", "client_certificate", "client_key"].iter().any(|k| text.contains(k));
         if !names_a_file {
-            let _ = EntraConf::parse(text, Path::new("fuzz.entraidconf"), &Env::default(), usersync::trust::Trust::Trusted);
-            let _ = usersync::config::Config::parse(text, Path::new("usersync.toml"));
+            let _ = EntraConf::parse(text, Path::new("fuzz.entraidconf"), &Env::default(), usersync::files::trust::Trust::Trusted);
+            let _ = usersync::config::global::Config::parse(text, Path::new("usersync.toml"));
         }
-        if let Some(v) = usersync::cfgfile::lookup(text, "ALLOWEDLDAPSENDERFILE") {
+        if let Some(v) = usersync::config::cfgfile::lookup(text, "ALLOWEDLDAPSENDERFILE") {
             assert!(!v.contains('\n'));
         }
     }
