@@ -3,8 +3,7 @@
 use std::fs::File;
 use std::path::PathBuf;
 
-use fs2::FileExt;
-use rustix::fs::{Mode, OFlags};
+use rustix::fs::{FlockOperation, Mode, OFlags};
 
 use crate::files::judged::Dir;
 
@@ -72,10 +71,12 @@ fn acquire_named(dir: &Dir, name: &str) -> Result<InstanceLock, LockError> {
             format!("it has {} hard links, so it may be another file's second name", st.st_nlink),
         )));
     }
-    match file.try_lock_exclusive() {
+    // flock(2), as `flock -n` takes it: tied to this open file, so it ends with the
+    // process however that ends, and a second open of the same file (another run) sees it.
+    match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
         Ok(()) => Ok(InstanceLock { _file: file }),
-        Err(e) if e.raw_os_error() == fs2::lock_contended_error().raw_os_error() => Err(LockError::Held(path)),
-        Err(e) => Err(LockError::Io(path, e)),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(LockError::Held(path)),
+        Err(e) => Err(LockError::Io(path, e.into())),
     }
 }
 
@@ -89,6 +90,34 @@ mod tests {
         let first = acquire(&Dir::open(t.path()).unwrap()).unwrap();
         assert!(matches!(acquire(&Dir::open(t.path()).unwrap()), Err(LockError::Held(_))));
         drop(first);
+        assert!(acquire(&Dir::open(t.path()).unwrap()).is_ok());
+    }
+
+    /// The lock is flock(2)'s, the one `flock(1)` takes: an admin's script can wait for a
+    /// run with `flock usersync.lock …`, and a script holding it keeps usersync out.
+    #[test]
+    fn the_lock_is_the_one_flock_1_sees() {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join(LOCK_FILE);
+        let flock_n =
+            || std::process::Command::new("flock").args(["-n", "-E", "75"]).arg(&path).arg("true").status().unwrap();
+        let held = acquire(&Dir::open(t.path()).unwrap()).unwrap();
+        assert_eq!(flock_n().code(), Some(75), "flock(1) finds it held");
+        drop(held);
+        assert!(flock_n().success(), "and free once dropped");
+        let mut script = std::process::Command::new("flock")
+            .arg(&path)
+            .args(["-c", "cat >/dev/null"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while acquire(&Dir::open(t.path()).unwrap()).is_ok() {
+            assert!(std::time::Instant::now() < until, "flock(1) never took the lock");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        drop(script.stdin.take());
+        assert!(script.wait().unwrap().success());
         assert!(acquire(&Dir::open(t.path()).unwrap()).is_ok());
     }
 
