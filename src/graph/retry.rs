@@ -73,9 +73,10 @@ impl GraphClient {
                 self.stats.note_limit(&a.headers);
             }
             let (why, retry_after) = match answer {
-                Ok(a) if is_retryable(a.status) => {
-                    (format!("HTTP {}", a.status), retry_after(&a.headers, SystemTime::now()))
-                }
+                Ok(a) if is_retryable(a.status) => (
+                    format!("HTTP {}", a.status),
+                    retry_after(&a.headers, SystemTime::UNIX_EPOCH + crate::model::date::since_epoch()),
+                ),
                 Ok(a) => return Ok(a),
                 Err(Failure::Fatal(e)) => return Err(e),
                 Err(Failure::Transient(why)) => (why, None),

@@ -16,7 +16,7 @@ pub fn fixture(name: &str) -> String {
 }
 
 pub fn now() -> i64 {
-    i64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()).unwrap()
+    usersync::model::date::now()
 }
 
 /// A self-signed certificate for the fixture key `key` with fixed validity dates

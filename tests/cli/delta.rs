@@ -3,7 +3,7 @@
 //! when every output of the instance was written or found unchanged.
 
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use crate::util::*;
 
@@ -397,7 +397,7 @@ fn age_full_read(r: &Run, hours: u64) {
 fn age_full_read_to(r: &Run, at: impl FnOnce(u64) -> u64) {
     let path = states(r).remove(0);
     let mut links: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let now = usersync::model::date::now_secs();
     links["full_at"] = json!(at(now));
     std::fs::write(&path, serde_json::to_vec(&links).unwrap()).unwrap();
 }
