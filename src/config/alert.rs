@@ -6,11 +6,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::credential::{with_credential_keys, CredentialKeys, Credentials, LoadedCredential};
-use crate::config::endpoints::{parse_endpoint, Cloud, Endpoints};
+use crate::config::credential::{with_credential_keys, App, CredentialKeys, Credentials};
+use crate::config::endpoints::parse_endpoint;
 use crate::config::secret::{resolve, Env, Secret, Unread};
 use crate::error::{quote, ConfigError};
-use crate::model::ids::{ClientId, TenantId};
 use crate::model::normalize::Email;
 
 /// The scope of a client-credentials token for SMTP AUTH XOAUTH2 in Exchange Online.
@@ -47,12 +46,7 @@ with_credential_keys! {
         password: Option<Secret> = None,
         password_file: Option<std::path::PathBuf> = None,
         password_credential: Option<String> = None,
-        tenant_id: Option<String> = None,
-        client_id: Option<String> = None,
         @credential_keys;
-        cloud: String = "global".into(),
-        authority_host: Option<String> = None,
-        graph_endpoint: Option<String> = None,
         /// Refused with its own message: a SendGrid key is never written inline.
         api_key: Option<Secret> = None,
         api_key_file: Option<std::path::PathBuf> = None,
@@ -73,6 +67,29 @@ pub enum Security {
     Tls,
     /// Plain text: loopback or a trusted relay only.
     None,
+}
+
+impl Security {
+    /// Parses a `security` value.
+    #[must_use]
+    pub fn from_name(s: &str) -> Option<Self> {
+        match s {
+            "starttls" => Some(Self::StartTls),
+            "tls" => Some(Self::Tls),
+            "none" => Some(Self::None),
+            _ => None,
+        }
+    }
+
+    /// The port of a provider that names none: 465 for implicit TLS, 587 otherwise.
+    #[must_use]
+    pub fn default_port(self) -> u16 {
+        if self == Self::Tls {
+            465
+        } else {
+            587
+        }
+    }
 }
 
 /// One way to deliver an alert.
@@ -212,62 +229,35 @@ impl AlertConfig {
             let this = |kind: &str| format!("[[alert.provider]] {n} ({kind})");
             let pbad = |key: &str, msg: String, hint: &str| bad(&format!("provider[{n}].{key}"), msg, hint);
             let kind = p.kind.clone().unwrap_or_default();
-            let security = match p.security.as_str() {
-                "starttls" => Security::StartTls,
-                "tls" => Security::Tls,
-                "none" => Security::None,
-                o => {
-                    return Err(pbad(
-                        "security",
-                        format!("unknown mode `{}`", quote(o)),
-                        "use \"starttls\", \"tls\" or \"none\"",
-                    ))
-                }
-            };
-            let default_port = if security == Security::Tls { 465 } else { 587 };
+            let security = Security::from_name(&p.security).ok_or_else(|| {
+                pbad(
+                    "security",
+                    format!("unknown mode `{}`", quote(&p.security)),
+                    "use \"starttls\", \"tls\" or \"none\"",
+                )
+            })?;
+            let default_port = security.default_port();
             let host = || {
                 p.host
                     .clone()
                     .filter(|h| !h.is_empty())
                     .ok_or_else(|| pbad("host", "is missing".into(), "give the SMTP server's host name"))
             };
-            let cloud = Cloud::from_name(&p.cloud).ok_or_else(|| {
-                pbad(
-                    "cloud",
-                    format!("unknown cloud `{}`", quote(&p.cloud)),
-                    "use \"global\", \"usgov\", \"usgov-dod\" or \"china\"",
-                )
-            })?;
-            let endpoint = |key: &str, v: &Option<String>, default: &str| {
-                parse_endpoint(v.as_deref().unwrap_or(default)).map_err(|m| pbad(key, m, "use an https:// host"))
-            };
-            // A provider's secret, with the provider named in any error.
-            // An error of this provider's credential, with the provider named.
+            // An error of this provider's app or credential, with the provider named.
             let named = |e: ConfigError| ConfigError { message: format!("[[alert.provider]] {n}: {}", e.message), ..e };
             let secret = |key: &str, inline: &Option<Secret>, f: &Option<std::path::PathBuf>, cred: &Option<String>| {
                 resolve(key, inline.clone(), f.clone(), cred.clone(), file, env, None).map(|(s, _)| s).map_err(named)
             };
             let mut expires = None;
-            // An Entra app (smtp-oauth, graph): the same credential keys and checks as a
-            // `.entraidconf`, with the provider named in any error.
+            // An Entra app (smtp-oauth, graph): the same keys and checker as a `.entraidconf`.
             let mut app = |scope: Option<&str>| -> Result<(Credentials, String), ConfigError> {
-                let tenant = p.tenant_id.as_deref().and_then(TenantId::parse).ok_or_else(|| {
-                    pbad("tenant_id", "is missing or not a GUID/domain".into(), "the Directory (tenant) ID of the app")
-                })?;
-                let client = p.client_id.as_deref().and_then(ClientId::parse).ok_or_else(|| {
-                    pbad("client_id", "is missing or not a GUID".into(), "the Application (client) ID of the app")
-                })?;
-                let LoadedCredential { auth, expires: until, .. } =
-                    CredentialKeys::from(&p).load(file, env, None, crate::model::date::now()).map_err(named)?;
-                expires = until;
-                let endpoints = Endpoints {
-                    authority: endpoint("authority_host", &p.authority_host, cloud.authority_host())?,
-                    graph: endpoint("graph_endpoint", &p.graph_endpoint, cloud.graph_endpoint())?,
-                };
+                let App { tenant, client, endpoints, credential, .. } =
+                    CredentialKeys::from(&p).app(file, env, None, crate::model::date::now()).map_err(named)?;
+                expires = credential.expires;
                 let credentials = Credentials {
                     token_url: endpoints.token_url(tenant.as_str()),
                     client_id: client.to_string(),
-                    auth,
+                    auth: credential.auth,
                     scope: scope.map_or_else(|| endpoints.scope(), str::to_owned),
                 };
                 Ok((credentials, endpoints.graph_base()))
@@ -330,8 +320,11 @@ impl AlertConfig {
                             "name the file holding the SendGrid API key (api_key_file), or its systemd credential (api_key_credential)",
                         ));
                     }
-                    let api =
-                        endpoint("api_host", &p.api_host, SENDGRID_API)?.as_str().trim_end_matches('/').to_owned();
+                    let api = parse_endpoint(p.api_host.as_deref().unwrap_or(SENDGRID_API))
+                        .map_err(|m| pbad("api_host", m, "use an https:// host such as https://api.sendgrid.com (http:// is accepted for 127.0.0.1, [::1] and localhost only), or remove the key"))?
+                        .as_str()
+                        .trim_end_matches('/')
+                        .to_owned();
                     if let Some(left) = env.unread("api_key_credential", p.api_key_credential.as_ref()) {
                         unread.push((this("sendgrid"), left));
                         continue;
@@ -355,5 +348,31 @@ impl AlertConfig {
         }
         providers.sort_by_key(|p| p.priority);
         Ok(Self { from, to, repeat: Duration::from_secs(raw.repeat_hours.max(1) * 3600), providers, unread })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::credential::AssertionAlgorithm;
+
+    /// The `[alert]` of the shipped `/etc/usersync/usersync.toml` shows every default as the
+    /// code has it (each provider key as the first provider that shows it).
+    #[test]
+    fn the_example_shows_the_defaults_of_the_code() {
+        let example = include_str!("../../config/usersync.toml");
+        let shown = |section: &str, key: &str| -> toml::Value {
+            let line = crate::config::example::default_line(example, section, key);
+            line.parse::<toml::Table>().unwrap().remove(key).unwrap()
+        };
+        let provider = "[alert.provider]";
+        let raw = RawProvider::default();
+        assert_eq!(shown("alert", "repeat_hours").as_integer(), i64::try_from(RawAlert::default().repeat_hours).ok());
+        assert_eq!(shown(provider, "security").as_str(), Some(raw.security.as_str()));
+        let port = Security::from_name(&raw.security).unwrap().default_port();
+        assert_eq!(shown(provider, "port").as_integer(), Some(i64::from(port)));
+        assert_eq!(shown(provider, "api_host").as_str(), Some(SENDGRID_API));
+        let algorithm = shown(provider, "assertion_algorithm");
+        assert_eq!(AssertionAlgorithm::from_name(algorithm.as_str().unwrap()), Some(AssertionAlgorithm::default()));
     }
 }

@@ -11,8 +11,10 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use ring::signature::KeyPair as _;
 use serde::Serialize;
 
+use crate::config::endpoints::{parse_endpoint, Cloud, Endpoints};
 use crate::config::secret::{read_source, resolve, warn_if_exposed, Confine, Env, Secret, Unread};
 use crate::error::{quote, ConfigError};
+use crate::model::ids::{ClientId, TenantId};
 
 /// How long a client assertion is valid. Microsoft's certificate-credentials page sets no
 /// maximum; ten minutes is what MSAL signs (`expires_in=600`), long enough for a token
@@ -269,12 +271,13 @@ impl Certificate {
     }
 }
 
-/// Declares a table as written (a `Raw…` struct) that holds an app's credential keys among
-/// its own: each own key with its default, the credential keys where `@credential_keys;`
-/// stands (serde names the keys in that order when it refuses an unknown one), absent by
-/// default. Makes its `Default`, and `CredentialKeys::from(&raw)`. The one declaration of
-/// those keys, for `.entraidconf` and `[[alert.provider]]` alike: serde's `flatten` does not
-/// combine with `deny_unknown_fields`.
+/// Declares a table as written (a `Raw…` struct) that holds an app's keys among its own:
+/// each own key with its default, and where `@credential_keys;` stands (serde names the keys
+/// in that order when it refuses an unknown one) the app's `tenant_id`, `client_id`, its
+/// credential keys, and `cloud`, `authority_host`, `graph_endpoint`, with their defaults.
+/// Makes its `Default`, and `CredentialKeys::from(&raw)`. The one declaration of those keys,
+/// for `.entraidconf` and `[[alert.provider]]` alike: serde's `flatten` does not combine
+/// with `deny_unknown_fields`.
 macro_rules! with_credential_keys {
     (
         $(#[$meta:meta])*
@@ -287,6 +290,10 @@ macro_rules! with_credential_keys {
         $(#[$meta])*
         $vis struct $name {
             $( $(#[$a_meta])* $a: $a_ty, )*
+            /// `tenant_id`
+            pub(crate) tenant_id: Option<String>,
+            /// `client_id`
+            pub(crate) client_id: Option<String>,
             /// `client_secret`: the secret itself.
             pub(crate) client_secret: Option<$crate::config::secret::Secret>,
             /// `client_secret_file`
@@ -305,6 +312,12 @@ macro_rules! with_credential_keys {
             pub(crate) client_key_credential: Option<String>,
             /// `assertion_algorithm`
             pub(crate) assertion_algorithm: Option<String>,
+            /// `cloud`
+            pub(crate) cloud: String,
+            /// `authority_host`
+            pub(crate) authority_host: Option<String>,
+            /// `graph_endpoint`
+            pub(crate) graph_endpoint: Option<String>,
             $( $(#[$b_meta])* $b: $b_ty, )*
         }
 
@@ -312,6 +325,8 @@ macro_rules! with_credential_keys {
             fn default() -> Self {
                 Self {
                     $( $a: $a_default, )*
+                    tenant_id: None,
+                    client_id: None,
                     client_secret: None,
                     client_secret_file: None,
                     client_secret_credential: None,
@@ -321,6 +336,9 @@ macro_rules! with_credential_keys {
                     client_key: None,
                     client_key_credential: None,
                     assertion_algorithm: None,
+                    cloud: "global".into(),
+                    authority_host: None,
+                    graph_endpoint: None,
                     $( $b: $b_default, )*
                 }
             }
@@ -329,6 +347,8 @@ macro_rules! with_credential_keys {
         impl From<&$name> for $crate::config::credential::CredentialKeys {
             fn from(raw: &$name) -> Self {
                 Self {
+                    tenant_id: raw.tenant_id.clone(),
+                    client_id: raw.client_id.clone(),
                     client_secret: raw.client_secret.clone(),
                     client_secret_file: raw.client_secret_file.clone(),
                     client_secret_credential: raw.client_secret_credential.clone(),
@@ -338,6 +358,9 @@ macro_rules! with_credential_keys {
                     client_key: raw.client_key.clone(),
                     client_key_credential: raw.client_key_credential.clone(),
                     assertion_algorithm: raw.assertion_algorithm.clone(),
+                    cloud: raw.cloud.clone(),
+                    authority_host: raw.authority_host.clone(),
+                    graph_endpoint: raw.graph_endpoint.clone(),
                 }
             }
         }
@@ -346,8 +369,8 @@ macro_rules! with_credential_keys {
 pub(crate) use with_credential_keys;
 
 with_credential_keys! {
-    /// An app's credential keys as written, in a `.entraidconf` or an `[[alert.provider]]`:
-    /// one set of keys, read and checked by one [`CredentialKeys::load`].
+    /// An app's keys as written, in a `.entraidconf` or an `[[alert.provider]]`: one set of
+    /// keys, checked by one [`CredentialKeys::app`].
     #[derive(Debug)]
     pub struct CredentialKeys {
         @credential_keys;
@@ -367,11 +390,62 @@ pub struct LoadedCredential {
     pub expires: Option<i64>,
 }
 
+/// An app checked: who it is, where it asks, and how it proves itself.
+#[derive(Debug, Clone)]
+pub struct App {
+    /// Directory (tenant) id.
+    pub tenant: TenantId,
+    /// Application (client) id.
+    pub client: ClientId,
+    /// The `cloud` key.
+    pub cloud: Cloud,
+    /// Login and Graph hosts: the cloud's, or `authority_host` / `graph_endpoint`.
+    pub endpoints: Endpoints,
+    /// The secret or certificate, read.
+    pub credential: LoadedCredential,
+}
+
 impl CredentialKeys {
+    /// Checks the app's keys in the config at `path` and reads its credential, at the time
+    /// `now` (Unix seconds): the ids and hosts first, then [`CredentialKeys::load`]. The one
+    /// checker of these keys, for `.entraidconf` and `[[alert.provider]]` alike.
+    pub fn app(self, path: &Path, env: &Env, confine: Option<&Confine<'_>>, now: i64) -> Result<App, ConfigError> {
+        let bad = |key: &str, msg: String, hint: &str| ConfigError::new(path, format!("key `{key}`: {msg}"), hint);
+        let tenant_hint = "copy the Directory (tenant) ID from the app's Overview page in the Entra admin center";
+        let client_hint = "copy the Application (client) ID from the app's Overview page in the Entra admin center";
+        let tenant_text =
+            self.tenant_id.as_deref().ok_or_else(|| bad("tenant_id", "is missing".into(), tenant_hint))?;
+        let tenant = TenantId::parse(tenant_text).ok_or_else(|| {
+            bad("tenant_id", format!("`{}` is neither a GUID nor a domain name", quote(tenant_text)), tenant_hint)
+        })?;
+        let client_text =
+            self.client_id.as_deref().ok_or_else(|| bad("client_id", "is missing".into(), client_hint))?;
+        let client = ClientId::parse(client_text)
+            .ok_or_else(|| bad("client_id", format!("`{}` is not a GUID", quote(client_text)), client_hint))?;
+        let cloud = Cloud::from_name(&self.cloud).ok_or_else(|| {
+            bad(
+                "cloud",
+                format!("unknown cloud `{}`", quote(&self.cloud)),
+                "use \"global\", \"usgov\", \"usgov-dod\" or \"china\"",
+            )
+        })?;
+        let endpoint = |key: &str, v: Option<&str>, default: &str| {
+            parse_endpoint(v.unwrap_or(default)).map_err(|m| {
+                bad(key, m, "use an https:// host such as https://graph.microsoft.com (http:// is accepted for 127.0.0.1, [::1] and localhost only), or remove the key and set `cloud`")
+            })
+        };
+        let endpoints = Endpoints {
+            authority: endpoint("authority_host", self.authority_host.as_deref(), cloud.authority_host())?,
+            graph: endpoint("graph_endpoint", self.graph_endpoint.as_deref(), cloud.graph_endpoint())?,
+        };
+        let credential = self.load(path, env, confine, now)?;
+        Ok(App { tenant, client, cloud, endpoints, credential })
+    }
+
     /// Reads and checks the credential of the config at `path`, at the time `now` (Unix
     /// seconds): a secret, or a certificate (the two exclude each other) whose key belongs
     /// to it and which is valid now. `confine`: see [`read_source`].
-    pub fn load(
+    fn load(
         self,
         path: &Path,
         env: &Env,

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::config::credential::{with_credential_keys, ClientAuth, CredentialKeys, Credentials, LoadedCredential};
-use crate::config::endpoints::{parse_endpoint, Cloud, Endpoints};
+use crate::config::credential::{with_credential_keys, App, ClientAuth, CredentialKeys, Credentials, LoadedCredential};
+use crate::config::endpoints::{Cloud, Endpoints};
 use crate::config::secret::Confine;
 pub use crate::config::secret::Env;
 use crate::error::{quote, quote_in, ConfigError};
@@ -23,8 +23,6 @@ with_credential_keys! {
     #[derive(Debug, Deserialize)]
     #[serde(default, deny_unknown_fields)]
     struct RawEntraConf {
-        tenant_id: Option<String> = None,
-        client_id: Option<String> = None,
         @credential_keys;
         group_id: Option<String> = None,
         query_filter: String = "mail".into(),
@@ -33,9 +31,6 @@ with_credential_keys! {
         access_rule: String = "registration".into(),
         include_disabled: bool = false,
         delta: bool = true,
-        cloud: String = "global".into(),
-        authority_host: Option<String> = None,
-        graph_endpoint: Option<String> = None,
     }
 }
 
@@ -192,23 +187,9 @@ impl EntraConf {
             }
         };
 
-        let keys = CredentialKeys::from(&raw);
-        let tenant_text = required("tenant_id", raw.tenant_id)?;
-        let tenant = TenantId::parse(&tenant_text).ok_or_else(|| {
-            bad(
-                "tenant_id",
-                format!("`{}` is neither a GUID nor a domain name", quote(&tenant_text)),
-                "copy the Directory (tenant) ID from the app's Overview page in the Entra admin center",
-            )
-        })?;
-        let client_text = required("client_id", raw.client_id)?;
-        let client = ClientId::parse(&client_text).ok_or_else(|| {
-            bad(
-                "client_id",
-                format!("`{}` is not a GUID", quote(&client_text)),
-                "copy the Application (client) ID from the app's Overview page in the Entra admin center",
-            )
-        })?;
+        let App { tenant, client, cloud, endpoints, credential } =
+            CredentialKeys::from(&raw).app(path, env, confine.as_ref(), crate::model::date::now())?;
+        let LoadedCredential { auth, file: secret_file, expires } = credential;
         let group_text = required("group_id", raw.group_id)?;
         let group = GroupId::parse(&group_text).ok_or_else(|| {
             bad(
@@ -217,9 +198,6 @@ impl EntraConf {
                 "copy the group's Object ID from Groups > the group > Overview in the Entra admin center",
             )
         })?;
-
-        let LoadedCredential { auth, file: secret_file, expires } =
-            keys.load(path, env, confine.as_ref(), crate::model::date::now())?;
 
         let query_filter = raw.query_filter;
         let mut mail = false;
@@ -278,23 +256,6 @@ impl EntraConf {
                 "use \"registration\" or \"sms\"",
             )
         })?;
-
-        let cloud = Cloud::from_name(&raw.cloud).ok_or_else(|| {
-            bad(
-                "cloud",
-                format!("unknown cloud `{}`", quote(&raw.cloud)),
-                "use \"global\", \"usgov\", \"usgov-dod\" or \"china\"",
-            )
-        })?;
-        let endpoint = |key: &str, v: Option<String>, default: &str| {
-            parse_endpoint(v.as_deref().unwrap_or(default)).map_err(|m| {
-                bad(key, m, "use an https:// host such as https://graph.microsoft.com (http:// is accepted for 127.0.0.1, [::1] and localhost only), or remove the key and set `cloud`")
-            })
-        };
-        let endpoints = Endpoints {
-            authority: endpoint("authority_host", raw.authority_host, cloud.authority_host())?,
-            graph: endpoint("graph_endpoint", raw.graph_endpoint, cloud.graph_endpoint())?,
-        };
 
         Ok(Self {
             path: path.to_owned(),
@@ -355,6 +316,10 @@ group_id = "02bd9fd6-8f93-4758-87c3-1fb73740a315"
             format!("{:?}", (c.nested, c.access_rule, c.include_disabled, c.delta, c.cloud, &c.endpoints))
         };
         assert_eq!(defaults(&shown), defaults(&code));
+        let algorithm = crate::config::example::default_line(example, "", "assertion_algorithm");
+        let algorithm = algorithm.parse::<toml::Table>().unwrap()["assertion_algorithm"].as_str().unwrap().to_owned();
+        let algorithm = crate::config::credential::AssertionAlgorithm::from_name(&algorithm);
+        assert_eq!(algorithm, Some(crate::config::credential::AssertionAlgorithm::default()));
     }
 
     #[test]

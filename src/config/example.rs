@@ -12,7 +12,8 @@
 pub(crate) fn default_line(example: &str, section: &str, key: &str) -> String {
     let mut current = "";
     for line in example.lines() {
-        let bare = line.trim_start_matches('#').trim();
+        // A table's line may carry a comment after it: `#[[alert.provider]]   # SMTP`.
+        let bare = line.trim_start_matches('#').split('#').next().unwrap_or_default().trim();
         if let Some(table) = bare.strip_prefix('[').and_then(|t| t.strip_suffix(']')) {
             current = table;
         } else if current == section {

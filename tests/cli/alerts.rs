@@ -3,6 +3,7 @@
 //! repeat suppression, recovery and `usersync alert-test`.
 
 use crate::util::*;
+use std::fmt::Write as _;
 
 const SMTP_PASSWORD: &str = "smtp-Pa55word!";
 
@@ -445,6 +446,57 @@ fn smtp_oauth_and_graph_authenticate_with_a_certificate() {
         "{}",
         out.stdout
     );
+}
+
+/// A provider's app keys go through the checker of a `.entraidconf`'s: the same message
+/// and the same hint, with the provider named.
+#[test]
+fn a_providers_app_keys_are_checked_like_a_configs() {
+    let cases = [
+        ("tenant_id = \"tenant!\"\n", "key `tenant_id`: `tenant!` is neither a GUID nor a domain name"),
+        ("client_id = \"nope\"\n", "key `client_id`: `nope` is not a GUID"),
+        ("cloud = \"mars\"\n", "key `cloud`: unknown cloud `mars`"),
+        (
+            "graph_endpoint = \"http://graph.example.com\"\n",
+            "key `graph_endpoint`: `http://g…` uses http:// for a host that is not a loopback address",
+        ),
+    ];
+    // The error line that names `want`, from its `key`, and the hint after it.
+    let error_and_hint = |stderr: &str, want: &str| -> (String, String) {
+        let mut lines = stderr.lines().skip_while(|l| !l.contains(want));
+        let error = lines.next().unwrap_or_else(|| panic!("no `{want}` in {stderr}"));
+        let hint = lines.next().unwrap_or_default().to_owned();
+        (error[error.find("key `").unwrap()..].to_owned(), hint)
+    };
+    for (keys, want) in cases {
+        let mut conf =
+            Run::new().conf("gw", "staff", &format!("group_id = \"{STAFF}\"\n{keys}")).expect_exit(2).ignore_stderr();
+        let from_conf = error_and_hint(&conf.run().stderr, want);
+
+        let r = one_conf();
+        write_pki(r.path());
+        let set = |key: &str| keys.starts_with(&format!("{key} ="));
+        let mut provider = "\n[[alert.provider]]\nkind = \"graph\"\n".to_owned();
+        for (key, value) in [
+            ("tenant_id", TENANT),
+            ("client_id", CLIENT),
+            ("client_secret", SECRET),
+            ("authority_host", r.sim.url().as_str()),
+            ("graph_endpoint", r.sim.url().as_str()),
+        ] {
+            if !set(key) {
+                let _ = writeln!(provider, "{key} = \"{value}\"");
+            }
+        }
+        provider.push_str(keys);
+        let cfg = alert_config(&r, &provider, "");
+        let mut r = r.global(&cfg).expect_exit(2).ignore_stderr();
+        let out = r.run();
+        assert!(out.stderr.contains(&format!("[[alert.provider]] 1: {want}")), "{keys}: {}", out.stderr);
+        assert_eq!(error_and_hint(&out.stderr, want), from_conf, "{keys}");
+        assert!(from_conf.1.starts_with("hint: "), "{keys}: {from_conf:?}");
+        assert!(r.sim.requests().is_empty(), "nothing contacted");
+    }
 }
 
 #[test]
