@@ -185,6 +185,19 @@ pub fn render_message(message: &str, hint: Option<&str>) -> String {
     out
 }
 
+/// The same on one line, as `usersync check` lists its findings: `level: message (hint:
+/// …)`, the hint's lines joined with spaces, controls escaped.
+#[must_use]
+pub fn render_line(level: &str, message: &str, hint: Option<&str>) -> String {
+    let mut out = format!("{level}: {}", escape_controls(message));
+    if let Some(h) = hint {
+        out.push_str(" (hint: ");
+        out.push_str(&escape_controls(&h.lines().collect::<Vec<_>>().join(" ")));
+        out.push(')');
+    }
+    out
+}
+
 /// `hint:` and the hint's lines, each line escaped, the later ones indented under the first.
 fn push_hint(out: &mut String, hint: &str) {
     for (i, line) in hint.lines().enumerate() {

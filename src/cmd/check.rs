@@ -43,11 +43,7 @@ impl fmt::Display for Finding {
             Level::Warning => "warning",
             Level::Note => "note",
         };
-        write!(f, "{level}: {}", self.message)?;
-        if let Some(h) = &self.hint {
-            write!(f, " (hint: {})", h.replace('\n', " "))?;
-        }
-        Ok(())
+        f.write_str(&crate::error::render_line(level, &self.message, self.hint.as_deref()))
     }
 }
 

@@ -894,6 +894,15 @@ fn global_options_go_before_or_after_the_subcommand() {
     assert_eq!(out.status.code(), Some(2), "sync flags do not mix with a subcommand");
 }
 
+/// `check` lists one finding a line: a file name with a line break in it stays on its line.
+#[test]
+fn check_findings_stay_one_line_each() {
+    let mut r = Run::new().conf("gw", "x\nnote: all good", "group_id = \"nope\"\n").args(&["check"]).expect_exit(2);
+    let out = r.run();
+    assert!(out.stdout.contains("x\\nnote: all good.entraidconf: key `group_id`"), "{}", out.stdout);
+    assert!(!out.stdout.lines().any(|l| l.starts_with("note: all good")), "{}", out.stdout);
+}
+
 #[test]
 fn check_finds_config_path_and_permission_problems_offline() {
     let mut r = one_conf().args(&["check"]).expect_exit(0);

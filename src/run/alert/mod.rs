@@ -177,18 +177,13 @@ pub fn compose(decision: &Decision, report: &Report, host: &str, repeat: Duratio
     let mut body = String::new();
     let _ = writeln!(body, "usersync on {host} finished with exit code {} ({meaning}).\n", report.exit_code);
     for e in &report.errors {
-        let _ = writeln!(body, "error: {}", crate::error::escape_controls(&e.message));
-        if let Some(h) = &e.hint {
-            let _ = writeln!(body, "hint: {}", clean(h));
-        }
-        body.push('\n');
+        let _ = writeln!(body, "{}\n", crate::error::render_message(&e.message, e.hint.as_deref()));
     }
     for i in &report.instances {
         let _ = writeln!(body, "instance {}: {}", clean(&i.name), i.outcome);
         for e in &i.errors {
-            let _ = writeln!(body, "  error: {}", crate::error::escape_controls(&e.message));
-            if let Some(h) = &e.hint {
-                let _ = writeln!(body, "  hint: {}", clean(h));
+            for line in crate::error::render_message(&e.message, e.hint.as_deref()).lines() {
+                let _ = writeln!(body, "  {line}");
             }
         }
         for o in &i.outputs {
