@@ -251,6 +251,38 @@ fn folders_and_modules_use_each_other_layer_by_layer_without_cycles() {
     assert!(modules.len() > 40 && units.len() == 11, "the scan found the modules: {units:?}");
 }
 
+/// CONTRIBUTING.md's layer table is `LAYERS`, and each folder's row lists every module in
+/// it: the table a newcomer reads cannot drift from the layers this file checks.
+#[test]
+fn contributing_lists_these_layers_and_every_module() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("CONTRIBUTING.md")).unwrap();
+    let architecture = &text[text.find("## Architecture").unwrap()..];
+    let rows =
+        architecture.lines().skip_while(|l| !l.starts_with("| layer")).skip(2).take_while(|l| l.starts_with('|'));
+    let mut table: BTreeMap<usize, BTreeSet<String>> = BTreeMap::new();
+    for row in rows {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let unit = cells[2].trim_matches('`');
+        let folder = unit.strip_suffix('/');
+        let unit = folder.unwrap_or_else(|| unit.strip_suffix(".rs").unwrap());
+        table.entry(cells[1].parse().unwrap()).or_default().insert(unit.to_owned());
+        let Some(folder) = folder else { continue };
+        // Each listed module is the first `name` of its item: "`plan` (its `mod.rs`)".
+        let listed: BTreeSet<String> =
+            cells[3].split(", ").map(|m| m.split('`').nth(1).unwrap().to_owned()).filter(|m| m != folder).collect();
+        let present: BTreeSet<String> = std::fs::read_dir(root.join("src").join(folder))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
+            .filter(|m| m != "mod")
+            .collect();
+        assert_eq!(listed, present, "CONTRIBUTING.md's row of `{folder}/` against src/{folder}/");
+    }
+    let layers: Vec<BTreeSet<String>> = LAYERS.iter().map(|l| l.iter().map(|u| (*u).to_owned()).collect()).collect();
+    assert_eq!(table.into_values().collect::<Vec<_>>(), layers, "CONTRIBUTING.md's layers against LAYERS");
+}
+
 #[test]
 fn the_scan_sees_paths_into_folders() {
     let g = graph();
