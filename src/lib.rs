@@ -6,7 +6,7 @@
 // The bottom: values, files, configuration.
 pub mod cli;
 pub mod config;
-pub mod error;
+pub(crate) mod error;
 pub mod files;
 pub mod model;
 pub(crate) mod ui;

@@ -50,7 +50,7 @@ impl fmt::Display for Secret {
 pub struct Env {
     /// `$CREDENTIALS_DIRECTORY`, set by systemd's `LoadCredential=`.
     pub credentials_directory: Option<PathBuf>,
-    /// Without `$CREDENTIALS_DIRECTORY`, a credential name is left unread (see [`Unread`])
+    /// Without `$CREDENTIALS_DIRECTORY`, a credential name is left unread (see `Unread`)
     /// instead of being an error: `usersync check` from a shell, where only the unit can
     /// read what its `LoadCredential=` names.
     pub leave_credentials_unread: bool,

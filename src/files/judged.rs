@@ -175,7 +175,7 @@ impl Dir {
     }
 
     /// Opens `rel` beneath this directory with no symlink anywhere on the way, as
-    /// [`crate::files::resolve::open_beneath`]; beneath a directory someone else controls, without
+    /// `files::resolve::open_beneath`; beneath a directory someone else controls, without
     /// crossing a mount point either.
     pub fn open_beneath(&self, rel: &Path, flags: OFlags, mode: Mode) -> io::Result<OwnedFd> {
         if self.trust.is_trusted() {

@@ -24,7 +24,7 @@ pub struct State {
     #[serde(default)]
     pub delta_drift: BTreeMap<String, BTreeMap<String, u64>>,
     /// Output path → its sizes after each write, as (Unix time, entries), oldest first: the
-    /// window guard's memory (see [`crate::plan::guard::Window`]).
+    /// window guard's memory (see `plan::guard::Window`).
     #[serde(default)]
     pub sizes: BTreeMap<String, Vec<(u64, u64)>>,
     /// Instance → since when runs have found its lock held by another run (Unix time).

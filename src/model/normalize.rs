@@ -19,7 +19,7 @@ pub enum SkipReason {
     OtherObject,
     /// An object without `@odata.type`.
     UntypedObject,
-    /// An object whose id is no directory object id (see [`crate::model::ids::is_object_id`]).
+    /// An object whose id is no directory object id (see `model::ids::is_object_id`).
     InvalidId,
     /// `accountEnabled` is false and `include_disabled` is not set.
     Disabled,

@@ -235,9 +235,9 @@ impl<'a> Plan<'a> {
         }
     }
 
-    /// As [`Plan::diff`], in one pass over a current file read as a stream, holding one
-    /// entry of it at a time. Returns false, with nothing set, at the first entry out of
-    /// order: then only sorting the whole file tells what was added and removed.
+    /// Sets the changes of output `i` in one pass over a current file read as a stream,
+    /// holding one entry of it at a time. Returns false, with nothing set, at the first entry
+    /// out of order: then only sorting the whole file tells what was added and removed.
     fn diff_sorted(&mut self, i: usize, current: impl io::BufRead, detail: bool) -> io::Result<bool> {
         let mut old = SortedEntries { r: current, buf: Vec::new(), entry: Vec::new(), started: false };
         let (mut before, mut added, mut removed, mut after, mut changes) = (0, 0, 0, 0, Changes::default());
