@@ -71,8 +71,8 @@ fn acquire_named(dir: &Dir, name: &str) -> Result<InstanceLock, LockError> {
             format!("it has {} hard links, so it may be another file's second name", st.st_nlink),
         )));
     }
-    // flock(2), as `flock -n` takes it: tied to this open file, so it ends with the
-    // process however that ends, and a second open of the same file (another run) sees it.
+    // flock(2), as fs2 took it before: tied to this open file, so it ends with the process
+    // however that ends, and a second open of the same file (another run) sees it.
     match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
         Ok(()) => Ok(InstanceLock { _file: file }),
         Err(rustix::io::Errno::WOULDBLOCK) => Err(LockError::Held(path)),
@@ -93,8 +93,8 @@ mod tests {
         assert!(acquire(&Dir::open(t.path()).unwrap()).is_ok());
     }
 
-    /// The lock is flock(2)'s, the one `flock(1)` takes: an admin's script can wait for a
-    /// run with `flock usersync.lock …`, and a script holding it keeps usersync out.
+    /// The lock is flock(2)'s, the one `fs2` took before and `flock(1)` takes: during an
+    /// upgrade, a run of the previous version and one of this version exclude each other.
     #[test]
     fn the_lock_is_the_one_flock_1_sees() {
         let t = tempfile::tempdir().unwrap();
@@ -105,9 +105,10 @@ mod tests {
         assert_eq!(flock_n().code(), Some(75), "flock(1) finds it held");
         drop(held);
         assert!(flock_n().success(), "and free once dropped");
-        let mut script = std::process::Command::new("flock")
+        let mut holder = std::process::Command::new("flock")
             .arg(&path)
-            .args(["-c", "cat >/dev/null"])
+            .arg("cat")
+            .stdout(std::process::Stdio::null())
             .stdin(std::process::Stdio::piped())
             .spawn()
             .unwrap();
@@ -116,8 +117,8 @@ mod tests {
             assert!(std::time::Instant::now() < until, "flock(1) never took the lock");
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        drop(script.stdin.take());
-        assert!(script.wait().unwrap().success());
+        drop(holder.stdin.take());
+        assert!(holder.wait().unwrap().success());
         assert!(acquire(&Dir::open(t.path()).unwrap()).is_ok());
     }
 
