@@ -192,7 +192,7 @@ pub fn render_line(level: &str, message: &str, hint: Option<&str>) -> String {
     let mut out = format!("{level}: {}", escape_controls(message));
     if let Some(h) = hint {
         out.push_str(" (hint: ");
-        out.push_str(&escape_controls(&h.lines().collect::<Vec<_>>().join(" ")));
+        out.push_str(&one_line(h));
         out.push(')');
     }
     out
@@ -204,6 +204,12 @@ fn push_hint(out: &mut String, hint: &str) {
         out.push_str(if i == 0 { "\nhint: " } else { "\n      " });
         out.push_str(&escape_controls(line));
     }
+}
+
+/// `s` on one line: its lines joined with spaces, any other control character escaped.
+#[must_use]
+pub fn one_line(s: &str) -> String {
+    escape_controls(&s.lines().collect::<Vec<_>>().join(" "))
 }
 
 /// `s` with every control character written as its escape (`\n`, `\u{1b}`).

@@ -2,8 +2,8 @@
 //! one line each.
 
 use crate::cli::Cli;
-use crate::error::ConfigError;
-use crate::run::alert::{clean, deliver, hostname, Mail};
+use crate::error::{one_line, ConfigError};
+use crate::run::alert::{deliver, hostname, Mail};
 use crate::run::start::Stop;
 
 /// Sends the test message; the exit code is 0 if at least one provider delivered, 1 if
@@ -29,7 +29,7 @@ pub fn run(cli: &Cli) -> Result<u8, Stop> {
     for (i, (a, p)) in attempts.iter().zip(&alert.providers).enumerate() {
         match &a.result {
             Ok(()) => println!("provider {} ({}): delivered", i + 1, a.provider),
-            Err(e) => println!("provider {} ({}): failed: {}", i + 1, a.provider, clean(e)),
+            Err(e) => println!("provider {} ({}): failed: {}", i + 1, a.provider, one_line(e)),
         }
         if let Some(c) = p.credentials() {
             println!("  credential: {}", c.auth.describe(p.expires));

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use crate::cli::Cli;
 use crate::config::entraid::{EntraConf, Env};
 use crate::config::instance;
-use crate::error::{ConfigError, Hint, Outcome};
+use crate::error::{escape_controls, ConfigError, Hint, Outcome};
 use crate::graph::GraphClient;
 use crate::run::start::Stop;
 
@@ -39,9 +39,12 @@ pub fn run(cli: &Cli, name: &str, entraid: Option<&str>, show: bool) -> Result<u
     for c in configs {
         let q = crate::graph::GroupQuery::of(c);
         let relation = if q.nested { "transitiveMembers" } else { "members" };
-        let mut out = format!("instance `{name}`, config {}\n", c.path.display());
+        // A file name and a certificate's subject are the gateway's words: escaped, so that
+        // neither starts a line of its own.
+        let path = escape_controls(&c.path.display().to_string());
+        let mut out = format!("instance `{}`, config {path}\n", escape_controls(name));
         let _ = writeln!(out, "  tenant {}, group {} ({relation}) at {}", c.tenant, c.group, q.graph);
-        let _ = writeln!(out, "  credential: {}", c.auth.describe(c.expires));
+        let _ = writeln!(out, "  credential: {}", escape_controls(&c.auth.describe(c.expires)));
         match rt.block_on(client.first_page(&c.credentials(), &q)) {
             Ok((roster, more)) => {
                 let more = if more { "; more pages follow" } else { "" };

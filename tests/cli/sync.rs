@@ -903,6 +903,19 @@ fn check_findings_stay_one_line_each() {
     assert!(!out.stdout.lines().any(|l| l.starts_with("note: all good")), "{}", out.stdout);
 }
 
+/// `usersync test` prints a config's file name escaped too.
+#[test]
+fn test_prints_a_file_name_on_its_line() {
+    let mut r = Run::new()
+        .group(STAFF, staff_members())
+        .conf("gw", "x\nnote: all good", &format!("group_id = \"{STAFF}\"\n"))
+        .args(&["test", "-i", "gw"])
+        .expect_exit(0);
+    let out = r.run();
+    assert!(out.stdout.contains("x\\nnote: all good.entraidconf\n"), "{}", out.stdout);
+    assert!(!out.stdout.lines().any(|l| l.starts_with("note: all good")), "{}", out.stdout);
+}
+
 #[test]
 fn check_finds_config_path_and_permission_problems_offline() {
     let mut r = one_conf().args(&["check"]).expect_exit(0);

@@ -140,14 +140,6 @@ pub fn hostname() -> String {
     rustix::system::uname().nodename().to_string_lossy().into_owned()
 }
 
-/// Control characters in text from the directory or a server, made visible.
-#[must_use]
-pub fn clean(s: &str) -> String {
-    s.chars()
-        .flat_map(|c| if c.is_control() && c != '\n' { c.escape_debug().collect::<Vec<_>>() } else { vec![c] })
-        .collect()
-}
-
 const EXIT_MEANING: [(u8, &str); 5] = [
     (0, "success"),
     (1, "a runtime failure"),
@@ -164,10 +156,14 @@ pub fn compose(decision: &Decision, report: &Report, host: &str, repeat: Duratio
         .instances
         .iter()
         .filter(|i| i.outcome != InstanceOutcome::Ok)
-        .map(|i| format!("{} {}", clean(&i.name), i.outcome))
+        .map(|i| format!("{} {}", crate::error::escape_controls(&i.name), i.outcome))
         .collect();
     let list = |names: &[String]| {
-        names.iter().map(|n| if n.is_empty() { "the run".to_owned() } else { clean(n) }).collect::<Vec<_>>().join(", ")
+        names
+            .iter()
+            .map(|n| if n.is_empty() { "the run".to_owned() } else { crate::error::escape_controls(n) })
+            .collect::<Vec<_>>()
+            .join(", ")
     };
     let subject = match decision {
         Decision::Recovery(recovered) => format!("[usersync] {host}: recovered: {}", list(recovered)),
@@ -180,7 +176,7 @@ pub fn compose(decision: &Decision, report: &Report, host: &str, repeat: Duratio
         let _ = writeln!(body, "{}\n", crate::error::render_message(&e.message, e.hint.as_deref()));
     }
     for i in &report.instances {
-        let _ = writeln!(body, "instance {}: {}", clean(&i.name), i.outcome);
+        let _ = writeln!(body, "instance {}: {}", crate::error::escape_controls(&i.name), i.outcome);
         for e in &i.errors {
             for line in crate::error::render_message(&e.message, e.hint.as_deref()).lines() {
                 let _ = writeln!(body, "  {line}");
@@ -191,7 +187,13 @@ pub fn compose(decision: &Decision, report: &Report, host: &str, repeat: Duratio
                 (Some(b), Some(a)) => format!(" ({b} -> {a} entries, +{} -{})", o.added_count, o.removed_count),
                 _ => String::new(),
             };
-            let _ = writeln!(body, "  {} {}: {:?}{counts}", o.output, clean(&o.path.display().to_string()), o.action);
+            let _ = writeln!(
+                body,
+                "  {} {}: {:?}{counts}",
+                o.output,
+                crate::error::escape_controls(&o.path.display().to_string()),
+                o.action
+            );
         }
         body.push('\n');
     }

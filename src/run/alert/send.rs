@@ -104,7 +104,7 @@ fn sendgrid_errors(body: &[u8]) -> String {
     }
     match serde_json::from_slice::<Errors>(body) {
         Ok(e) => e.errors.into_iter().filter_map(|m| m.message).collect::<Vec<_>>().join("; "),
-        Err(_) => crate::run::alert::clean(&String::from_utf8_lossy(&body[..body.len().min(200)])),
+        Err(_) => crate::error::escape_controls(&String::from_utf8_lossy(&body[..body.len().min(200)])),
     }
 }
 
